@@ -1,0 +1,37 @@
+# Every target installs what it needs into .venv on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test derive bench check-generated clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## derive: regenerate generated/ from the symbolic engine
+derive: $(STAMP)
+	$(BIN)/python -m derive --quiet
+
+## demo: derive, integrate the default experiment, simulate it, write a plot and a table
+demo: derive
+	$(BIN)/python -m runtime.demo --out results/demo
+
+## test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## bench: kernel and integrator speed (numbers go into the README)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+## check-generated: fail if `make derive` changes generated/
+check-generated: derive
+	git diff --exit-code --stat -- generated/
+	@test -z "$$(git status --porcelain -- generated/)" || (git status --porcelain -- generated/; exit 1)
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .hypothesis

@@ -1,0 +1,320 @@
+"""The symbolic Gaussian-average engine.
+
+Every average is reduced to one primitive, the standard-normal expectation of a sum of terms
+`c * z**n * exp(A z**2 + B z)` (completing the square), by three identities:
+
+* conditioning (Cholesky): for (x1, x2) ~ N(0, C), `x2 = kappa x1 + s z` with
+  `kappa = C12/C11`, `s**2 = C22 - C12**2/C11` and z ~ N(0, 1) independent of x1;
+* Price: `d/dC12 E[f1(x1) f2(x2)] = E[f1'(x1) f2'(x2)]`, and at C12 = 0 the average factorises;
+  used until the derivatives fall into the primitive's class (erf: g' is a Gaussian; ReLU: g'' = delta);
+* parity: odd integrands average to zero, and f(x) + f(-x) = 2 f(0) gives E[f] = f(0).
+
+Piecewise activations are rewritten with Heaviside steps, whose derivatives are DiracDelta;
+`E[delta(x1) F(x2)] = p1(0) E[F(x2) | x1 = 0]`. Whatever does not reduce raises `NoClosedForm`,
+and the code generator emits a numerical kernel instead.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sympy as sp
+
+from derive.activations import x
+
+z = sp.Symbol("z", real=True)
+v = sp.Symbol("v", positive=True)
+c11, c22 = sp.symbols("c11 c22", positive=True)
+c12 = sp.Symbol("c12", real=True)
+_c = sp.Symbol("c", real=True)          # integration variable for C12
+_u = sp.Symbol("u", positive=True)      # a conditional variance
+_sd1, _s = sp.symbols("sd1 s", positive=True)   # sqrt(C11) and the conditional std
+_kappa = sp.Symbol("kappa", real=True)
+DET = c11 * c22 - c12**2
+
+MAX_PRICE_DEPTH = 3
+SMOOTH, STEP_UP, STEP_DOWN, DELTA = "smooth", "H(x)", "H(-x)", "delta(x)"
+
+
+class NoClosedForm(Exception):
+    """The engine found no closed form for this average."""
+
+
+# ----------------------------------------------------------------------------------------
+# Normal form of an activation: smooth + H(x) a(x) + H(-x) b(x) + delta(x) c(x)
+
+def _step_of(arg, var):
+    """Heaviside(k*var) -> H(var) or H(-var); anything else is not a step at 0."""
+    k = sp.simplify(arg / var)
+    if k.free_symbols & {var}:
+        raise NoClosedForm(f"step at a non-zero point: Heaviside({arg})")
+    if k.is_positive:
+        return sp.Heaviside(var)
+    if k.is_negative:
+        return sp.Heaviside(-var)
+    raise NoClosedForm(f"cannot tell the sign of {k} in Heaviside({arg})")
+
+
+def normalize(expr, var=x):
+    """Rewrite Max, Min, Abs, sign and Piecewise in `var` with Heaviside(+-var) and DiracDelta(var)."""
+    expr = sp.sympify(expr)
+    expr = expr.rewrite(sp.Heaviside)
+    expr = expr.replace(lambda e: isinstance(e, sp.Piecewise), lambda e: _piecewise_to_steps(e, var))
+    expr = expr.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: _step_of(e.args[0], var))
+    expr = expr.replace(lambda e: isinstance(e, sp.DiracDelta),
+                        lambda e: _delta_of(e, var))
+    return sp.Add(*(_reduce_delta_moment(t, var) for t in sp.Add.make_args(sp.expand(expr))))
+
+
+def _delta_of(e, var):
+    arg, order = e.args[0], (e.args[1] if len(e.args) > 1 else 0)
+    k = sp.simplify(arg / var)
+    if k.free_symbols & {var}:
+        raise NoClosedForm(f"delta at a non-zero point: {e}")
+    return sp.DiracDelta(var, order) / (sp.Abs(k) * k**order)
+
+
+def _reduce_delta_moment(term, var):
+    """x^n delta^(k)(x) = (-1)^n k!/(k-n)! delta^(k-n)(x) for n <= k, and 0 for n > k."""
+    deltas = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.DiracDelta)]
+    if len(deltas) != 1:
+        return term
+    delta = deltas[0]
+    k = int(delta.args[1]) if len(delta.args) > 1 else 0
+    power = sp.Mul(*(f for f in sp.Mul.make_args(term / delta) if f == var or (f.is_Pow and f.base == var)))
+    n = sp.degree(power, var) if power != 1 else 0
+    if n > k:
+        return sp.S.Zero
+    rest = term / delta / power
+    return rest * (-1) ** n * sp.factorial(k) / sp.factorial(k - n) * sp.DiracDelta(var, k - n)
+
+
+def _piecewise_to_steps(pw, var):
+    """Piecewise with conditions `var > 0`, `var < 0` (or >=, <=) and a default -> steps."""
+    total, covered = sp.S.Zero, None
+    for value, cond in pw.args:
+        if cond is sp.true:
+            if covered is None:
+                return value
+            return total + value * sp.Heaviside(-var if covered == "up" else var)
+        if isinstance(cond, (sp.StrictGreaterThan, sp.GreaterThan)) and cond.lhs == var and cond.rhs == 0:
+            step, side = sp.Heaviside(var), "up"
+        elif isinstance(cond, (sp.StrictLessThan, sp.LessThan)) and cond.lhs == var and cond.rhs == 0:
+            step, side = sp.Heaviside(-var), "down"
+        else:
+            raise NoClosedForm(f"Piecewise condition {cond} is not a sign condition on {var}")
+        if covered is not None:
+            raise NoClosedForm("Piecewise with more than one sign condition")
+        total, covered = value * step, side
+    raise NoClosedForm("Piecewise without a default branch")
+
+
+def split(expr, var=x):
+    """{kind: coefficient} with expr = smooth + H(var) a + H(-var) b + delta(var) c."""
+    expr = normalize(expr, var)
+    if expr.atoms(sp.DiracDelta) - {sp.DiracDelta(var)}:
+        raise NoClosedForm(f"derivative of a delta in {expr}")
+    up, down, delta = sp.Heaviside(var), sp.Heaviside(-var), sp.DiracDelta(var)
+    parts = {SMOOTH: sp.S.Zero, STEP_UP: sp.S.Zero, STEP_DOWN: sp.S.Zero, DELTA: sp.S.Zero}
+    for term in sp.Add.make_args(expr):
+        n_up, n_down, n_delta = (sp.degree(term, w) if term.has(w) else 0 for w in (up, down, delta))
+        rest = term.subs({up: 1, down: 1, delta: 1})
+        if n_delta > 1:
+            raise NoClosedForm("square of a delta")
+        if n_delta:
+            # H(0) = 1/2 on the support of the delta
+            parts[DELTA] += rest * sp.Rational(1, 2) ** (n_up + n_down)
+        elif n_up and n_down:
+            continue                     # H(x) H(-x) = 0 almost everywhere
+        elif n_up:
+            parts[STEP_UP] += rest
+        elif n_down:
+            parts[STEP_DOWN] += rest
+        else:
+            parts[SMOOTH] += rest
+    return {k: sp.expand(c) for k, c in parts.items() if c != 0}
+
+
+def join(parts, var=x):
+    kernel = {SMOOTH: 1, STEP_UP: sp.Heaviside(var), STEP_DOWN: sp.Heaviside(-var), DELTA: sp.DiracDelta(var)}
+    return sp.Add(*(c * kernel[k] for k, c in parts.items()))
+
+
+# ----------------------------------------------------------------------------------------
+# The primitive: E_z[ sum c z^n exp(A z^2 + B z) ], z ~ N(0, 1), over R or a half line
+
+def _exp_polynomial_terms(expr, var):
+    """Terms (c, n, A, B) with expr = sum c var^n exp(A var^2 + B var), or NoClosedForm."""
+    expr = sp.expand(sp.powsimp(sp.expand(expr.rewrite(sp.exp)), combine="exp"), power_exp=False)
+    terms = []
+    for term in sp.Add.make_args(expr):
+        coeff, n, exponent = sp.S.One, 0, sp.S.Zero
+        for factor in sp.Mul.make_args(term):
+            if not factor.has(var):
+                coeff *= factor
+            elif factor == var:
+                n += 1
+            elif factor.is_Pow and factor.base == var and factor.exp.is_Integer and factor.exp > 0:
+                n += int(factor.exp)
+            elif isinstance(factor, sp.exp) or (factor.is_Pow and factor.base == sp.E):
+                exponent += factor.exp if factor.is_Pow else factor.args[0]
+            else:
+                raise NoClosedForm(f"{factor} is not a polynomial times a Gaussian exponential")
+        poly = sp.Poly(sp.expand(exponent), var) if exponent.has(var) else None
+        if poly is not None and poly.degree() > 2:
+            raise NoClosedForm(f"exponent {exponent} of degree > 2")
+        a2 = poly.coeff_monomial(var**2) if poly is not None else 0
+        a1 = poly.coeff_monomial(var) if poly is not None else 0
+        a0 = poly.coeff_monomial(1) if poly is not None else exponent
+        terms.append((coeff * sp.exp(a0), n, a2, a1))
+    return terms
+
+
+def _normal_moment(n, mean, sd):
+    """E[(mean + sd y)^n], y ~ N(0,1)."""
+    return sp.Add(*(sp.binomial(n, k) * mean ** (n - k) * sd**k * sp.factorial2(k - 1)
+                    for k in range(0, n + 1, 2)))
+
+
+def normal_expectation(expr, var=z, half=None):
+    """E[expr] for var ~ N(0,1); half = +1 / -1 restricts to var > 0 / var < 0."""
+    total = sp.S.Zero
+    for coeff, n, A, B in _exp_polynomial_terms(expr, var):
+        a = sp.Rational(1, 2) - A        # integrand weight exp(-a var^2 + B var)/sqrt(2 pi)
+        if a.is_positive is False:
+            raise NoClosedForm("integrand grows like a Gaussian")
+        if half is None:
+            total += coeff * sp.exp(B**2 / (4 * a)) / sp.sqrt(2 * a) * _normal_moment(n, B / (2 * a), 1 / sp.sqrt(2 * a))
+        elif B == 0:
+            sign = half ** n
+            total += coeff * sign * sp.gamma(sp.Rational(n + 1, 2)) / (2 * sp.sqrt(2 * sp.pi) * a ** sp.Rational(n + 1, 2))
+        else:
+            raise NoClosedForm("half-line integral with a linear exponent")
+    return total
+
+
+def _tidy_radicals(expr):
+    """Combine and cancel radicals; legitimate here because every radicand is a variance or a
+    determinant of a covariance, hence non-negative."""
+    expr = sp.powsimp(sp.powdenest(expr, force=True), force=True)
+    return expr.replace(lambda e: e.is_Pow and not e.exp.is_Integer,
+                        lambda e: sp.Pow(sp.factor(sp.cancel(e.base)), e.exp))
+
+
+def tidy(expr):
+    expr = sp.simplify(_tidy_radicals(sp.expand(expr)))
+    if expr.has(sp.I):
+        expr = sp.simplify(sp.expand_complex(expr))
+        if expr.has(sp.I):
+            raise NoClosedForm(f"complex result {expr}")
+    return expr
+
+
+# ----------------------------------------------------------------------------------------
+# One-point averages: E[f(x)], x ~ N(0, var)
+
+def one_point(f, var=v, depth=0):
+    """E[f(x)] for x ~ N(0, var), as a SymPy expression in `var`."""
+    return tidy(_one_point(sp.sympify(f), var, depth))
+
+
+def _one_point(f, var, depth):
+    sd = sp.sqrt(var)
+    total = sp.S.Zero
+    for kind, coeff in split(f).items():
+        if kind == DELTA:
+            total += coeff.subs(x, 0) / sp.sqrt(2 * sp.pi * var)
+            continue
+        half = {SMOOTH: None, STEP_UP: 1, STEP_DOWN: -1}[kind]
+        try:
+            total += normal_expectation(coeff.subs(x, sd * z), z, half)
+        except NoClosedForm:
+            if kind != SMOOTH:
+                raise
+            total += _one_point_smooth(coeff, var, depth)
+    return total
+
+
+def _one_point_smooth(f, var, depth):
+    """A smooth f outside the primitive's class: only symmetry helps, f(x) + f(-x) = 2 f(0)."""
+    f0 = f.subs(x, 0)
+    if _is_zero(f + f.subs(x, -x) - 2 * f0):
+        return f0
+    raise NoClosedForm(f"E[{f}]")
+
+
+def _integrate(expr, var, lo, hi):
+    result = sp.integrate(sp.simplify(expr), (var, lo, hi), conds="none")
+    if result.has(sp.Integral):
+        raise NoClosedForm(f"integral of {expr}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# Two-point averages: E[f1(x1) f2(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]])
+
+def _is_zero(expr):
+    """expr == 0 identically in x: a numerical screen at two points, then simplify."""
+    for point in (sp.Rational(3, 10), sp.Rational(17, 10)):
+        value = expr.subs(x, point).subs({s: 1 for s in expr.free_symbols - {x}}).evalf(30)
+        if value.is_number and abs(value) > 1e-20:
+            return False
+    return sp.simplify(expr) == 0
+
+
+def _parity(f):
+    """+1 for even f, -1 for odd f, 0 otherwise."""
+    mirrored = f.subs(x, -x)
+    if _is_zero(f - mirrored):
+        return 1
+    if _is_zero(f + mirrored):
+        return -1
+    return 0
+
+
+@lru_cache(maxsize=None)
+def two_point(f1, f2, depth=0):
+    """E[f1(x1) f2(x2)] as a SymPy expression in (c11, c12, c22); f1, f2 are expressions in x."""
+    if _parity(f1) * _parity(f2) == -1:
+        return sp.S.Zero                 # (x1, x2) -> (-x1, -x2) flips the sign
+    total = sp.S.Zero
+    for k1, a1 in split(f1).items():
+        for k2, a2 in split(f2).items():
+            total += _pair_part(k1, a1, k2, a2, depth)
+    return tidy(total)
+
+
+def _pair_part(k1, a1, k2, a2, depth):
+    if k1 == DELTA and k2 == DELTA:
+        return a1.subs(x, 0) * a2.subs(x, 0) / (2 * sp.pi * sp.sqrt(DET))
+    if k1 == DELTA:
+        # x2 | x1 = 0 ~ N(0, det/c11)
+        return a1.subs(x, 0) / sp.sqrt(2 * sp.pi * c11) * _one_point(join({k2: a2}), _u, depth).subs(_u, DET / c11)
+    if k2 == DELTA:
+        return _swap(_pair_part(k2, a2, k1, a1, depth))
+    if k1 == SMOOTH and k2 == SMOOTH:
+        try:
+            return _direct(a1, a2)
+        except NoClosedForm:
+            pass
+    return _price(join({k1: a1}), join({k2: a2}), depth)
+
+
+def _swap(expr):
+    return expr.subs({c11: c22, c22: c11}, simultaneous=True)
+
+
+def _direct(f1, f2):
+    """Condition x2 on x1: E[f1(x1) E_z[f2(kappa x1 + s z)]], both integrals by the primitive."""
+    inner = normal_expectation(f2.subs(x, _kappa * x + _s * z), z)
+    outer = normal_expectation((f1 * inner).subs(x, _sd1 * z), z)
+    back = {_sd1: sp.sqrt(c11), _kappa: c12 / c11, _s: sp.sqrt(DET / c11)}
+    return sp.simplify(_tidy_radicals(outer.subs(back)))
+
+
+def _price(f1, f2, depth):
+    """E[f1 f2](c12) = E[f1] E[f2] + int_0^c12 E[f1' f2'](c) dc."""
+    if depth >= MAX_PRICE_DEPTH:
+        raise NoClosedForm(f"E[{f1}(x1) {f2}(x2)]")
+    start = one_point(f1, c11, depth) * one_point(f2, c22, depth)
+    slope = two_point(sp.diff(f1, x), sp.diff(f2, x), depth + 1)
+    return start + _integrate(slope.subs(c12, _c), _c, 0, c12)

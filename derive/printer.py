@@ -1,0 +1,98 @@
+"""Expression -> numpy source, with the edges of the PSD cone handled (see runtime.elementwise).
+
+`guard` rewrites an expression so that every division whose denominator may vanish becomes
+`div(num, den)`, every radical whose radicand may be (rounded) negative becomes `sqrt0`, and
+every asin clips its argument; `NumpyPrinter` prints the result. Positivity is decided with
+the covariance symbols taken as merely non-negative, so 1/c11 is guarded but 1/(1 + c11) is not.
+"""
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.numpy import SciPyPrinter
+
+
+class div(sp.Function):
+    """a / b with 0/0 -> 0."""
+
+
+class sqrt0(sp.Function):
+    """sqrt(max(a, 0))."""
+
+
+class arcsin(sp.Function):
+    """asin(clip(a, -1, 1))."""
+
+
+def _nonnegative_version(expr):
+    """Replace positive symbols by nonnegative ones (a variance may be exactly zero)."""
+    return expr.xreplace({s: sp.Symbol(s.name, nonnegative=True) for s in expr.free_symbols if s.is_positive})
+
+
+def _known_positive(expr):
+    return bool(_nonnegative_version(expr).is_positive)
+
+
+def _known_nonnegative(expr):
+    return bool(_nonnegative_version(expr).is_nonnegative)
+
+
+def distribute(expr):
+    """Split each top-level fraction (a + b)/d into a/d + b/d, so that a term whose numerator
+    vanishes on the boundary is 0 there (div's 0/0 -> 0) and does not poison the others."""
+    out = sp.S.Zero
+    for term in sp.Add.make_args(expr):
+        num, den = sp.fraction(term)
+        out += sp.Add(*(t / den for t in sp.Add.make_args(sp.expand_mul(num))))
+    return out
+
+
+def guard(expr):
+    """Rewrite divisions, radicals and asin for evaluation on the boundary of the PSD cone."""
+    expr = sp.sympify(expr)
+    if expr.is_Atom:
+        return expr
+    if expr.is_Add:
+        return sp.Add(*(guard(a) for a in expr.args))
+    if expr.is_Mul or (expr.is_Pow and expr.exp.is_negative):
+        num, den = [], []
+        for f in sp.Mul.make_args(expr):
+            if f.is_Pow and f.exp.is_negative:
+                den.append(sp.Pow(f.base, -f.exp))
+            elif f.is_Rational and f.q != 1:
+                num.append(sp.Integer(f.p))
+                den.append(sp.Integer(f.q))
+            else:
+                num.append(f)
+        if not den:
+            return sp.Mul(*(guard(f) for f in num))
+        n, d = sp.Mul(*num), sp.Mul(*den)
+        if _known_positive(d):
+            return sp.Mul(*(guard(f) for f in num)) / sp.Mul(*(guard(f) for f in den))
+        return div(guard(n), guard(d))
+    if expr.is_Pow and not expr.exp.is_Integer:
+        base = guard(expr.base)
+        if _known_nonnegative(expr.base):
+            return sp.Pow(base, expr.exp)
+        return sqrt0(base) if expr.exp == sp.S.Half else sp.Pow(sp.Max(base, 0), expr.exp)
+    if isinstance(expr, sp.asin):
+        return arcsin(guard(expr.args[0]))
+    return expr.func(*(guard(a) for a in expr.args))
+
+
+class NumpyPrinter(SciPyPrinter):
+    """SciPy printer with the guarded helpers and kernel calls printed as plain names."""
+
+    def __init__(self, functions=()):
+        names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin"}
+        names.update({f: f for f in functions})
+        super().__init__({"fully_qualified_modules": True, "user_functions": names})
+
+    def _print_Heaviside(self, expr):
+        return f"numpy.heaviside({self._print(expr.args[0])}, 0.5)"
+
+    def _print_Pi(self, expr):
+        return "numpy.pi"
+
+    def _print_Max(self, expr):
+        a, b = expr.args
+        return f"numpy.maximum({self._print(a)}, {self._print(b)})"
