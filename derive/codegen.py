@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
+from derive import drift as drift_engine
 from derive import gaussian as G
-from derive import stein
+from derive import rules, stein
 from derive.activations import Activation, x
 from derive.kernels import BASE, Kernel, derive_kernel, from_name
 from derive.printer import NumpyPrinter, distribute, guard
@@ -30,6 +31,8 @@ class Derivation:
     kernels: dict = field(default_factory=dict)       # Kernel -> closed form or None (numeric)
     literature: dict = field(default_factory=dict)    # name -> (dim, formula in kernel calls)
     derivatives: list = field(default_factory=list)   # printable g, g', g'', ...
+    drifts: dict = field(default_factory=dict)        # rule name -> drift_engine.Drift
+    error: list = field(default_factory=list)         # monomials of the population error
 
     @property
     def closed_form(self) -> bool:
@@ -60,9 +63,28 @@ def derive_all(activation: Activation) -> Derivation:
     wanted = set(BASE)
     for _, formula in d.literature.values():
         wanted |= kernel_calls(formula)
+    d.drifts = {name: _derived_drift(name) for name in rules.RULES}
+    d.drifts = {name: drift for name, drift in d.drifts.items() if drift is not None}
+    d.error = drift_engine.derive_error(rules.get("vanilla"))
+    for drift in d.drifts.values():
+        wanted |= set(drift.kernels())
+    wanted |= {from_name(name) for m in d.error for name, _ in m.factors if name.startswith(("mean_", "pair_"))}
     for kernel in sorted(wanted):
         d.kernels[kernel] = derive_kernel(g, kernel)
     return d
+
+
+_DRIFT_CACHE = {}
+
+
+def _derived_drift(name):
+    """The rule's drift (activation-independent, so derived once); None without an O(1) limit."""
+    if name not in _DRIFT_CACHE:
+        try:
+            _DRIFT_CACHE[name] = drift_engine.derive_drift(rules.get(name))
+        except G.NoClosedForm:
+            _DRIFT_CACHE[name] = None
+    return _DRIFT_CACHE[name]
 
 
 # ----------------------------------------------------------------------------------------
@@ -118,9 +140,12 @@ def module_source(d: Derivation) -> str:
         "the literature's averages (J2, I2, I21, I22, I3, I4) take covariances of shape",
         "(..., n, n), validate them, and return arrays of shape (...).",
         '"""',
+        "import sys",
+        "",
         "import numpy",
         "import scipy.special",
         "",
+        "from runtime import integrate as _integrate",
         "from runtime.check import covariance as _covariance",
         "from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0",
     ]
@@ -154,7 +179,91 @@ def module_source(d: Derivation) -> str:
             out += _function(kernel.name, args, doc, expr, printer)
     for name, (dim, formula) in d.literature.items():
         out += _literature_function(name, dim, formula, printer)
+    out += _error_function(d)
+    for name, drift in d.drifts.items():
+        out += _drift_function(d, name, drift)
+    out += [
+        f"DRIFTS = {{{', '.join(f'{n!r}: drift_{n}' for n in d.drifts)}}}",
+        "",
+        "",
+        "def integrate(*args, **kwargs):",
+        '    """Integrate the equations of motion for this activation: runtime.integrate.integrate."""',
+        "    return _integrate.integrate(sys.modules[__name__], *args, **kwargs)",
+    ]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _zero_kernels(d):
+    return {k.name for k, e in d.kernels.items() if e is not None and e == 0}
+
+
+def _einsum_lines(monomials, zero, output, lr=""):
+    """Sum of einsum monomials, skipping those with a kernel that vanishes identically."""
+    parts = []
+    for m in monomials:
+        if any(name in zero for name, _ in m.factors):
+            continue
+        subscripts, names = m.einsum(output)
+        coeff = m.coeff.subs(rules.eta, 1)
+        sign, coeff = ("-", -coeff) if coeff.could_extract_minus_sign() else ("+", coeff)
+        scale = "" if coeff == 1 else f"{sp.pycode(coeff)}*"
+        parts.append(f"{sign} {scale}numpy.einsum({subscripts!r}, {', '.join(_ARRAY[n] if n in _ARRAY else n + '_' for n in names)})")
+    if not parts:
+        return "0.0"
+    text = " ".join(parts)
+    return text[2:] if text.startswith("+ ") else text
+
+
+_ARRAY = {"eye": "eye", "tril": "tril", "Q": "Q", "R": "R", "T": "T", "T0": "T0"}
+
+
+def _kernel_arrays(monomials, zero):
+    names = sorted({n for m in monomials for n, _ in m.factors if n.startswith(("mean_", "pair_"))} - zero)
+    lines = []
+    for n in names:
+        call = f"{n}(q)" if n.startswith("mean_") else f"{n}(q[:, None], Q, q[None, :])"
+        lines.append(f"    {n}_ = {call}")
+    return lines
+
+
+def _error_function(d):
+    zero = _zero_kernels(d)
+    formula = " + ".join(f"{m.coeff}*{'*'.join(n for n, _ in m.factors)}" for m in d.error)
+    return [
+        "def population_error(Q, R, T, T0, half_trace):",
+        *_doc(f"eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).\n\n"
+              f"half_trace = tr(Omega)/(2D); derived: {formula} (einsum over units)"),
+        "    q = numpy.diagonal(Q)",
+        *_kernel_arrays(d.error, zero),
+        f"    return half_trace + {_einsum_lines(d.error, zero, '')}",
+        "", "",
+    ]
+
+
+def _drift_function(d, name, drift):
+    zero = _zero_kernels(d)
+    monomials = [m for blocks in (drift.A, drift.B) for ms in blocks.values() for m in ms]
+    lines = [
+        f"def drift_{name}(Q, R, T, T0, lr):",
+        *_doc(f"Rule {name!r}: {drift.rule.description}.\n\n"
+              "d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = (omega_tau, upsilon_tau/sqrt(D)),\n"
+              "derived by derive.drift; returns (A, B) of shape (2K, 2K)."),
+        "    K = Q.shape[-1]",
+        "    q = numpy.diagonal(Q)",
+        "    eye = numpy.eye(K)",
+    ]
+    if any(n == "tril" for m in monomials for n, _ in m.factors):
+        lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
+    lines += _kernel_arrays(monomials, zero)
+    lines += ["    A = numpy.zeros((2 * K, 2 * K))", "    B = numpy.zeros((2 * K, 2 * K))"]
+    slot = {"w": "0:K", "v": "K:2 * K"}
+    for label, blocks in (("A", drift.A), ("B", drift.B)):
+        for (f, h), ms in sorted(blocks.items()):
+            expr = _einsum_lines(ms, zero, "ka")
+            if expr != "0.0":
+                lines.append(f"    {label}[{slot[f]}, {slot[h]}] = {expr}")
+    lines += ["    return lr * A, lr * B", "", ""]
+    return lines
 
 
 def _literature_function(name, dim, formula, printer):

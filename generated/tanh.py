@@ -7,9 +7,12 @@ Kernels (mean_*, pair_*) take arrays that broadcast and are not validated (hot p
 the literature's averages (J2, I2, I21, I22, I3, I4) take covariances of shape
 (..., n, n), validate them, and return arrays of shape (...).
 """
+import sys
+
 import numpy
 import scipy.special
 
+from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
 from runtime import quadrature as _quadrature
@@ -162,3 +165,69 @@ def I3(C):
     """
     c11, c12, c13, _, c23, c33 = _covariance(C, 3, 'I3')
     return _broadcast(c12*pair_2_0(c11, c13, c33) + c23*pair_1_1(c11, c13, c33), c11)
+
+
+def population_error(Q, R, T, T0, half_trace):
+    """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).
+
+    half_trace = tr(Omega)/(2D); derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units)
+    """
+    q = numpy.diagonal(Q)
+    mean_1_ = mean_1(q)
+    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
+    return half_trace + 1/2*numpy.einsum('bc,bc->', T0, pair_0_0_) - numpy.einsum('bb,b->', R, mean_1_)
+
+
+def drift_vanilla(Q, R, T, T0, lr):
+    """Rule 'vanilla': w_k += (eta/D^2)(v_k.e) g'(lambda_k) x/sqrt(D);  v_k += (eta/D) g(lambda_k) e.
+
+    d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = (omega_tau, upsilon_tau/sqrt(D)),
+    derived by derive.drift; returns (A, B) of shape (2K, 2K).
+    """
+    K = Q.shape[-1]
+    q = numpy.diagonal(Q)
+    eye = numpy.eye(K)
+    mean_1_ = mean_1(q)
+    mean_3_ = mean_3(q)
+    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
+    pair_1_1_ = pair_1_1(q[:, None], Q, q[None, :])
+    pair_2_0_ = pair_2_0(q[:, None], Q, q[None, :])
+    A = numpy.zeros((2 * K, 2 * K))
+    B = numpy.zeros((2 * K, 2 * K))
+    A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)
+    A[0:K, K:2 * K] = numpy.einsum('ak,k->ka', eye, mean_1_)
+    A[0:K, 0:K] = numpy.einsum('kk,ak,k->ka', R, eye, mean_3_) - numpy.einsum('ka,ak->ka', T0, pair_1_1_) - numpy.einsum('kb,ak,kb->ka', T0, eye, pair_2_0_)
+    B[K:2 * K, K:2 * K] = - numpy.einsum('ak->ka', pair_0_0_)
+    return lr * A, lr * B
+
+
+def drift_truncated(Q, R, T, T0, lr):
+    """Rule 'truncated': as vanilla with e_k = x - sum_{l<=k} v_l g(lambda_l) for unit k.
+
+    d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = (omega_tau, upsilon_tau/sqrt(D)),
+    derived by derive.drift; returns (A, B) of shape (2K, 2K).
+    """
+    K = Q.shape[-1]
+    q = numpy.diagonal(Q)
+    eye = numpy.eye(K)
+    tril = numpy.tril(numpy.ones((K, K)))
+    mean_1_ = mean_1(q)
+    mean_3_ = mean_3(q)
+    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
+    pair_1_1_ = pair_1_1(q[:, None], Q, q[None, :])
+    pair_2_0_ = pair_2_0(q[:, None], Q, q[None, :])
+    A = numpy.zeros((2 * K, 2 * K))
+    B = numpy.zeros((2 * K, 2 * K))
+    A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)
+    A[0:K, K:2 * K] = numpy.einsum('ak,k->ka', eye, mean_1_)
+    A[0:K, 0:K] = numpy.einsum('kk,ak,k->ka', R, eye, mean_3_) - numpy.einsum('ka,ak,ka->ka', T0, pair_1_1_, tril) - numpy.einsum('kb,ak,kb,kb->ka', T0, eye, pair_2_0_, tril)
+    B[K:2 * K, K:2 * K] = - numpy.einsum('ak,ka->ka', pair_0_0_, tril)
+    return lr * A, lr * B
+
+
+DRIFTS = {'vanilla': drift_vanilla, 'truncated': drift_truncated}
+
+
+def integrate(*args, **kwargs):
+    """Integrate the equations of motion for this activation: runtime.integrate.integrate."""
+    return _integrate.integrate(sys.modules[__name__], *args, **kwargs)

@@ -1,0 +1,195 @@
+"""Equations of motion from a learning rule (SPEC section 5), derived symbolically.
+
+For an update of unit k written as a vector (`derive.rules`), project on an eigendirection
+u_tau and take the expectation over x ~ N(0, Omega). The input enters linearly, through x_tau
+and through the weights, so each direction evolves linearly given the order parameters:
+
+    d theta_tau / dt = (rho_hat_tau A + B) theta_tau,    theta_tau = (omega_tau, upsilon_tau/sqrt(D))
+
+with rho_hat = rho/D. The x_tau-terms give A by Stein's lemma on the single component x_tau,
+Cov(x_tau, lambda_a) = rho_hat sqrt(D) omega_a and Cov(x_tau, nu_a) = rho_hat sqrt(D) upsilon_a/sqrt(D);
+the weight terms give B. Every remaining average over the local fields (lambda, nu), jointly
+Gaussian with covariance [[Q, R^T], [R, T]], is reduced by Stein's lemma on lambda and nu to
+the activation's kernels (`derive.kernels`). Each block entry is a sum of einsum monomials in
+K x K arrays; the limit D -> infinity keeps the D^0 terms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import count
+
+import sympy as sp
+
+from derive import gaussian as G
+from derive.kernels import Kernel, from_name
+from derive.rules import D, X, Rule, V, W, act, dot, eta, g, k, l, lam, nu, sum_over
+
+a = sp.Symbol("a", integer=True)            # column index of the blocks
+Q, R, T = sp.IndexedBase("Q"), sp.IndexedBase("R"), sp.IndexedBase("T")
+FAMILIES = ("w", "v")
+_dummies = (sp.Symbol(f"i{n}", integer=True) for n in count())
+
+
+@dataclass(frozen=True)
+class Monomial:
+    """coeff * prod_f array_f[indices_f], summed over every index but k and a."""
+
+    coeff: sp.Expr
+    factors: tuple            # ((array name, (index symbols...)), ...)
+
+    def einsum(self, output="ka"):
+        """(subscripts, operand names) for numpy.einsum with the given output indices."""
+        letters = {k: "k", a: "a"}
+        pool = iter("bcdefghijlmnopqrstuvwxyz")
+        subs = []
+        for _, idx in self.factors:
+            for i in idx:
+                if i not in letters:
+                    letters[i] = next(pool)
+            subs.append("".join(letters[i] for i in idx))
+        return ",".join(subs) + "->" + output, [name for name, _ in self.factors]
+
+
+@dataclass
+class Drift:
+    """Blocks A[f, h] and B[f, h] (f, h in 'w', 'v') as lists of Monomials."""
+
+    rule: Rule
+    A: dict = field(default_factory=dict)
+    B: dict = field(default_factory=dict)
+    dropped: list = field(default_factory=list)   # (block, D-order) of terms that vanish
+
+    def kernels(self):
+        names = {f for blocks in (self.A, self.B) for ms in blocks.values() for m in ms for f, _ in m.factors}
+        return sorted(Kernel(_kernel_orders(n)) for n in names if n.startswith(("mean_", "pair_")))
+
+
+def _kernel_orders(name):
+    return from_name(name).orders
+
+
+def derive_error(rule: Rule):
+    """Population error eps = E|x - x_hat|^2/(2D) minus its constant tr(Omega)/(2D), as
+    monomials with no free index (SPEC section 3)."""
+    x_hat = sum_over(l, (V if rule.dv is not None else W)[l] * act(l))
+    pairs = [(c, s) for c, s in dot(x_hat, x_hat) + [(-2 * c, s) for c, s in dot(X, x_hat)]]
+    out = []
+    for c, summed in pairs:
+        for coeff, factors in _average(sp.expand(c / (2 * D)), set(summed)):
+            lead, order = sp.powsimp(coeff).as_coeff_exponent(D)
+            if order > 0:
+                raise G.NoClosedForm(f"rule {rule.name!r}: the error grows like D^{order}")
+            if order == 0:
+                out.append(Monomial(lead, tuple(factors)))
+    return out
+
+
+def derive_drift(rule: Rule) -> Drift:
+    drift = Drift(rule)
+    families = {"w": rule.dw, "v": rule.dv} if rule.dv is not None else {"w": rule.dw}
+    if rule.dv is None:
+        raise G.NoClosedForm(f"rule {rule.name!r}: tied weights need the finite-D equations")
+    for f, update in families.items():
+        scale_f = 1 if f == "w" else 1 / sp.sqrt(D)
+        for term in update.terms:
+            c, summed = term.coeff, term.summed
+            if term.basis == ("x",):
+                for h, var in (("w", lam), ("v", nu)):
+                    deriv = sp.diff(c, var[a])
+                    _add(drift, drift.A, (f, h), D * sp.sqrt(D) * scale_f * deriv, summed)
+            else:
+                h, i = term.basis
+                scale_h = 1 if h == "w" else sp.sqrt(D)
+                coeff = c * (sp.KroneckerDelta(i, a) if i not in summed else 1)
+                coeff = coeff.subs(i, a) if i in summed else coeff
+                summed = tuple(s for s in summed if s != i)
+                _add(drift, drift.B, (f, h), D * scale_f * scale_h * coeff, summed)
+    return drift
+
+
+def _add(drift, blocks, key, expr, summed):
+    """Average expr over the local fields, keep the D^0 part, append its monomials."""
+    monomials = blocks.setdefault(key, [])
+    for coeff, factors in _average(sp.expand(expr), set(summed)):
+        lead, order = sp.powsimp(coeff).as_coeff_exponent(D)
+        if order > 0:
+            raise G.NoClosedForm(f"rule {drift.rule.name!r}: block {key} grows like D^{order}")
+        if order < 0:
+            drift.dropped.append((key, order))
+            continue
+        monomials.append(Monomial(lead, tuple(factors)))
+
+
+def _average(expr, summed):
+    """E[expr] as [(scalar coeff, [(array, indices), ...])]."""
+    out = []
+    for term in sp.Add.make_args(expr):
+        out += _average_monomial(term, set(summed))
+    return out
+
+
+def _random_linear_factor(term):
+    for f in sp.Mul.make_args(term):
+        base = f.base if f.is_Pow else f
+        if isinstance(base, sp.Indexed) and base.base in (lam, nu):
+            return base
+    return None
+
+
+def _average_monomial(term, summed):
+    term = _eliminate_deltas(term, summed)
+    if term == 0:
+        return []
+    field_ = _random_linear_factor(term)
+    if field_ is not None:
+        # Stein on the local fields: E[lambda_j H] = sum_b Q_jb E[d_lambda_b H] + R_bj E[d_nu_b H]
+        j, b = field_.indices[0], next(_dummies)
+        rest = sp.expand(term / field_)
+        cov_lam, cov_nu = (Q[j, b], R[b, j]) if field_.base == lam else (R[j, b], T[j, b])
+        new = cov_lam * sp.diff(rest, lam[b]) + cov_nu * sp.diff(rest, nu[b])
+        return _average(sp.expand(new), summed | {b})
+    return [_kernel_monomial(term)]
+
+
+def _eliminate_deltas(term, summed):
+    """Contract KroneckerDeltas that involve a summed index (substituting it away)."""
+    while True:
+        deltas = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta)]
+        for d in deltas:
+            i, j = d.args
+            drop = i if i in summed else j if j in summed else None
+            if drop is not None:
+                keep = j if drop == i else i
+                term = (term / d).subs(drop, keep)
+                summed.discard(drop)
+                break
+        else:
+            return term
+
+
+def _kernel_monomial(term):
+    """A product of g-factors, globals and deltas -> (coeff, [(array, indices)])."""
+    coeff, factors, orders = sp.S.One, [], {}
+    for f in sp.Mul.make_args(term):
+        base, times = (f.base, int(f.exp)) if f.is_Pow and f.exp.is_Integer and f.exp > 0 else (f, 1)
+        if isinstance(base, sp.KroneckerDelta):
+            factors.append(("eye", base.args))
+        elif isinstance(base, sp.Indexed):
+            factors += [(str(base.base), base.indices)] * times
+        elif isinstance(base, sp.Derivative) and base.expr.func == g:
+            orders.setdefault(base.expr.args[0].indices[0], []).extend([base.derivative_count] * times)
+        elif getattr(base, "func", None) == g:
+            orders.setdefault(base.args[0].indices[0], []).extend([0] * times)
+        elif base.has(lam) or base.has(nu):
+            raise G.NoClosedForm(f"cannot average {f}")
+        else:
+            coeff *= f
+    if len(orders) > 2:
+        raise G.NoClosedForm(f"a {len(orders)}-point average in {term}")
+    if len(orders) == 1:
+        ((i, o),) = orders.items()
+        factors.append((Kernel((tuple(o),)).name, (i,)))
+    elif len(orders) == 2:
+        (i, oi), (j, oj) = sorted(orders.items(), key=lambda kv: sorted(kv[1], reverse=True), reverse=True)
+        factors.append((Kernel((tuple(oi), tuple(oj))).name, (i, j)))
+    return coeff, sorted(factors, key=str)
