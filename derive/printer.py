@@ -23,6 +23,10 @@ class arcsin(sp.Function):
     """asin(clip(a, -1, 1))."""
 
 
+class atan2(sp.Function):
+    """numpy.arctan2(y, x)."""
+
+
 def _nonnegative_version(expr):
     """Replace positive symbols by nonnegative ones (a variance may be exactly zero)."""
     return expr.xreplace({s: sp.Symbol(s.name, nonnegative=True) for s in expr.free_symbols if s.is_positive})
@@ -75,15 +79,26 @@ def guard(expr):
             return sp.Pow(base, expr.exp)
         return sqrt0(base) if expr.exp == sp.S.Half else sp.Pow(sp.Max(base, 0), expr.exp)
     if isinstance(expr, sp.asin):
-        return arcsin(guard(expr.args[0]))
+        return _asin(expr.args[0])
     return expr.func(*(guard(a) for a in expr.args))
+
+
+def _asin(arg):
+    """asin(n / sqrt(X)) = atan2(n, sqrt(X - n^2)): accurate near |correlation| = 1, where asin
+    loses half the digits, and 0 at X = 0 (a vanishing variance); otherwise a clipped asin."""
+    num, den = sp.fraction(sp.together(arg))
+    radicals = sp.Mul.make_args(den)
+    if all(f.is_Pow and f.exp == sp.S.Half for f in radicals):
+        X = sp.Mul(*(f.base for f in radicals))
+        return atan2(guard(num), sqrt0(guard(sp.expand(X - num**2))))
+    return arcsin(guard(arg))
 
 
 class NumpyPrinter(SciPyPrinter):
     """SciPy printer with the guarded helpers and kernel calls printed as plain names."""
 
     def __init__(self, functions=()):
-        names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin"}
+        names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin", "atan2": "numpy.arctan2"}
         names.update({f: f for f in functions})
         super().__init__({"fully_qualified_modules": True, "user_functions": names})
 

@@ -62,7 +62,7 @@ def pair_0_0(c11, c12, c22):
 
     = 2*asin(c12/(sqrt(c11 + 1)*sqrt(c22 + 1)))/pi
     """
-    return _broadcast(2*_arcsin(c12/(numpy.sqrt(c11 + 1)*numpy.sqrt(c22 + 1)))/numpy.pi, c11, c12, c22)
+    return _broadcast(2*numpy.arctan2(c12, _sqrt0(c11*c22 + c11 - c12**2 + c22 + 1))/numpy.pi, c11, c12, c22)
 
 
 def mean_00(v):

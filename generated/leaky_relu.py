@@ -51,8 +51,9 @@ def pair_0_0(c11, c12, c22):
     = (19602*c12*asin(c12/(sqrt(c11)*sqrt(c22))) + 10201*pi*c12 + 19602*sqrt(c11*c22 -
         c12**2))/(40000*pi)
     """
-    t0 = (9801/20000)/numpy.pi
-    return _broadcast(c12*t0*_arcsin(_div(c12, numpy.sqrt(c11)*numpy.sqrt(c22))) + (10201/40000)*c12 + t0*_sqrt0(c11*c22 - c12**2), c11, c12, c22)
+    t0 = _sqrt0(c11*c22 - c12**2)
+    t1 = (9801/20000)/numpy.pi
+    return _broadcast(c12*t1*numpy.arctan2(c12, t0) + (10201/40000)*c12 + t0*t1, c11, c12, c22)
 
 
 def mean_00(v):
@@ -86,7 +87,7 @@ def pair_1_1(c11, c12, c22):
 
     = (19602*asin(c12/(sqrt(c11)*sqrt(c22))) + 10201*pi)/(40000*pi)
     """
-    return _broadcast((9801/20000)*_arcsin(_div(c12, numpy.sqrt(c11)*numpy.sqrt(c22)))/numpy.pi + 10201/40000, c11, c12, c22)
+    return _broadcast((9801/20000)*numpy.arctan2(c12, _sqrt0(c11*c22 - c12**2))/numpy.pi + 10201/40000, c11, c12, c22)
 
 
 def mean_11(v):

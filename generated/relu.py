@@ -50,8 +50,9 @@ def pair_0_0(c11, c12, c22):
 
     = (2*c12*asin(c12/(sqrt(c11)*sqrt(c22))) + pi*c12 + 2*sqrt(c11*c22 - c12**2))/(4*pi)
     """
-    t0 = (1/2)/numpy.pi
-    return _broadcast(c12*t0*_arcsin(_div(c12, numpy.sqrt(c11)*numpy.sqrt(c22))) + (1/4)*c12 + t0*_sqrt0(c11*c22 - c12**2), c11, c12, c22)
+    t0 = _sqrt0(c11*c22 - c12**2)
+    t1 = (1/2)/numpy.pi
+    return _broadcast(c12*t1*numpy.arctan2(c12, t0) + (1/4)*c12 + t0*t1, c11, c12, c22)
 
 
 def mean_00(v):
@@ -85,7 +86,7 @@ def pair_1_1(c11, c12, c22):
 
     = (2*asin(c12/(sqrt(c11)*sqrt(c22))) + pi)/(4*pi)
     """
-    return _broadcast((1/2)*_arcsin(_div(c12, numpy.sqrt(c11)*numpy.sqrt(c22)))/numpy.pi + 1/4, c11, c12, c22)
+    return _broadcast((1/2)*numpy.arctan2(c12, _sqrt0(c11*c22 - c12**2))/numpy.pi + 1/4, c11, c12, c22)
 
 
 def mean_11(v):

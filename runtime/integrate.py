@@ -3,26 +3,32 @@
 Each direction tau evolves linearly given the order parameters,
 d theta_tau/dt = M(rho_hat_tau) theta_tau with M = rho_hat A + B and theta_tau =
 (omega_tau, upsilon_tau/sqrt(D)); (A, B) come from the generated `drift_<rule>` of the
-activation. Two exact representations, chosen by cost:
+activation. An atom j of multiplicity m_j is kept in the cheapest exact form:
 
-* per direction, theta_tau (2K numbers each), when the weights and eigenvectors are given and
-  every eigenvalue is distinct;
-* per atom, S_j = sum_{tau in j} theta_tau theta_tau^T (2K x 2K), with
-  dS_j/dt = M_j S_j + S_j M_j^T, when eigenvalues repeat (a spiked model with an equal bulk is
-  M+1 atoms at any D) or the spectrum is given as atoms (D -> infinity).
+* m_j < 2K (spikes): its m_j direction vectors theta_tau (2K numbers each);
+* m_j >= 2K (a bulk): S_j = sum_{tau in j} theta_tau theta_tau^T (2K x 2K), with
+  dS_j/dt = M_j S_j + S_j M_j^T.
 
-The order parameters are Q = sum_j rho_hat_j q_j, R = sum_j rho_hat_j r_j, T = sum_j rho_hat_j t_j,
-T0 = sum_j t_j, with (q_j, r_j, t_j) the blocks of S_j.
+A matrix for an atom of multiplicity below 2K would be wrong, not just wasteful: rounding
+errors give it rank it cannot have, and where M_j has several growing modes (early on, every
+unit can learn a spike) the phantom rank grows as if the spike were degenerate. So a spiked
+model with an equal bulk costs M vectors and one matrix at any D, and D distinct eigenvalues
+cost D vectors. The order parameters are Q = sum rho_hat q, R = sum rho_hat r,
+T = sum rho_hat t, T0 = sum t over vectors and matrices alike.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.integrate import solve_ivp
+from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
 from runtime import spectrum as spec
 from runtime.progress import Progress
+
+
+#: largest state (numbers) integrated with BDF under method="auto"
+AUTO_IMPLICIT_SIZE = 1000
 
 
 class IntegrationError(RuntimeError):
@@ -49,66 +55,98 @@ class IntegrationResult:
     status: int = 0               # 0: reached the last time; -1: failed (see message)
     message: str = "ok"
     nfev: int = 0
-    atoms: np.ndarray | None = field(default=None, repr=False)   # S_j or theta_tau at t
+    state: np.ndarray | None = field(default=None, repr=False)   # raw states at t (keep_atoms=True)
+    system: object = field(default=None, repr=False)
 
     @property
     def success(self):
         return self.status == 0
 
-    def overlaps(self):
-        """Per direction, |omega_k tau| / |w_k| at each t (per-direction mode only), shape (n_t, K, J)."""
-        if self.atoms is None or self.atoms.ndim != 3:
-            raise ValueError("overlaps need integrate(..., keep_atoms=True) in per-direction mode")
-        K = self.Q.shape[-1]
-        omega = self.atoms[:, :, :K]
-        norm = np.sqrt(np.sum(omega**2, axis=1, keepdims=True))
-        return np.abs(np.swapaxes(omega / np.where(norm > 0, norm, 1.0), 1, 2))
+    def directions(self):
+        """theta_tau = (omega_tau, upsilon_tau/sqrt(D)) of the small atoms (spikes) at each t:
+        shape (n_t, n_directions, 2K), in decreasing order of eigenvalue."""
+        if self.state is None:
+            raise ValueError("directions need integrate(..., keep_atoms=True)")
+        return np.stack([self.system.parts(y)[0] for y in self.state])
+
+    def matrices(self):
+        """S_j of the large atoms (bulks) at each t, shape (n_t, n_atoms, 2K, 2K)."""
+        if self.state is None:
+            raise ValueError("matrices need integrate(..., keep_atoms=True)")
+        return np.stack([self.system.parts(y)[1] for y in self.state])
 
 
 class _System:
-    """The right-hand side in either representation, with evaluation counting."""
+    """The right-hand side on the mixed state (vectors of small atoms, matrices of large ones)."""
 
-    def __init__(self, act, drift, lr, rho_hat, per_direction, K):
-        self.act, self.drift, self.lr = act, drift, lr
-        self.rho_hat, self.per_direction, self.K = rho_hat, per_direction, K
+    def __init__(self, drift, lr, rho_vec, rho_mat, K):
+        self.drift, self.lr, self.K = drift, lr, K
+        self.rho_vec, self.rho_mat = rho_vec, rho_mat
+        self.split = rho_vec.size * 2 * K
         self.failed = None
+
+    def parts(self, y):
+        K2 = 2 * self.K
+        return y[:self.split].reshape(-1, K2), y[self.split:].reshape(-1, K2, K2)
 
     def order_parameters(self, y):
         K = self.K
-        if self.per_direction:
-            th = y.reshape(-1, 2 * K)
-            w, u = th[:, :K], th[:, K:]
-            wr, ur = w * self.rho_hat[:, None], u * self.rho_hat[:, None]
-            return w.T @ wr, u.T @ wr, u.T @ ur, u.T @ u
-        S = y.reshape(-1, 2 * K, 2 * K)
-        Sr = np.tensordot(self.rho_hat, S, axes=1)
-        T0 = S[:, K:, K:].sum(axis=0)
-        return Sr[:K, :K], Sr[K:, :K], Sr[K:, K:], T0
+        th, S = self.parts(y)
+        w, u = th[:, :K], th[:, K:]
+        wr, ur = w * self.rho_vec[:, None], u * self.rho_vec[:, None]
+        Sr = np.tensordot(self.rho_mat, S, axes=1)
+        T0 = u.T @ u + S[:, K:, K:].sum(axis=0)
+        return w.T @ wr + Sr[:K, :K], u.T @ wr + Sr[K:, :K], u.T @ ur + Sr[K:, K:], T0
 
     def __call__(self, t, y):
-        Q, R, T, T0 = self.order_parameters(y)
-        A, B = self.drift(Q, R, T, T0, self.lr)
+        A, B = self.drift(*self.order_parameters(y), self.lr)
         if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):
             self.failed = self.failed or f"non-finite drift at t = {t:.6g} (blow-up)"
             return np.zeros_like(y)
-        K2 = 2 * self.K
-        if self.per_direction:
-            th = y.reshape(-1, K2)
-            return ((th @ A.T) * self.rho_hat[:, None] + th @ B.T).ravel()
-        S = y.reshape(-1, K2, K2)
-        MS = self.rho_hat[:, None, None] * (A @ S) + B @ S
-        return (MS + np.swapaxes(MS, 1, 2)).ravel()
+        th, S = self.parts(y)
+        d_th = (th @ A.T) * self.rho_vec[:, None] + th @ B.T
+        MS = self.rho_mat[:, None, None] * (A @ S) + B @ S
+        return np.concatenate([d_th.ravel(), (MS + np.swapaxes(MS, 1, 2)).ravel()])
+
+
+def _initial_state(spectrum, K, vectors, matrices):
+    """Split atoms by multiplicity; `vectors(j)` -> (m_j, 2K), `matrices(j)` -> (2K, 2K)."""
+    small = [j for j in range(spectrum.J) if spectrum.mult[j] < 2 * K]
+    large = [j for j in range(spectrum.J) if spectrum.mult[j] >= 2 * K]
+    th = [vectors(j) for j in small]
+    rho_vec = np.concatenate([np.full(len(v), spectrum.rho_hat[j]) for v, j in zip(th, small)] or [np.zeros(0)])
+    th = np.concatenate(th) if th else np.zeros((0, 2 * K))
+    S = np.array([matrices(j) for j in large]).reshape(-1, 2 * K, 2 * K)
+    return th, S, rho_vec, spectrum.rho_hat[large]
+
+
+def _factor(S, m, j):
+    """m vectors theta with sum theta theta^T = S (an atom of multiplicity m < 2K)."""
+    if m != int(m):
+        raise ValueError(f"atom {j} has multiplicity {m} < 2K that is not an integer")
+    lam, vec = np.linalg.eigh(S)
+    m = int(m)
+    if np.any(lam[:-m] > 1e-9 * max(lam[-1], 1e-300)) or lam[0] < -1e-9 * max(lam[-1], 1e-300):
+        raise ValueError(f"init matrices of atom {j} are not positive semi-definite of rank <= its multiplicity {m}")
+    return (vec[:, -m:] * np.sqrt(np.maximum(lam[-m:], 0))).T
 
 
 def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(0.0, 1.0, 10.0),
               rule="vanilla", b0=None, *, spectrum=None, init=None, rtol=1e-6, atol=1e-9,
-              method="DOP853", progress=False, keep_atoms=False, raise_on_failure=True):
+              method="auto", progress=False, keep_atoms=False, raise_on_failure=True):
     """Integrate the equations of motion of `act` (a generated module) for `rule`.
 
     Either eigvals (D,), eigvecs (D, D) and W0, V0 (K, D) (SPEC section 6), or `spectrum`
     (runtime.spectrum.Spectrum) with `init` = (q, r, t), each of shape (J, K, K).
     Returns an IntegrationResult at `times`; on failure raises IntegrationError carrying the
     partial result (or returns it with status -1 when raise_on_failure=False).
+
+    method="auto" picks BDF for states of up to AUTO_IMPLICIT_SIZE numbers and RK45 above. The
+    equations become stiff once the weights grow (the decoder relaxes at rate lr * E[g g], fast
+    next to the slow approach to the PCA error): there an explicit solver needs ~10^5 steps where
+    BDF needs ~10^3. BDF's finite-difference Jacobian costs one evaluation per state variable,
+    which is cheap for spiked models (M vectors and one matrix) but not for thousands of
+    distinct eigenvalues; pass method= to choose.
     """
     if rule not in act.DRIFTS:
         raise ValueError(f"unknown rule {rule!r} for activation {act.NAME}; known: {', '.join(act.DRIFTS)}")
@@ -126,61 +164,78 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         if any(a is None for a in (eigvals, eigvecs, W0, V0)):
             raise ValueError("give eigvals, eigvecs, W0 and V0, or spectrum= and init=")
         spectrum, atom_of = spec.Spectrum.from_eigvals(eigvals)
-        per_direction = spectrum.J == len(np.asarray(eigvals))
-        if per_direction:
-            omega, upsilon = spec.projections(W0, V0, eigvecs)
-            order = np.argsort(atom_of)
-            y0 = np.concatenate([omega, upsilon], axis=0).T[order]     # (J, 2K), atom order
-        else:
-            q, r, t = spec.atom_matrices(spectrum, atom_of, W0, V0, eigvecs)
-            y0 = _stack(q, r, t)
+        omega, upsilon = spec.projections(W0, V0, eigvecs)
+        theta = np.concatenate([omega, upsilon]).T                      # (D, 2K)
+        K = omega.shape[0]
+        members = [np.flatnonzero(atom_of == j) for j in range(spectrum.J)]
+        th, S, rho_vec, rho_mat = _initial_state(
+            spectrum, K, lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
     else:
         if init is None:
             raise ValueError("spectrum= needs init=(q, r, t), the initial per-atom matrices")
-        per_direction = False
-        y0 = _stack(*init)
-        if y0.shape[0] != spectrum.J:
-            raise ValueError(f"init has {y0.shape[0]} atoms but the spectrum has {spectrum.J}")
-    K = y0.shape[-1] // 2
+        S_all = _stack(*init)
+        if S_all.shape[0] != spectrum.J:
+            raise ValueError(f"init has {S_all.shape[0]} atoms but the spectrum has {spectrum.J}")
+        K = S_all.shape[-1] // 2
+        th, S, rho_vec, rho_mat = _initial_state(
+            spectrum, K, lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
+    y0 = np.concatenate([th.ravel(), S.ravel()])
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")
-
-    system = _System(act, act.DRIFTS[rule], lr, spectrum.rho_hat, per_direction, K)
-    bar = Progress(times[-1], f"integrate {act.NAME}/{rule}", enabled=progress)
-
-    def rhs(t, y):
-        bar.update(t)
-        return system(t, y)
-
-    def blown(t, y):
-        return -1.0 if system.failed else 1.0
-    blown.terminal = True
-
-    sol = solve_ivp(rhs, (0.0, times[-1]), y0.ravel(), method=method, t_eval=times,
-                    rtol=rtol, atol=atol, events=blown)
-    bar.close()
-    n = sol.t.size
-    ys = sol.y.T
-    if system.failed or not np.all(np.isfinite(ys)):
-        keep = [i for i in range(n) if np.all(np.isfinite(ys[i]))]
-        ys, tt = ys[keep], sol.t[keep]
-        status, message = -1, system.failed or "non-finite state (blow-up)"
-    else:
-        tt = sol.t
-        status, message = (0, "ok") if sol.status == 0 and n == times.size else (-1, sol.message)
+    system = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
+    if method == "auto":
+        method = "BDF" if y0.size <= AUTO_IMPLICIT_SIZE else "RK45"
+    ts, ys, message, nfev = _solve(system, y0, times, method, rtol, atol,
+                                   Progress(times[-1], f"integrate {act.NAME}/{rule}", enabled=progress))
+    status = 0 if message == "ok" else -1
     ops = [system.order_parameters(y) for y in ys]
     Q, R, T, T0 = (np.array([o[i] for o in ops]).reshape(len(ops), K, K) for i in range(4))
     half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
     error = np.array([act.population_error(*o, half_trace) for o in ops])
-    atoms = None
-    if keep_atoms:
-        atoms = ys.reshape(len(ys), -1, 2 * K) if per_direction else ys.reshape(len(ys), -1, 2 * K, 2 * K)
-    result = IntegrationResult(tt, error, Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
-                               status, message, sol.nfev, atoms)
+    result = IntegrationResult(ts, error, Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
+                               status, message, nfev, ys if keep_atoms else None, system)
     if status != 0 and raise_on_failure:
         raise IntegrationError(f"integration of {act.NAME}/{rule} failed at t = "
-                               f"{tt[-1] if tt.size else 0:.6g}: {message}", result)
+                               f"{ts[-1] if ts.size else 0:.6g}: {message}", result)
     return result
+
+
+_METHODS = {"RK45": RK45, "RK23": RK23, "DOP853": DOP853, "BDF": BDF, "Radau": Radau, "LSODA": LSODA}
+
+
+def _solve(system, y0, times, method, rtol, atol, bar):
+    """Step a scipy OdeSolver and read the states at `times` off its dense output; stop at a
+    blow-up or a solver failure, keeping every state reached before it.
+    Returns (t, y, message, nfev) with message "ok" on success."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(_METHODS)}")
+    out_t, out_y = [t for t in times if t <= 0], [y0 for t in times if t <= 0]
+    if times[-1] <= 0:
+        return np.array(out_t), np.array(out_y), "ok", 0
+    solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol)
+    pending = iter(times[len(out_t):])
+    nxt = next(pending, None)
+    message = "ok"
+    while nxt is not None:
+        failure = solver.step()
+        if system.failed or failure:
+            message = system.failed or failure
+            break
+        bar.update(solver.t)
+        if not np.all(np.isfinite(solver.y)):
+            message = f"non-finite state at t = {solver.t:.6g} (blow-up)"
+            break
+        dense = solver.dense_output()
+        while nxt is not None and nxt <= solver.t:
+            out_t.append(nxt)
+            out_y.append(dense(nxt))
+            nxt = next(pending, None)
+        if solver.status == "finished" and nxt is not None:
+            out_t.append(nxt)
+            out_y.append(solver.y)
+            nxt = next(pending, None)
+    bar.close()
+    return np.array(out_t), np.array(out_y).reshape(len(out_t), -1), message, solver.nfev
 
 
 def _stack(q, r, t):

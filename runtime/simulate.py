@@ -1,0 +1,594 @@
+"""Direct online-SGD simulation of the shallow autoencoder (SPEC section 1).
+
+x ~ N(0, Omega) fresh at every step, loss |x - x_hat|^2 / (2D), time t = steps / D. Rules:
+
+    vanilla    w_k += (lr/D^2)(v_k.e) g'(lam_k) x/sqrt(D),  v_k += (lr/D) g(lam_k) e
+               (+ b_k += (lr/D^2)(v_k.e) g'(lam_k) when a bias b0 is given)
+    truncated  as vanilla with e_k = x - sum_{l<=k} v_l g(lam_l) in both updates of unit k
+    tied       w_k += (lr/D)[g(lam_k) e + (w_k.e) g'(lam_k) x/sqrt(D)]   (V = W)
+    sanger     y = W x/sqrt(D), W += (lr/D^2)(y x^T - tril(y y^T) W)   (linear g, V = W)
+
+Every rule is equivariant under W -> W U, V -> V U, x -> U^T x, so the simulation runs in the
+eigenbasis of Omega: it evolves omega = W U, upsilon = V U with x_tau = sqrt(rho_tau) xi_tau
+(independent components). This is the same stochastic process as SGD on x = U x' (the same
+trajectory up to rounding for the same xi), without any D x D work per step; the final W, V
+are rotated back. Seeds are a leading array axis, each seed with its own random streams
+(SeedSequence(seed).spawn(2): training samples, test set), so a seed's trajectory does not
+depend on the other seeds in the batch. Samples are drawn in blocks of BLOCK per seed (with
+several seeds a background thread draws the next block while the current one is used);
+every update uses a fresh sample.
+"""
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.spectrum import eigenvalues, eigenvectors, weights
+
+RULES = ("vanilla", "truncated", "tied", "sanger")
+#: samples drawn per block and seed
+BLOCK = 256
+#: the test set is kept in memory up to this many numbers (all seeds), else redrawn per record
+TEST_MEMORY = 1 << 25
+_TEST_CHUNK = 2048
+
+
+@dataclass
+class SimulationResult:
+    """Recorded trajectories; leading axis = seed, second = record time.
+
+    t (n,): record times (steps / D); error (S, n): population error from the order
+    parameters; test_error (S, n): mean |x - x_hat|^2 / (2D) on a fixed held-out set per seed;
+    Q, R, T, T0 (S, n, K, K); b (S, n, K) or None; overlap (S, n, K, n_overlap): w_k . u_tau / |w_k|
+    for the eigen-directions overlap_index (decreasing eigenvalue); pca_errors (K + 1,):
+    eps_PCA(m), m = 0..K; W, V (S, K, D): final weights (V = W for tied and sanger).
+    status 0: ok; -1: a seed blew up (non-finite weights): its later records are NaN, the
+    other seeds ran on, and `message` says which seed and when.
+    """
+    t: np.ndarray
+    error: np.ndarray
+    test_error: np.ndarray
+    Q: np.ndarray
+    R: np.ndarray
+    T: np.ndarray
+    T0: np.ndarray
+    b: object
+    overlap: np.ndarray
+    overlap_index: np.ndarray
+    pca_errors: np.ndarray
+    W: np.ndarray
+    V: np.ndarray
+    seeds: tuple
+    rule: str
+    activation: str
+    lr: float
+    status: int = 0
+    message: str = ""
+    steps_per_second: float = float("nan")
+
+    def mean(self, what="error"):
+        """Mean over seeds of the recorded array `what` ("error", "test_error", "Q", ...)."""
+        return np.mean(getattr(self, what), axis=0)
+
+    def std(self, what="error"):
+        """Sample standard deviation over seeds (ddof = 1; zeros for a single seed)."""
+        a = getattr(self, what)
+        return np.std(a, axis=0, ddof=1) if a.shape[0] > 1 else np.zeros(a.shape[1:])
+
+
+def error_from_order_parameters(act, Q, R, T0, total_variance_over_2D, b=None):
+    """Population error eps = sum_tau rho_tau / (2D) - sum_k R_kk E[g'(lam_k)]
+    + 1/2 sum_kl T0_kl E[g(lam_k) g(lam_l)], lam ~ N(b, Q) (SPEC section 3; Stein gives
+    E[nu_k g(lam_k)] = R_kk E g'(lam_k)). Q, R, T0 of shape (..., K, K), b (..., K) or None.
+
+    Without bias the activation's kernels mean_1, mean_00, pair_0_0 are used; with a bias the
+    shifted averages are computed numerically (gaussian_average1/2; ~1e-13 for relu, erf).
+    For tied weights pass the order parameters of V = W.
+    """
+    Q, R, T0 = (np.asarray(a, dtype=float) for a in (Q, R, T0))
+    d = np.diagonal(Q, axis1=-2, axis2=-1)
+    with np.errstate(all="ignore"):
+        if b is None:
+            m1 = act.mean_1(d)
+            pair = np.array(act.pair_0_0(d[..., :, None], Q, d[..., None, :]), dtype=float)
+            # the diagonal from E[g(x)^2]: pair_0_0 at c12 = c11 = c22 can lose digits (asin near 1)
+            k = np.arange(Q.shape[-1])
+            pair[..., k, k] = act.mean_00(d)
+        else:
+            m1, pair = _shifted_averages(act, Q, np.asarray(b, dtype=float))
+        return (total_variance_over_2D - np.sum(np.diagonal(R, axis1=-2, axis2=-1) * m1, axis=-1)
+                + 0.5 * np.sum(T0 * pair, axis=(-2, -1)))
+
+
+def _shifted_averages(act, Q, b):
+    """E[g'(lam_k)] (..., K) and E[g(lam_k) g(lam_l)] (..., K, K) for lam ~ N(b, Q)."""
+    d = np.diagonal(Q, axis1=-2, axis2=-1)
+    m1 = gaussian_average1(act.dg, b, d)
+    k, l = np.triu_indices(Q.shape[-1])
+    upper = gaussian_average2(act.g, act.g, b[..., k], b[..., l], d[..., k], Q[..., k, l], d[..., l])
+    pair = np.empty(Q.shape)
+    pair[..., k, l] = upper
+    pair[..., l, k] = upper
+    return m1, pair
+
+
+#: Gauss-Legendre nodes per piece, and the truncation |z| <= _TAIL of the standard Gaussian
+_GL = np.polynomial.legendre.leggauss(64)
+_TAIL = 10.0
+
+
+def _split_rule(z0):
+    """Nodes z (..., 2n) and weights (Gauss-Legendre on [-L, z0] and [z0, L], times the
+    standard normal density) for integrals over z ~ N(0, 1) of a function smooth on each side
+    of z0 (..., clipped to [-L, L])."""
+    z0 = np.clip(z0, -_TAIL, _TAIL)[..., None]
+    u, w = _GL
+    hl, hr = (z0 + _TAIL) / 2, (_TAIL - z0) / 2
+    z = np.concatenate([-_TAIL + hl * (u + 1), z0 + hr * (u + 1)], axis=-1)
+    wt = np.concatenate([hl * w, hr * w], axis=-1)
+    return z, wt * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+
+
+def _break(m, s):
+    """z at which m + s z = 0 (the kink or jump of relu-like activations)."""
+    return np.where(s > 0, -m / np.where(s > 0, s, 1.0), 0.0)
+
+
+def gaussian_average1(f, m, v):
+    """E[f(x)], x ~ N(m, v), elementwise over broadcast m, v. Gauss-Legendre in z = (x - m)/sqrt(v)
+    split at x = 0, so a kink or jump of f at 0 (relu, leaky_relu and their derivatives) costs
+    no accuracy; smooth pieces converge exponentially."""
+    m, v = np.broadcast_arrays(np.asarray(m, dtype=float), np.asarray(v, dtype=float))
+    s = np.sqrt(np.maximum(v, 0.0))
+    z, w = _split_rule(_break(m, s))
+    return np.sum(w * f(m[..., None] + s[..., None] * z), axis=-1)
+
+
+def gaussian_average2(f1, f2, m1, m2, c11, c12, c22):
+    """E[f1(x1) f2(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]), elementwise.
+    Outer integral over x1 split at x1 = 0, inner over x2 given x1 split at x2 = 0."""
+    arrs = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (m1, m2, c11, c12, c22)))
+    flat = [a.ravel() for a in arrs]
+    out = np.empty(flat[0].size)
+    for lo in range(0, out.size, 64):
+        out[lo:lo + 64] = _average2(f1, f2, *(a[lo:lo + 64] for a in flat))
+    return out.reshape(arrs[0].shape)
+
+
+def _average2(f1, f2, m1, m2, c11, c12, c22):
+    s1 = np.sqrt(np.maximum(c11, 0.0))
+    kappa = np.where(c11 > 0, c12 / np.where(c11 > 0, c11, 1.0), 0.0)
+    s2 = np.sqrt(np.maximum(c22 - kappa * c12, 0.0))
+    z1, w1 = _split_rule(_break(m1, s1))                       # (M, n1)
+    x1 = m1[:, None] + s1[:, None] * z1
+    mc = m2[:, None] + kappa[:, None] * (x1 - m1[:, None])      # E[x2 | x1]
+    z2, w2 = _split_rule(_break(mc, s2[:, None]))              # (M, n1, n2)
+    inner = np.sum(w2 * f2(mc[..., None] + s2[:, None, None] * z2), axis=-1)
+    return np.sum(w1 * f1(x1) * inner, axis=-1)
+
+
+def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="vanilla", b0=None,
+             seeds=1, test_samples=10000, progress=False, n_overlap=8, prefetch=None):
+    """Online SGD from (W0, V0) on x ~ N(0, U diag(eigvals) U^T), recorded at `times`.
+
+    activation: a generated module (e.g. generated.erf) or its name. eigvecs: (D, D) with
+    orthonormal columns, or None for U = I. W0, V0: (K, D) (V0 is ignored, and may be None,
+    for tied and sanger). times: sorted times >= 0 (default 0, 1, ..., 10), each recorded
+    after round(t D) steps. b0: initial encoder bias (K,), trains a bias (vanilla only).
+    seeds: a count n (seeds 0..n-1) or a sequence of seeds. test_samples: held-out samples per
+    seed (0: no test error). n_overlap: eigen-directions kept in `overlap`. progress: a
+    progress bar on stderr for runs over a second. prefetch: draw the next block of samples in
+    a background thread (default: with several seeds, where drawing dominates).
+
+    Returns a SimulationResult. A blow-up (non-finite weights, checked after every block of
+    samples and at every record) does not raise: that seed stops being recorded (NaN from
+    then on), the others run on, status is -1 and the message names the seed and the time.
+    Bad input raises ValueError naming the problem.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(RULES)}")
+    act = _activation(activation)
+    if rule == "sanger" and act.NAME != "linear":
+        raise ValueError(f"rule 'sanger' is defined for the linear activation only, got {act.NAME!r}")
+    rho = eigenvalues(eigvals)
+    D = rho.size
+    U = None if eigvecs is None else eigenvectors(eigvecs, D)
+    W0 = np.asarray(W0, dtype=float)
+    if W0.ndim != 2 or W0.shape[1] != D:
+        raise ValueError(f"W0 has shape {W0.shape}, expected (K, D) with D = {D} (eigvals of shape {rho.shape})")
+    W0 = weights(W0, W0.shape, "W0")
+    K = W0.shape[0]
+    tied = rule in ("tied", "sanger")
+    if not tied:
+        if V0 is None:
+            raise ValueError(f"rule {rule!r} needs V0 of shape ({K}, {D})")
+        V0 = weights(np.asarray(V0, dtype=float), (K, D), "V0")
+    lr = _positive(lr, "lr")
+    t = _times(np.arange(11.0) if times is None else times)
+    if b0 is not None:
+        if rule != "vanilla":
+            raise ValueError(f"a trained bias (b0) is implemented for rule 'vanilla' only, not {rule!r}")
+        b0 = weights(np.asarray(b0, dtype=float), (K,), "b0")
+    seeds = _seeds(seeds)
+    if int(test_samples) != test_samples or test_samples < 0:
+        raise ValueError(f"test_samples must be a non-negative integer, got {test_samples!r}")
+    if int(n_overlap) != n_overlap or n_overlap < 0:
+        raise ValueError(f"n_overlap must be a non-negative integer, got {n_overlap!r}")
+
+    S = len(seeds)
+    prefetch = S > 1 if prefetch is None else bool(prefetch)
+    steps = np.rint(t * D).astype(np.int64)
+    t = steps / D
+    sqrt_rho = np.sqrt(rho)
+    total_2D = float(np.sum(rho)) / (2 * D)
+    top = np.argsort(-rho, kind="stable")[:min(int(n_overlap), D)]
+
+    # state in the eigenbasis, leading seed axis
+    W = np.repeat((W0 if U is None else W0 @ U)[None], S, axis=0)
+    V = W if tied else np.repeat((V0 if U is None else V0 @ U)[None], S, axis=0)
+    b = None if b0 is None else np.repeat(b0[None], S, axis=0)
+    streams = [np.random.SeedSequence(s).spawn(2) for s in seeds]
+    test = _TestSet([ss[1] for ss in streams], int(test_samples), sqrt_rho)
+    advance = _RULE_STEPS[rule](act, W, V, b, lr, D)
+
+    n = t.size
+    rec = dict(error=np.full((S, n), np.nan), test_error=np.full((S, n), np.nan),
+               Q=np.full((S, n, K, K), np.nan), R=np.full((S, n, K, K), np.nan),
+               T=np.full((S, n, K, K), np.nan), T0=np.full((S, n, K, K), np.nan),
+               b=None if b is None else np.full((S, n, K), np.nan),
+               overlap=np.full((S, n, K, top.size), np.nan))
+    alive = np.ones(S, dtype=bool)
+    died = {}
+
+    def check(step):
+        bad = alive & ~(np.all(np.isfinite(W), axis=(1, 2)) & np.all(np.isfinite(V), axis=(1, 2)))
+        if b is not None:
+            bad |= alive & ~np.all(np.isfinite(b), axis=1)
+        for s in np.flatnonzero(bad):
+            died[int(s)] = step / D
+        alive[bad] = False
+
+    def record(i):
+        _record(rec, i, alive, W, V, b, rho, D, act, total_2D, top, test)
+
+    gens = [np.random.default_rng(ss[0]) for ss in streams]
+    bufs = [np.empty((S, BLOCK, D)), np.empty((S, BLOCK, D))]
+
+    def fill(buf):
+        for s, gen in enumerate(gens):
+            gen.standard_normal(out=buf[s])
+        buf *= sqrt_rho
+        return buf
+
+    total = int(steps[-1])
+    bar = _Progress(total, D) if progress else None
+    i = 0
+    step = 0
+    loop_time = 0.0
+    with np.errstate(all="ignore"), ThreadPoolExecutor(1) as pool:
+        while i < n and steps[i] == 0:
+            record(i)
+            i += 1
+        pending = pool.submit(fill, bufs[0]) if (total > 0 and prefetch) else None
+        which = 0
+        while step < total and alive.any():
+            tic = time.perf_counter()
+            if prefetch:
+                X = pending.result()
+                which ^= 1
+                if step + BLOCK < total:
+                    pending = pool.submit(fill, bufs[which])
+            else:
+                X = fill(bufs[0])
+            j = 0
+            B = min(BLOCK, total - step)
+            while j < B:
+                stop = min(B, j + int(steps[i]) - step) if i < n else B
+                advance(X, j, stop)
+                step += stop - j
+                j = stop
+                if i < n and steps[i] == step:
+                    loop_time += time.perf_counter() - tic
+                    check(step)
+                    while i < n and steps[i] == step:
+                        record(i)
+                        i += 1
+                    tic = time.perf_counter()
+            loop_time += time.perf_counter() - tic
+            check(step)
+            if bar is not None:
+                bar.update(step)
+        if prefetch and pending is not None:
+            pending.result()
+    if bar is not None:
+        bar.close()
+
+    status, message = 0, "ok"
+    if died:
+        status = -1
+        message = "; ".join(f"seed {seeds[s]}: weights became non-finite by t = {tt:g}"
+                            for s, tt in sorted(died.items()))
+    Wf, Vf = W, V
+    if U is not None:
+        Wf = W @ U.T
+        Vf = Wf if tied else V @ U.T
+    Wf = Wf.copy()
+    Vf = Wf if tied else Vf.copy()
+    return SimulationResult(
+        t=t, pca_errors=_pca_errors(rho, K), overlap_index=top, W=Wf, V=Vf, seeds=tuple(seeds),
+        rule=rule, activation=act.NAME, lr=lr, status=status, message=message,
+        steps_per_second=step / loop_time if loop_time > 0 else float("nan"), **rec)
+
+
+# -- update rules: each returns advance(X, j0, j1) applying samples X[:, j0:j1] in order --------
+
+def _vanilla(act, W, V, b, lr, D):
+    g_, dg_, mm = act.g, act.dg, np.matmul
+    isq, cw, cv, cb = D ** -0.5, lr / D ** 2.5, lr / D, lr / D ** 2
+
+    def advance(X, j0, j1):
+        nonlocal W, V, b
+        for j in range(j0, j1):
+            x = X[:, j, :]
+            lam = mm(W, x[:, :, None])[:, :, 0]
+            lam *= isq
+            if b is not None:
+                lam += b
+            g, gp = g_(lam), dg_(lam)
+            e = x - mm(g[:, None, :], V)[:, 0, :]
+            a = mm(V, e[:, :, None])[:, :, 0] * gp          # (v_k . e) g'_k
+            if b is not None:
+                b += cb * a
+            a *= cw
+            W += a[:, :, None] * x[:, None, :]
+            V += (cv * g)[:, :, None] * e[:, None, :]
+    return advance
+
+
+def _truncated(act, W, V, b, lr, D):
+    g_, dg_, mm = act.g, act.dg, np.matmul
+    isq, cw, cv = D ** -0.5, lr / D ** 2.5, lr / D
+
+    def advance(X, j0, j1):
+        nonlocal W, V
+        for j in range(j0, j1):
+            x = X[:, j, :]
+            lam = mm(W, x[:, :, None])[:, :, 0]
+            lam *= isq
+            g, gp = g_(lam), dg_(lam)
+            E = g[:, :, None] * V
+            np.cumsum(E, axis=1, out=E)
+            np.subtract(x[:, None, :], E, out=E)            # e_k = x - sum_{l<=k} v_l g_l
+            a = np.einsum("skd,skd->sk", V, E) * gp
+            a *= cw
+            W += a[:, :, None] * x[:, None, :]
+            V += (cv * g)[:, :, None] * E
+    return advance
+
+
+def _tied(act, W, V, b, lr, D):
+    g_, dg_, mm = act.g, act.dg, np.matmul
+    isq, cx, ce = D ** -0.5, lr / D ** 1.5, lr / D
+
+    def advance(X, j0, j1):
+        nonlocal W
+        for j in range(j0, j1):
+            x = X[:, j, :]
+            lam = mm(W, x[:, :, None])[:, :, 0]
+            lam *= isq
+            g, gp = g_(lam), dg_(lam)
+            e = x - mm(g[:, None, :], W)[:, 0, :]
+            a = mm(W, e[:, :, None])[:, :, 0] * gp          # (w_k . e) g'_k
+            a *= cx
+            upd = (ce * g)[:, :, None] * e[:, None, :]
+            upd += a[:, :, None] * x[:, None, :]
+            W += upd
+    return advance
+
+
+def _sanger(act, W, V, b, lr, D):
+    mm = np.matmul
+    isq, c = D ** -0.5, lr / D ** 2
+
+    def advance(X, j0, j1):
+        nonlocal W
+        for j in range(j0, j1):
+            x = X[:, j, :]
+            y = mm(W, x[:, :, None])[:, :, 0]
+            y *= isq
+            upd = y[:, :, None] * x[:, None, :]
+            upd -= mm(np.tril(y[:, :, None] * y[:, None, :]), W)
+            upd *= c
+            W += upd
+    return advance
+
+
+_RULE_STEPS = {"vanilla": _vanilla, "truncated": _truncated, "tied": _tied, "sanger": _sanger}
+
+
+# -- recording ---------------------------------------------------------------------------------
+
+def _record(rec, i, alive, W, V, b, rho, D, act, total_2D, top, test):
+    """Order parameters (SPEC section 3, from the eigenbasis projections), errors, overlaps."""
+    Wr = W * rho
+    Vr = V * rho
+    Q = np.matmul(Wr, W.transpose(0, 2, 1)) / D
+    R = np.matmul(Vr, W.transpose(0, 2, 1)) / D ** 1.5
+    T = np.matmul(Vr, V.transpose(0, 2, 1)) / D ** 2
+    T0 = np.matmul(V, V.transpose(0, 2, 1)) / D
+    dead = ~alive
+    bb = None if b is None else b.copy()
+    for name, val in (("Q", Q), ("R", R), ("T", T), ("T0", T0), ("b", bb)):
+        if val is not None:
+            val[dead] = np.nan
+            rec[name][:, i] = val
+    norm = np.linalg.norm(W, axis=2)
+    ov = W[:, :, top] / np.where(norm > 0, norm, 1.0)[:, :, None]
+    ov[dead] = np.nan
+    rec["overlap"][:, i] = ov
+    err = error_from_order_parameters(act, Q[alive], R[alive], T0[alive], total_2D,
+                                      None if b is None else bb[alive])
+    rec["error"][alive, i] = err
+    if test.N:
+        for s in np.flatnonzero(alive):
+            rec["test_error"][s, i] = test.error(s, act, W[s], V[s], None if b is None else b[s])
+
+
+class _TestSet:
+    """A fixed held-out set per seed (in the eigenbasis); kept in memory up to TEST_MEMORY
+    numbers in all, else redrawn from its seed (identically) at every record."""
+
+    def __init__(self, seqs, N, sqrt_rho):
+        self.seqs, self.N, self.sqrt_rho = seqs, N, sqrt_rho
+        self.D = sqrt_rho.size
+        self.stored = None
+        if N and len(seqs) * N * self.D <= TEST_MEMORY:
+            self.stored = [list(self._draw(s)) for s in range(len(seqs))]
+
+    def _draw(self, s):
+        gen = np.random.default_rng(self.seqs[s])
+        for lo in range(0, self.N, _TEST_CHUNK):
+            X = gen.standard_normal((min(_TEST_CHUNK, self.N - lo), self.D))
+            X *= self.sqrt_rho
+            yield X, np.einsum("nd,nd->n", X, X)
+
+    def error(self, s, act, W, V, b):
+        """mean |x - x_hat|^2 / (2D) = mean (|x|^2 - 2 g.(V x) + g^T V V^T g) / (2D)."""
+        G = V @ V.T
+        total = 0.0
+        for X, xx in (self.stored[s] if self.stored is not None else self._draw(s)):
+            lam = X @ (W.T / np.sqrt(self.D))
+            if b is not None:
+                lam += b
+            g = act.g(lam)
+            P = X @ V.T
+            total += np.sum(xx - 2 * np.sum(g * P, axis=1) + np.einsum("nk,kl,nl->n", g, G, g))
+        return total / (self.N * 2 * self.D)
+
+
+class _Progress:
+    """A carriage-return progress bar on stderr, shown once a run has taken over a second."""
+
+    def __init__(self, total, D, width=30):
+        self.total, self.D, self.width = max(total, 1), D, width
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self, step):
+        now = time.monotonic()
+        if now - self.start < 1.0 or now - self.last < 0.2:
+            return
+        self.last = now
+        frac = step / self.total
+        done = int(self.width * frac)
+        rate = step / (now - self.start)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (self.width - done)}] {100 * frac:5.1f}% "
+                         f"t = {step / self.D:.4g}/{self.total / self.D:.4g}  {rate:,.0f} steps/s  "
+                         f"eta {eta:.0f} s ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self):
+        if self.shown:
+            self.last = 0.0
+            self.update(self.total)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- input checks ------------------------------------------------------------------------------
+
+def _activation(activation):
+    if isinstance(activation, str):
+        import generated
+        return generated.load(activation)
+    for attr in ("g", "dg", "NAME", "mean_1", "pair_0_0"):
+        if not hasattr(activation, attr):
+            raise ValueError(f"activation must be a generated module or its name; {activation!r} has no {attr!r}")
+    return activation
+
+
+def _positive(value, what):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be positive and finite, got {value!r}")
+    return value
+
+
+def _times(times):
+    try:
+        t = np.atleast_1d(np.array(times, dtype=float))
+    except (TypeError, ValueError):
+        raise ValueError(f"times must be a numeric sequence, got {times!r}") from None
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(f"times must be a non-empty 1-D sequence, got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("times contains NaN or inf")
+    if np.any(t < 0):
+        raise ValueError(f"times must be >= 0, got {t[t < 0][0]!r}")
+    if np.any(np.diff(t) < 0):
+        raise ValueError("times must be sorted in increasing order")
+    return t
+
+
+def _seeds(seeds):
+    if np.ndim(seeds) == 0:
+        if int(seeds) != seeds or seeds < 1:
+            raise ValueError(f"seeds must be a positive count or a sequence of seeds, got {seeds!r}")
+        return list(range(int(seeds)))
+    seeds = [int(s) for s in seeds]
+    if not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds!r}")
+    return seeds
+
+
+def _pca_errors(rho, K):
+    """eps_PCA(m) = (sum rho - sum of the top m) / (2D), m = 0..K."""
+    srt = np.sort(rho)[::-1]
+    top = np.concatenate([[0.0], np.cumsum(srt[:K])])
+    top = np.concatenate([top, np.full(K + 1 - top.size, top[-1])])
+    return (np.sum(rho) - top) / (2 * rho.size)
+
+
+# -- speed ---------------------------------------------------------------------------------------
+
+def steps_per_second(D=1000, K=4, seeds=1, steps=20000, activation="erf", rule="vanilla",
+                     reference=False, prefetch=None):
+    """Measured SGD steps per second (each step updates every seed) on a two-spike problem.
+
+    reference=True times a plain single-seed numpy loop in the original basis instead: one
+    x = U (sqrt(rho) xi) per step (a D x D product), no blocking, no seed axis.
+    """
+    rng = np.random.default_rng(12345)
+    rho = np.ones(D)
+    rho[:2] = (2.0 * D, 1.0 * D)
+    U, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    W0 = rng.standard_normal((K, D))
+    V0 = rng.standard_normal((K, D))
+    if not reference:
+        res = simulate(activation, rho, U, W0, V0, times=[0, steps / D], rule=rule, seeds=seeds,
+                       test_samples=0, prefetch=prefetch)
+        return res.steps_per_second
+    import generated
+    act = generated.load(activation) if isinstance(activation, str) else activation
+    W, V = W0.copy(), V0.copy()
+    sq = np.sqrt(rho)
+    gen = np.random.default_rng(0)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        x = U @ (sq * gen.standard_normal(D))
+        lam = W @ x / np.sqrt(D)
+        g, gp = act.g(lam), act.dg(lam)
+        e = x - g @ V
+        W += (1.0 / D ** 2.5) * np.outer((V @ e) * gp, x)
+        V += (1.0 / D) * np.outer(g, e)
+    return steps / (time.perf_counter() - tic)

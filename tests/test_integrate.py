@@ -1,0 +1,110 @@
+"""The integrator: exact lumping, the linear network's PCA fixed point, failures, bad input."""
+import numpy as np
+import pytest
+
+import generated
+from runtime import spectrum as spec
+from runtime.integrate import IntegrationError
+
+
+def spiked_problem(D, K, strengths, seed, scale_w=0.5, scale_v=0.5):
+    rng = np.random.default_rng(seed)
+    eigvals = np.concatenate([np.asarray(strengths, float) * D, np.ones(D - len(strengths))])
+    eigvecs, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    W0 = scale_w * rng.normal(size=(K, D))
+    V0 = scale_v * rng.normal(size=(K, D))
+    return eigvals, eigvecs, W0, V0
+
+
+@pytest.mark.parametrize("name", ["erf", "relu", "linear"])
+def test_lumping_is_exact(name):
+    """D atoms (bulk eigenvalues split by 1e-9 relative) and M+1 atoms give one trajectory."""
+    act = generated.load(name)
+    D, K = 200, 2
+    eigvals, eigvecs, W0, V0 = spiked_problem(D, K, [3.0, 2.0], seed=1)
+    times = [0, 1, 5, 20]
+    lumped = act.integrate(eigvals, eigvecs, W0, V0, times=times, rtol=1e-10, atol=1e-12)
+    split = eigvals.copy()
+    split[2:] *= 1 + 1e-11 * np.arange(D - 2)         # distinct: per-direction representation
+    direct = act.integrate(split, eigvecs, W0, V0, times=times, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lumped.error, direct.error, rtol=1e-7)
+    np.testing.assert_allclose(lumped.Q, direct.Q, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(lumped.R, direct.R, rtol=1e-7, atol=1e-10)
+
+
+def test_atoms_input_matches_weights_input():
+    """spectrum= with init matrices from the same weights gives the same result."""
+    act = generated.load("erf")
+    D, K = 150, 3
+    eigvals, eigvecs, W0, V0 = spiked_problem(D, K, [4.0, 3.0, 2.0], seed=2)
+    times = [0, 2, 10]
+    a = act.integrate(eigvals, eigvecs, W0, V0, times=times, rtol=1e-10, atol=1e-12)
+    spectrum, atom_of = spec.Spectrum.from_eigvals(eigvals)
+    init = spec.atom_matrices(spectrum, atom_of, W0, V0, eigvecs)
+    b = act.integrate(spectrum=spectrum, init=init, times=times, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a.error, b.error, rtol=1e-8)
+
+
+def test_linear_network_reaches_pca_error():
+    """Linear activation: the fixed point of the equations is the PCA error of K components."""
+    act = generated.load("linear")
+    D, K = 100, 2
+    eigvals, eigvecs, W0, V0 = spiked_problem(D, K, [3.0, 2.0, 1.5], seed=3)
+    res = act.integrate(eigvals, eigvecs, W0, V0, lr=1.0, times=[0, 10, 1000, 100000])
+    assert res.error[-1] == pytest.approx(res.pca_errors[K], rel=1e-4)
+    assert res.error[0] > res.pca_errors[K] + 0.5
+
+
+def test_result_fields_and_shapes():
+    act = generated.load("erf")
+    eigvals, eigvecs, W0, V0 = spiked_problem(60, 2, [2.0], seed=4)
+    res = act.integrate(eigvals, eigvecs, W0, V0, times=np.logspace(-2, 1, 7))
+    assert res.status == 0 and res.success and res.message == "ok"
+    assert res.t.shape == (7,) and res.error.shape == (7,)
+    assert res.Q.shape == res.R.shape == res.T.shape == res.T0.shape == (7, 2, 2)
+    assert res.pca_errors.shape == (3,)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: dict(a, W0=a["W0"][:, :-1]), "W0"),
+    (lambda a: dict(a, eigvecs=a["eigvecs"][:-1]), "eigvecs"),
+    (lambda a: dict(a, eigvals=-a["eigvals"]), "negative"),
+    (lambda a: dict(a, W0=np.where(np.arange(a["W0"].size).reshape(a["W0"].shape) == 3, np.nan, a["W0"])), "NaN"),
+    (lambda a: dict(a, rule="hebbian"), "rule"),
+    (lambda a: dict(a, lr=-1.0), "lr"),
+    (lambda a: dict(a, times=[0, 2, 1]), "times"),
+])
+def test_bad_input_names_the_problem(change, message):
+    eigvals, eigvecs, W0, V0 = spiked_problem(20, 2, [2.0], seed=5)
+    args = change(dict(eigvals=eigvals, eigvecs=eigvecs, W0=W0, V0=V0))
+    args.setdefault("times", [0, 1])
+    with pytest.raises(ValueError, match=message):
+        generated.load("erf").integrate(**args)
+
+
+def test_blow_up_raises_with_partial_result():
+    """A drift that turns non-finite mid-run (here: once Q_11 passes a threshold, as a kernel
+    outside its domain would) is reported and raised, and the data before it kept."""
+    from runtime.integrate import integrate
+    erf = generated.load("erf")
+
+    class Breaking:
+        NAME, population_error = "erf-breaking", staticmethod(erf.population_error)
+
+        @staticmethod
+        def drift(Q, R, T, T0, lr):
+            A, B = erf.drift_vanilla(Q, R, T, T0, lr)
+            return (A * np.nan, B) if Q[0, 0] > 3.0 else (A, B)
+
+        DRIFTS = {"vanilla": drift}
+
+    eigvals, eigvecs, W0, V0 = spiked_problem(40, 2, [5.0, 4.0], seed=6, scale_w=0.3, scale_v=0.3)
+    times = np.linspace(0, 40, 21)
+    assert erf.integrate(eigvals, eigvecs, W0, V0, times=times).Q[:, 0, 0].max() > 3.0
+    with pytest.raises(IntegrationError, match="blow-up") as info:
+        integrate(Breaking, eigvals, eigvecs, W0, V0, times=times)
+    partial = info.value.result
+    assert partial.status == -1 and 1 <= partial.t.size < times.size
+    assert np.all(np.isfinite(partial.error)) and np.all(partial.Q[:, 0, 0] <= 3.0 + 1e-9)
+    quiet = integrate(Breaking, eigvals, eigvecs, W0, V0, times=times, raise_on_failure=False)
+    assert quiet.status == -1 and "blow-up" in quiet.message
