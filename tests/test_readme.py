@@ -1,0 +1,26 @@
+"""The README's worked example of adding an activation runs, and its result is right."""
+import re
+from pathlib import Path
+
+import numpy as np
+
+from derive import activations
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_adding_an_activation_example(capsys):
+    section = README.read_text().split("## Adding an activation", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    try:
+        exec(compile(code, "README example", "exec"), namespace)
+    finally:
+        activations.REGISTRY.pop("erf_unit", None)
+    module = namespace["erf_unit"]
+    assert module.CLOSED_FORM
+    # Williams (1998): E[erf(x1) erf(x2)] = (2/pi) asin(2 C12 / sqrt((1 + 2 C11)(1 + 2 C22)))
+    C = np.array([[1.0, 0.5], [0.5, 2.0]])
+    expected = 2 / np.pi * np.arcsin(2 * 0.5 / np.sqrt(3.0 * 5.0))
+    assert abs(module.I2(C) - expected) < 1e-14
+    assert f"{expected:.10f}"[:10] in capsys.readouterr().out
