@@ -15,7 +15,7 @@ from derive import drift as drift_engine
 from derive import gaussian as G
 from derive import rules, stein
 from derive.activations import Activation, x
-from derive.kernels import BASE, Kernel, derive_kernel, from_name
+from derive.kernels import BASE, derive_kernel, from_name
 from derive.printer import NumpyPrinter, distribute, guard
 
 COMMAND = "make derive  (python -m derive)"
@@ -197,13 +197,16 @@ def _zero_kernels(d):
     return {k.name for k, e in d.kernels.items() if e is not None and e == 0}
 
 
-def _einsum_lines(monomials, zero, output, lr=""):
+def _einsum_lines(monomials, zero, output, batched=False):
     """Sum of einsum monomials, skipping those with a kernel that vanishes identically."""
     parts = []
     for m in monomials:
         if any(name in zero for name, _ in m.factors):
             continue
         subscripts, names = m.einsum(output)
+        if batched:
+            ins, out = subscripts.split("->")
+            subscripts = ",".join("..." + i for i in ins.split(",")) + "->..." + out
         coeff = m.coeff.subs(rules.eta, 1)
         sign, coeff = ("-", -coeff) if coeff.could_extract_minus_sign() else ("+", coeff)
         scale = "" if coeff == 1 else f"{sp.pycode(coeff)}*"
@@ -221,7 +224,7 @@ def _kernel_arrays(monomials, zero):
     names = sorted({n for m in monomials for n, _ in m.factors if n.startswith(("mean_", "pair_"))} - zero)
     lines = []
     for n in names:
-        call = f"{n}(q)" if n.startswith("mean_") else f"{n}(q[:, None], Q, q[None, :])"
+        call = f"{n}(q)" if n.startswith("mean_") else f"{n}(q[..., :, None], Q, q[..., None, :])"
         lines.append(f"    {n}_ = {call}")
     return lines
 
@@ -232,15 +235,18 @@ def _error_function(d):
     return [
         "def population_error(Q, R, T, T0, half_trace):",
         *_doc(f"eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).\n\n"
-              f"half_trace = tr(Omega)/(2D); derived: {formula} (einsum over units)"),
-        "    q = numpy.diagonal(Q)",
+              f"Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D).\n"
+              f"Derived: {formula} (einsum over units)."),
+        "    Q, R, T0 = numpy.asarray(Q, dtype=float), numpy.asarray(R, dtype=float), numpy.asarray(T0, dtype=float)",
+        "    q = numpy.diagonal(Q, axis1=-2, axis2=-1)",
         *_kernel_arrays(d.error, zero),
-        f"    return half_trace + {_einsum_lines(d.error, zero, '')}",
+        f"    return half_trace + {_einsum_lines(d.error, zero, '', batched=True)}",
         "", "",
     ]
 
 
 def _drift_function(d, name, drift):
+    # one state at a time: the kernels see q of shape (K,)
     zero = _zero_kernels(d)
     monomials = [m for blocks in (drift.A, drift.B) for ms in blocks.values() for m in ms]
     lines = [

@@ -22,7 +22,7 @@ import sympy as sp
 
 from derive import gaussian as G
 from derive.kernels import Kernel, from_name
-from derive.rules import D, X, Rule, V, W, act, dot, eta, g, k, l, lam, nu, sum_over
+from derive.rules import D, X, Rule, V, W, act, dot, g, k, l, lam, nu, sum_over
 
 a = sp.Symbol("a", integer=True)            # column index of the blocks
 Q, R, T = sp.IndexedBase("Q"), sp.IndexedBase("R"), sp.IndexedBase("T")

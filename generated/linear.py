@@ -176,12 +176,14 @@ def I4(C):
 def population_error(Q, R, T, T0, half_trace):
     """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).
 
-    half_trace = tr(Omega)/(2D); derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units)
+    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D).
+    Derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units).
     """
-    q = numpy.diagonal(Q)
+    Q, R, T0 = numpy.asarray(Q, dtype=float), numpy.asarray(R, dtype=float), numpy.asarray(T0, dtype=float)
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
     mean_1_ = mean_1(q)
-    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
-    return half_trace + 1/2*numpy.einsum('bc,bc->', T0, pair_0_0_) - numpy.einsum('bb,b->', R, mean_1_)
+    pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_) - numpy.einsum('...bb,...b->...', R, mean_1_)
 
 
 def drift_vanilla(Q, R, T, T0, lr):
@@ -194,8 +196,8 @@ def drift_vanilla(Q, R, T, T0, lr):
     q = numpy.diagonal(Q)
     eye = numpy.eye(K)
     mean_1_ = mean_1(q)
-    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
-    pair_1_1_ = pair_1_1(q[:, None], Q, q[None, :])
+    pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    pair_1_1_ = pair_1_1(q[..., :, None], Q, q[..., None, :])
     A = numpy.zeros((2 * K, 2 * K))
     B = numpy.zeros((2 * K, 2 * K))
     A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)
@@ -216,8 +218,8 @@ def drift_truncated(Q, R, T, T0, lr):
     eye = numpy.eye(K)
     tril = numpy.tril(numpy.ones((K, K)))
     mean_1_ = mean_1(q)
-    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
-    pair_1_1_ = pair_1_1(q[:, None], Q, q[None, :])
+    pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    pair_1_1_ = pair_1_1(q[..., :, None], Q, q[..., None, :])
     A = numpy.zeros((2 * K, 2 * K))
     B = numpy.zeros((2 * K, 2 * K))
     A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)

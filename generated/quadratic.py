@@ -167,11 +167,13 @@ def I3(C):
 def population_error(Q, R, T, T0, half_trace):
     """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).
 
-    half_trace = tr(Omega)/(2D); derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units)
+    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D).
+    Derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units).
     """
-    q = numpy.diagonal(Q)
-    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
-    return half_trace + 1/2*numpy.einsum('bc,bc->', T0, pair_0_0_)
+    Q, R, T0 = numpy.asarray(Q, dtype=float), numpy.asarray(R, dtype=float), numpy.asarray(T0, dtype=float)
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
+    pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_)
 
 
 def drift_vanilla(Q, R, T, T0, lr):
@@ -183,9 +185,9 @@ def drift_vanilla(Q, R, T, T0, lr):
     K = Q.shape[-1]
     q = numpy.diagonal(Q)
     eye = numpy.eye(K)
-    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
-    pair_1_1_ = pair_1_1(q[:, None], Q, q[None, :])
-    pair_2_0_ = pair_2_0(q[:, None], Q, q[None, :])
+    pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    pair_1_1_ = pair_1_1(q[..., :, None], Q, q[..., None, :])
+    pair_2_0_ = pair_2_0(q[..., :, None], Q, q[..., None, :])
     A = numpy.zeros((2 * K, 2 * K))
     B = numpy.zeros((2 * K, 2 * K))
     A[0:K, 0:K] = - numpy.einsum('ka,ak->ka', T0, pair_1_1_) - numpy.einsum('kb,ak,kb->ka', T0, eye, pair_2_0_)
@@ -203,9 +205,9 @@ def drift_truncated(Q, R, T, T0, lr):
     q = numpy.diagonal(Q)
     eye = numpy.eye(K)
     tril = numpy.tril(numpy.ones((K, K)))
-    pair_0_0_ = pair_0_0(q[:, None], Q, q[None, :])
-    pair_1_1_ = pair_1_1(q[:, None], Q, q[None, :])
-    pair_2_0_ = pair_2_0(q[:, None], Q, q[None, :])
+    pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    pair_1_1_ = pair_1_1(q[..., :, None], Q, q[..., None, :])
+    pair_2_0_ = pair_2_0(q[..., :, None], Q, q[..., None, :])
     A = numpy.zeros((2 * K, 2 * K))
     B = numpy.zeros((2 * K, 2 * K))
     A[0:K, 0:K] = - numpy.einsum('ka,ak,ka->ka', T0, pair_1_1_, tril) - numpy.einsum('kb,ak,kb,kb->ka', T0, eye, pair_2_0_, tril)

@@ -18,14 +18,14 @@ depend on the other seeds in the batch. Samples are drawn in blocks of BLOCK per
 several seeds a background thread draws the next block while the current one is used);
 every update uses a fresh sample.
 """
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.spectrum import eigenvalues, eigenvectors, weights
+from runtime.progress import Progress
+from runtime.spectrum import Spectrum, eigenvalues, eigenvectors, weights
 
 RULES = ("vanilla", "truncated", "tied", "sanger")
 #: samples drawn per block and seed
@@ -83,21 +83,16 @@ def error_from_order_parameters(act, Q, R, T0, total_variance_over_2D, b=None):
     + 1/2 sum_kl T0_kl E[g(lam_k) g(lam_l)], lam ~ N(b, Q) (SPEC section 3; Stein gives
     E[nu_k g(lam_k)] = R_kk E g'(lam_k)). Q, R, T0 of shape (..., K, K), b (..., K) or None.
 
-    Without bias the activation's kernels mean_1, mean_00, pair_0_0 are used; with a bias the
-    shifted averages are computed numerically (gaussian_average1/2; ~1e-13 for relu, erf).
+    Without bias this is the activation's derived `population_error`; with a bias the shifted
+    averages are computed numerically (gaussian_average1/2; ~1e-13 for relu, erf) until the
+    engine derives shifted-Gaussian kernels.
     For tied weights pass the order parameters of V = W.
     """
     Q, R, T0 = (np.asarray(a, dtype=float) for a in (Q, R, T0))
-    d = np.diagonal(Q, axis1=-2, axis2=-1)
+    if b is None:
+        return act.population_error(Q, R, None, T0, total_variance_over_2D)
     with np.errstate(all="ignore"):
-        if b is None:
-            m1 = act.mean_1(d)
-            pair = np.array(act.pair_0_0(d[..., :, None], Q, d[..., None, :]), dtype=float)
-            # the diagonal from E[g(x)^2]: pair_0_0 at c12 = c11 = c22 can lose digits (asin near 1)
-            k = np.arange(Q.shape[-1])
-            pair[..., k, k] = act.mean_00(d)
-        else:
-            m1, pair = _shifted_averages(act, Q, np.asarray(b, dtype=float))
+        m1, pair = _shifted_averages(act, Q, np.asarray(b, dtype=float))
         return (total_variance_over_2D - np.sum(np.diagonal(R, axis1=-2, axis2=-1) * m1, axis=-1)
                 + 0.5 * np.sum(T0 * pair, axis=(-2, -1)))
 
@@ -263,7 +258,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         return buf
 
     total = int(steps[-1])
-    bar = _Progress(total, D) if progress else None
+    bar = Progress(total, f"simulate {act.NAME}/{rule}", enabled=progress, delay=1.0, unit="steps")
     i = 0
     step = 0
     loop_time = 0.0
@@ -298,12 +293,10 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
                     tic = time.perf_counter()
             loop_time += time.perf_counter() - tic
             check(step)
-            if bar is not None:
-                bar.update(step)
+            bar.update(step)
         if prefetch and pending is not None:
             pending.result()
-    if bar is not None:
-        bar.close()
+    bar.close()
 
     status, message = 0, "ok"
     if died:
@@ -317,7 +310,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     Wf = Wf.copy()
     Vf = Wf if tied else Vf.copy()
     return SimulationResult(
-        t=t, pca_errors=_pca_errors(rho, K), overlap_index=top, W=Wf, V=Vf, seeds=tuple(seeds),
+        t=t, pca_errors=Spectrum.from_eigvals(rho)[0].pca_errors(K), overlap_index=top, W=Wf, V=Vf, seeds=tuple(seeds),
         rule=rule, activation=act.NAME, lr=lr, status=status, message=message,
         steps_per_second=step / loop_time if loop_time > 0 else float("nan"), **rec)
 
@@ -468,38 +461,6 @@ class _TestSet:
         return total / (self.N * 2 * self.D)
 
 
-class _Progress:
-    """A carriage-return progress bar on stderr, shown once a run has taken over a second."""
-
-    def __init__(self, total, D, width=30):
-        self.total, self.D, self.width = max(total, 1), D, width
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.shown = False
-
-    def update(self, step):
-        now = time.monotonic()
-        if now - self.start < 1.0 or now - self.last < 0.2:
-            return
-        self.last = now
-        frac = step / self.total
-        done = int(self.width * frac)
-        rate = step / (now - self.start)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        sys.stderr.write(f"\r[{'#' * done}{'.' * (self.width - done)}] {100 * frac:5.1f}% "
-                         f"t = {step / self.D:.4g}/{self.total / self.D:.4g}  {rate:,.0f} steps/s  "
-                         f"eta {eta:.0f} s ")
-        sys.stderr.flush()
-        self.shown = True
-
-    def close(self):
-        if self.shown:
-            self.last = 0.0
-            self.update(self.total)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # -- input checks ------------------------------------------------------------------------------
 
 def _activation(activation):
@@ -549,14 +510,6 @@ def _seeds(seeds):
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds!r}")
     return seeds
-
-
-def _pca_errors(rho, K):
-    """eps_PCA(m) = (sum rho - sum of the top m) / (2D), m = 0..K."""
-    srt = np.sort(rho)[::-1]
-    top = np.concatenate([[0.0], np.cumsum(srt[:K])])
-    top = np.concatenate([top, np.full(K + 1 - top.size, top[-1])])
-    return (np.sum(rho) - top) / (2 * rho.size)
 
 
 # -- speed ---------------------------------------------------------------------------------------
