@@ -16,7 +16,7 @@ from derive import gaussian as G
 from derive import rules, stein
 from derive.activations import Activation, x
 from derive.kernels import BASE, derive_kernel, from_name
-from derive.printer import NumpyPrinter, distribute, guard
+from derive.printer import NumpyPrinter, distribute, guard, rewrite_asin
 
 COMMAND = "make derive  (python -m derive)"
 MAX_DERIVATIVE = 3
@@ -74,6 +74,19 @@ def derive_all(activation: Activation) -> Derivation:
     return d
 
 
+def _at_zero_variance(g, kernel, expr):
+    """A one-point kernel at v = 0 is the integrand at x = 0 (Heaviside(0) = 1/2), which for a
+    discontinuous g' differs from the limit v -> 0+ (ReLU: E[g'^2] = 1/2, g'(0)^2 = 1/4)."""
+    if len(kernel.orders) != 1:
+        return expr
+    from derive.kernels import product
+    at_zero = G.normalize(product(g, kernel.orders[0])).subs(x, 0)
+    if at_zero.has(sp.DiracDelta) or not at_zero.is_finite or sp.simplify(expr.subs(G.v, 0) - at_zero) == 0:
+        return expr
+    v = sp.Symbol(G.v.name, nonnegative=True)    # G.v is positive: Eq(G.v, 0) would be False
+    return sp.Piecewise((at_zero, sp.Eq(v, 0)), (expr.subs(G.v, v), True))
+
+
 _DRIFT_CACHE = {}
 
 
@@ -98,7 +111,7 @@ _LITERATURE_DOC = {
 
 def _body(expr, printer, indent="    "):
     """Lines computing expr with common subexpressions hoisted, ending in `return`."""
-    expr = guard(distribute(expr))
+    expr = guard(distribute(rewrite_asin(expr)))
     temps, (reduced,) = sp.cse(expr, symbols=sp.numbered_symbols("t"), optimizations=None)
     lines = [f"{indent}{t} = {printer.doprint(e)}" for t, e in temps]
     return lines, reduced
@@ -147,7 +160,7 @@ def module_source(d: Derivation) -> str:
         "",
         "from runtime import integrate as _integrate",
         "from runtime.check import covariance as _covariance",
-        "from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0",
+        "from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0",
     ]
     if not d.closed_form:
         out.append("from runtime import quadrature as _quadrature")
@@ -176,7 +189,7 @@ def module_source(d: Derivation) -> str:
                     f"    return _quadrature.{fn}(DERIVATIVES, {orders}, {', '.join(args)})", "", ""]
         else:
             doc = f"{kernel.describe()}.\n\n= {_formula(expr)}"
-            out += _function(kernel.name, args, doc, expr, printer)
+            out += _function(kernel.name, args, doc, _at_zero_variance(d.g, kernel, expr), printer)
     for name, (dim, formula) in d.literature.items():
         out += _literature_function(name, dim, formula, printer)
     out += _error_function(d)

@@ -27,6 +27,10 @@ class atan2(sp.Function):
     """numpy.arctan2(y, x)."""
 
 
+class angle(sp.Function):
+    """pi/2 + atan2(c, s) for s >= 0, computed as atan2(s, -c) (pi/2 at c = s = 0)."""
+
+
 def _nonnegative_version(expr):
     """Replace positive symbols by nonnegative ones (a variance may be exactly zero)."""
     return expr.xreplace({s: sp.Symbol(s.name, nonnegative=True) for s in expr.free_symbols if s.is_positive})
@@ -38,6 +42,23 @@ def _known_positive(expr):
 
 def _known_nonnegative(expr):
     return bool(_nonnegative_version(expr).is_nonnegative)
+
+
+def rewrite_asin(expr):
+    """asin(n/sqrt(X)) -> atan2(n, sqrt(X - n^2)), or -> angle(n, sqrt(X - n^2)) - pi/2 when that
+    form makes the expression shorter (ReLU: c12 (pi/2 + asin) = c12 angle(c12, sqrt(det)), free
+    of the cancellation near correlation -1). Exact for X > 0; at X = 0 the correlation is 0."""
+    candidates = [expr]
+    for shifted in (False, True):
+        def repl(e, shifted=shifted):
+            num, den = sp.fraction(sp.together(e.args[0]))
+            radicals = sp.Mul.make_args(den)
+            if not all(f.is_Pow and f.exp == sp.S.Half for f in radicals):
+                return e
+            X = sp.expand(sp.Mul(*(f.base for f in radicals)) - num**2)
+            return angle(num, sp.sqrt(X)) - sp.pi / 2 if shifted else atan2(num, sp.sqrt(X))
+        candidates.append(sp.expand(expr.replace(lambda e: isinstance(e, sp.asin), repl), power_base=False))
+    return min(candidates[1:], key=lambda e: (sp.count_ops(e), candidates.index(e)))
 
 
 def distribute(expr):
@@ -79,26 +100,15 @@ def guard(expr):
             return sp.Pow(base, expr.exp)
         return sqrt0(base) if expr.exp == sp.S.Half else sp.Pow(sp.Max(base, 0), expr.exp)
     if isinstance(expr, sp.asin):
-        return _asin(expr.args[0])
+        return arcsin(guard(expr.args[0]))
     return expr.func(*(guard(a) for a in expr.args))
-
-
-def _asin(arg):
-    """asin(n / sqrt(X)) = atan2(n, sqrt(X - n^2)): accurate near |correlation| = 1, where asin
-    loses half the digits, and 0 at X = 0 (a vanishing variance); otherwise a clipped asin."""
-    num, den = sp.fraction(sp.together(arg))
-    radicals = sp.Mul.make_args(den)
-    if all(f.is_Pow and f.exp == sp.S.Half for f in radicals):
-        X = sp.Mul(*(f.base for f in radicals))
-        return atan2(guard(num), sqrt0(guard(sp.expand(X - num**2))))
-    return arcsin(guard(arg))
 
 
 class NumpyPrinter(SciPyPrinter):
     """SciPy printer with the guarded helpers and kernel calls printed as plain names."""
 
     def __init__(self, functions=()):
-        names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin", "atan2": "numpy.arctan2"}
+        names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin", "atan2": "_atan2", "angle": "_angle"}
         names.update({f: f for f in functions})
         super().__init__({"fully_qualified_modules": True, "user_functions": names})
 

@@ -14,7 +14,7 @@ import scipy.special
 
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
 
 NAME = 'erf'
 EXPRESSION = 'erf(sqrt(2)*x/2)'
@@ -62,7 +62,7 @@ def pair_0_0(c11, c12, c22):
 
     = 2*asin(c12/(sqrt(c11 + 1)*sqrt(c22 + 1)))/pi
     """
-    return _broadcast(2*numpy.arctan2(c12, _sqrt0(c11*c22 + c11 - c12**2 + c22 + 1))/numpy.pi, c11, c12, c22)
+    return _broadcast(2*_atan2(c12, _sqrt0(c11*c22 + c11 - c12**2 + c22 + 1))/numpy.pi, c11, c12, c22)
 
 
 def mean_00(v):
@@ -110,8 +110,8 @@ def pair_2_0(c11, c12, c22):
 
     = -2*c12/(pi*(c11 + 1)*sqrt(c11*c22 + c11 - c12**2 + c22 + 1))
     """
-    t0 = c11 + 1
-    return _broadcast(_div(-2*c12, numpy.pi*t0*_sqrt0(c11*c22 - c12**2 + c22 + t0)), c11, c12, c22)
+    t0 = numpy.pi*_sqrt0(c11*c22 + c11 - c12**2 + c22 + 1)
+    return _broadcast(_div(-2*c12, c11*t0 + t0), c11, c12, c22)
 
 
 def mean_3(v):
@@ -119,7 +119,8 @@ def mean_3(v):
 
     = -sqrt(2)/(sqrt(pi)*(v + 1)**(3/2))
     """
-    return _broadcast(-numpy.sqrt(2)/(numpy.sqrt(numpy.pi)*(v + 1)**(3/2)), v)
+    t0 = numpy.sqrt(numpy.pi)*numpy.sqrt(v + 1)
+    return _broadcast(-numpy.sqrt(2)/(t0*v + t0), v)
 
 
 def J2(C):

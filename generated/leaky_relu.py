@@ -14,7 +14,7 @@ import scipy.special
 
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
 
 NAME = 'leaky_relu'
 EXPRESSION = 'x*Heaviside(-x)/100 + x*Heaviside(x)'
@@ -53,7 +53,7 @@ def pair_0_0(c11, c12, c22):
     """
     t0 = _sqrt0(c11*c22 - c12**2)
     t1 = (9801/20000)/numpy.pi
-    return _broadcast(c12*t1*numpy.arctan2(c12, t0) + (10201/40000)*c12 + t0*t1, c11, c12, c22)
+    return _broadcast(c12*t1*_angle(c12, t0) + (1/100)*c12 + t0*t1, c11, c12, c22)
 
 
 def mean_00(v):
@@ -87,7 +87,7 @@ def pair_1_1(c11, c12, c22):
 
     = (19602*asin(c12/(sqrt(c11)*sqrt(c22))) + 10201*pi)/(40000*pi)
     """
-    return _broadcast((9801/20000)*numpy.arctan2(c12, _sqrt0(c11*c22 - c12**2))/numpy.pi + 10201/40000, c11, c12, c22)
+    return _broadcast((9801/20000)*_atan2(c12, _sqrt0(c11*c22 - c12**2))/numpy.pi + 10201/40000, c11, c12, c22)
 
 
 def mean_11(v):
@@ -95,7 +95,7 @@ def mean_11(v):
 
     = 10001/20000
     """
-    return _broadcast(10001/20000, v)
+    return _broadcast(numpy.select([numpy.equal(v, 0),True], [10201/40000,10001/20000], default=numpy.nan), v)
 
 
 def pair_2_0(c11, c12, c22):

@@ -14,7 +14,7 @@ import scipy.special
 
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
 
 NAME = 'linear'
 EXPRESSION = 'x'

@@ -14,7 +14,7 @@ import scipy.special
 
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
 
 NAME = 'relu'
 EXPRESSION = 'x*Heaviside(x)'
@@ -52,7 +52,7 @@ def pair_0_0(c11, c12, c22):
     """
     t0 = _sqrt0(c11*c22 - c12**2)
     t1 = (1/2)/numpy.pi
-    return _broadcast(c12*t1*numpy.arctan2(c12, t0) + (1/4)*c12 + t0*t1, c11, c12, c22)
+    return _broadcast(c12*t1*_angle(c12, t0) + t0*t1, c11, c12, c22)
 
 
 def mean_00(v):
@@ -86,7 +86,7 @@ def pair_1_1(c11, c12, c22):
 
     = (2*asin(c12/(sqrt(c11)*sqrt(c22))) + pi)/(4*pi)
     """
-    return _broadcast((1/2)*numpy.arctan2(c12, _sqrt0(c11*c22 - c12**2))/numpy.pi + 1/4, c11, c12, c22)
+    return _broadcast((1/2)*_angle(c12, _sqrt0(c11*c22 - c12**2))/numpy.pi, c11, c12, c22)
 
 
 def mean_11(v):
@@ -94,7 +94,7 @@ def mean_11(v):
 
     = 1/2
     """
-    return _broadcast(1/2, v)
+    return _broadcast(numpy.select([numpy.equal(v, 0),True], [1/4,1/2], default=numpy.nan), v)
 
 
 def pair_2_0(c11, c12, c22):

@@ -14,7 +14,7 @@ import scipy.special
 
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import arcsin as _arcsin, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
 
 NAME = 'sin'
 EXPRESSION = 'sin(x)'
@@ -60,8 +60,8 @@ def pair_0_0(c11, c12, c22):
 
     = (exp(2*c12) - 1)*exp(-c11/2 - c12 - c22/2)/2
     """
-    t0 = (1/2)*numpy.exp(-1/2*c11 - c12 - 1/2*c22)
-    return _broadcast(t0*numpy.exp(2*c12) - t0, c11, c12, c22)
+    t0 = (1/2)*numpy.exp(-1/2*c11)*numpy.exp(-1/2*c22)
+    return _broadcast(t0*numpy.exp(c12) - t0*numpy.exp(-c12), c11, c12, c22)
 
 
 def mean_00(v):
@@ -93,8 +93,8 @@ def pair_1_1(c11, c12, c22):
 
     = (exp(2*c12) + 1)*exp(-c11/2 - c12 - c22/2)/2
     """
-    t0 = (1/2)*numpy.exp(-1/2*c11 - c12 - 1/2*c22)
-    return _broadcast(t0*numpy.exp(2*c12) + t0, c11, c12, c22)
+    t0 = (1/2)*numpy.exp(-1/2*c11)*numpy.exp(-1/2*c22)
+    return _broadcast(t0*numpy.exp(c12) + t0*numpy.exp(-c12), c11, c12, c22)
 
 
 def mean_11(v):
@@ -110,8 +110,9 @@ def pair_2_0(c11, c12, c22):
 
     = (1 - exp(2*c12))*exp(-c11/2 - c12 - c22/2)/2
     """
-    t0 = numpy.exp(-1/2*c11 - c12 - 1/2*c22)
-    return _broadcast(-1/2*t0*numpy.exp(2*c12) + (1/2)*t0, c11, c12, c22)
+    t0 = numpy.exp(-1/2*c11)
+    t1 = numpy.exp(-1/2*c22)
+    return _broadcast(-1/2*t0*t1*numpy.exp(c12) + (1/2)*t0*t1*numpy.exp(-c12), c11, c12, c22)
 
 
 def mean_3(v):

@@ -11,6 +11,8 @@ def covariance(C, n, what="covariance"):
     Raises ValueError naming the problem: not numeric, wrong trailing shape, NaN or inf,
     not symmetric, a negative variance, or not positive semi-definite.
     """
+    if np.iscomplexobj(C):
+        raise ValueError(f"{what}: covariance must be real, got a complex array")
     try:
         C = np.asarray(C, dtype=float)
     except (TypeError, ValueError):

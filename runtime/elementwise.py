@@ -6,7 +6,9 @@ domain (inputs are validated before they get here, see `runtime.check`):
 
 * `div(a, b)`: a/b, with 0/0 -> 0 (a Stein term whose covariance vanishes) and a/0 -> +-inf;
 * `sqrt0(a)`: sqrt(max(a, 0)) for a radicand that is a determinant or a conditional variance;
-* `arcsin(a)`: arcsin(clip(a, -1, 1)) for a correlation coefficient.
+* `arcsin(a)`: arcsin(clip(a, -1, 1)) for a correlation coefficient;
+* `atan2(c, s)`, `angle(c, s)`: asin(c/sqrt(X)) printed as atan2(c, sqrt(X - c^2)) or, where
+  that is shorter, pi/2 + asin as atan2(sqrt(X - c^2), -c): exact near |correlation| 1.
 """
 import numpy as np
 
@@ -32,7 +34,21 @@ def arcsin(a):
     return np.arcsin(np.clip(a, -1.0, 1.0))
 
 
+def atan2(y, x):
+    """arctan2(y, x); with the guarded sqrt as x >= 0 this is asin(y/sqrt(x^2 + y^2)), 0 at 0/0."""
+    return np.arctan2(y, x)
+
+
+def angle(c, s):
+    """pi/2 + atan2(c, s) = atan2(s, -c) for s >= 0, accurate as c/sqrt(c^2 + s^2) -> -1;
+    pi/2 at c = s = 0 (a vanishing variance: correlation 0)."""
+    return np.where((c == 0) & (s == 0), np.pi / 2, np.arctan2(s, -c))
+
+
 def broadcast(value, *args):
-    """`value` as a float array of the broadcast shape of `args` (for constant kernels)."""
+    """`value` as a new float array of the broadcast shape of `args` (a constant kernel, an
+    integer result, or an argument returned as is are copied; a fresh float result is not)."""
     shape = np.broadcast_shapes(*(np.shape(a) for a in args))
-    return np.broadcast_to(np.asarray(value, dtype=float), shape).copy() if np.shape(value) != shape else value
+    fresh = (isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == shape
+             and not any(value is a for a in args))
+    return value if fresh else np.array(np.broadcast_to(np.asarray(value, dtype=float), shape))

@@ -72,7 +72,7 @@ def _expect2(derivatives, orders1, orders2, c11, c12, c22):
     positive = c11 > 0
     kappa = np.where(positive, c12 / np.where(positive, c11, 1.0), 0.0)
     s = np.sqrt(np.maximum(c22 - kappa * c12, 0.0))
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):     # 1/0 and 1/subnormal: +inf, as meant
         b1 = np.minimum(np.minimum(1.0, 1.0 / sigma1), np.maximum(1.0, s) / np.abs(kappa * sigma1))
     U1 = np.arcsinh(_TAIL / b1)
     u1, h1 = _nodes(U1, N_OUTER)                                    # (M, N_OUTER)
