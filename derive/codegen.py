@@ -223,14 +223,12 @@ def _einsum_lines(monomials, zero, output, batched=False):
         coeff = m.coeff.subs(rules.eta, 1)
         sign, coeff = ("-", -coeff) if coeff.could_extract_minus_sign() else ("+", coeff)
         scale = "" if coeff == 1 else f"{sp.pycode(coeff)}*"
-        parts.append(f"{sign} {scale}numpy.einsum({subscripts!r}, {', '.join(_ARRAY[n] if n in _ARRAY else n + '_' for n in names)})")
+        operands = ", ".join(n + "_" if n.startswith(("mean_", "pair_")) else n for n in names)
+        parts.append(f"{sign} {scale}numpy.einsum({subscripts!r}, {operands})")
     if not parts:
         return "0.0"
     text = " ".join(parts)
-    return text[2:] if text.startswith("+ ") else text
-
-
-_ARRAY = {"eye": "eye", "tril": "tril", "Q": "Q", "R": "R", "T": "T", "T0": "T0"}
+    return text[2:] if text.startswith("+ ") else "-" + text[2:]
 
 
 def _kernel_arrays(monomials, zero):

@@ -202,8 +202,8 @@ def drift_vanilla(Q, R, T, T0, lr):
     B = numpy.zeros((2 * K, 2 * K))
     A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)
     A[0:K, K:2 * K] = numpy.einsum('ak,k->ka', eye, mean_1_)
-    A[0:K, 0:K] = - numpy.einsum('ka,ak->ka', T0, pair_1_1_)
-    B[K:2 * K, K:2 * K] = - numpy.einsum('ak->ka', pair_0_0_)
+    A[0:K, 0:K] = -numpy.einsum('ka,ak->ka', T0, pair_1_1_)
+    B[K:2 * K, K:2 * K] = -numpy.einsum('ak->ka', pair_0_0_)
     return lr * A, lr * B
 
 
@@ -224,8 +224,8 @@ def drift_truncated(Q, R, T, T0, lr):
     B = numpy.zeros((2 * K, 2 * K))
     A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)
     A[0:K, K:2 * K] = numpy.einsum('ak,k->ka', eye, mean_1_)
-    A[0:K, 0:K] = - numpy.einsum('ka,ak,ka->ka', T0, pair_1_1_, tril)
-    B[K:2 * K, K:2 * K] = - numpy.einsum('ak,ka->ka', pair_0_0_, tril)
+    A[0:K, 0:K] = -numpy.einsum('ka,ak,ka->ka', T0, pair_1_1_, tril)
+    B[K:2 * K, K:2 * K] = -numpy.einsum('ak,ka->ka', pair_0_0_, tril)
     return lr * A, lr * B
 
 

@@ -190,8 +190,8 @@ def drift_vanilla(Q, R, T, T0, lr):
     pair_2_0_ = pair_2_0(q[..., :, None], Q, q[..., None, :])
     A = numpy.zeros((2 * K, 2 * K))
     B = numpy.zeros((2 * K, 2 * K))
-    A[0:K, 0:K] = - numpy.einsum('ka,ak->ka', T0, pair_1_1_) - numpy.einsum('kb,ak,kb->ka', T0, eye, pair_2_0_)
-    B[K:2 * K, K:2 * K] = - numpy.einsum('ak->ka', pair_0_0_)
+    A[0:K, 0:K] = -numpy.einsum('ka,ak->ka', T0, pair_1_1_) - numpy.einsum('kb,ak,kb->ka', T0, eye, pair_2_0_)
+    B[K:2 * K, K:2 * K] = -numpy.einsum('ak->ka', pair_0_0_)
     return lr * A, lr * B
 
 
@@ -210,8 +210,8 @@ def drift_truncated(Q, R, T, T0, lr):
     pair_2_0_ = pair_2_0(q[..., :, None], Q, q[..., None, :])
     A = numpy.zeros((2 * K, 2 * K))
     B = numpy.zeros((2 * K, 2 * K))
-    A[0:K, 0:K] = - numpy.einsum('ka,ak,ka->ka', T0, pair_1_1_, tril) - numpy.einsum('kb,ak,kb,kb->ka', T0, eye, pair_2_0_, tril)
-    B[K:2 * K, K:2 * K] = - numpy.einsum('ak,ka->ka', pair_0_0_, tril)
+    A[0:K, 0:K] = -numpy.einsum('ka,ak,ka->ka', T0, pair_1_1_, tril) - numpy.einsum('kb,ak,kb,kb->ka', T0, eye, pair_2_0_, tril)
+    B[K:2 * K, K:2 * K] = -numpy.einsum('ak,ka->ka', pair_0_0_, tril)
     return lr * A, lr * B
 
 
