@@ -217,9 +217,10 @@ def _einsum_lines(monomials, zero, output, batched=False):
         if any(name in zero for name, _ in m.factors):
             continue
         subscripts, names = m.einsum(output)
-        if batched:
+        if batched:   # constant operands (eye, tril) carry no leading axes
             ins, out = subscripts.split("->")
-            subscripts = ",".join("..." + i for i in ins.split(",")) + "->..." + out
+            subscripts = ",".join(i if n in ("eye", "tril") else "..." + i
+                                  for i, n in zip(ins.split(","), names)) + "->..." + out
         coeff = m.coeff.subs(rules.eta, 1)
         sign, coeff = ("-", -coeff) if coeff.could_extract_minus_sign() else ("+", coeff)
         scale = "" if coeff == 1 else f"{sp.pycode(coeff)}*"
@@ -257,28 +258,27 @@ def _error_function(d):
 
 
 def _drift_function(d, name, drift):
-    # one state at a time: the kernels see q of shape (K,)
     zero = _zero_kernels(d)
     monomials = [m for blocks in (drift.A, drift.B) for ms in blocks.values() for m in ms]
     lines = [
         f"def drift_{name}(Q, R, T, T0, lr):",
         *_doc(f"Rule {name!r}: {drift.rule.description}.\n\n"
               "d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = (omega_tau, upsilon_tau/sqrt(D)),\n"
-              "derived by derive.drift; returns (A, B) of shape (2K, 2K)."),
+              "derived by derive.drift. Q, R, T, T0 of shape (..., K, K); returns (A, B) of shape (..., 2K, 2K)."),
         "    K = Q.shape[-1]",
-        "    q = numpy.diagonal(Q)",
+        "    q = numpy.diagonal(Q, axis1=-2, axis2=-1)",
         "    eye = numpy.eye(K)",
     ]
     if any(n == "tril" for m in monomials for n, _ in m.factors):
         lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
     lines += _kernel_arrays(monomials, zero)
-    lines += ["    A = numpy.zeros((2 * K, 2 * K))", "    B = numpy.zeros((2 * K, 2 * K))"]
+    lines += ["    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))", "    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))"]
     slot = {"w": "0:K", "v": "K:2 * K"}
     for label, blocks in (("A", drift.A), ("B", drift.B)):
         for (f, h), ms in sorted(blocks.items()):
-            expr = _einsum_lines(ms, zero, "ka")
+            expr = _einsum_lines(ms, zero, "ka", batched=True)
             if expr != "0.0":
-                lines.append(f"    {label}[{slot[f]}, {slot[h]}] = {expr}")
+                lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] = {expr}")
     lines += ["    return lr * A, lr * B", "", ""]
     return lines
 

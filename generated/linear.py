@@ -190,20 +190,20 @@ def drift_vanilla(Q, R, T, T0, lr):
     """Rule 'vanilla': w_k += (eta/D^2)(v_k.e) g'(lambda_k) x/sqrt(D);  v_k += (eta/D) g(lambda_k) e.
 
     d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = (omega_tau, upsilon_tau/sqrt(D)),
-    derived by derive.drift; returns (A, B) of shape (2K, 2K).
+    derived by derive.drift. Q, R, T, T0 of shape (..., K, K); returns (A, B) of shape (..., 2K, 2K).
     """
     K = Q.shape[-1]
-    q = numpy.diagonal(Q)
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
     eye = numpy.eye(K)
     mean_1_ = mean_1(q)
     pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
     pair_1_1_ = pair_1_1(q[..., :, None], Q, q[..., None, :])
-    A = numpy.zeros((2 * K, 2 * K))
-    B = numpy.zeros((2 * K, 2 * K))
-    A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)
-    A[0:K, K:2 * K] = numpy.einsum('ak,k->ka', eye, mean_1_)
-    A[0:K, 0:K] = -numpy.einsum('ka,ak->ka', T0, pair_1_1_)
-    B[K:2 * K, K:2 * K] = -numpy.einsum('ak->ka', pair_0_0_)
+    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    A[..., K:2 * K, 0:K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, K:2 * K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, 0:K] = -numpy.einsum('...ka,...ak->...ka', T0, pair_1_1_)
+    B[..., K:2 * K, K:2 * K] = -numpy.einsum('...ak->...ka', pair_0_0_)
     return lr * A, lr * B
 
 
@@ -211,21 +211,21 @@ def drift_truncated(Q, R, T, T0, lr):
     """Rule 'truncated': as vanilla with e_k = x - sum_{l<=k} v_l g(lambda_l) for unit k.
 
     d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = (omega_tau, upsilon_tau/sqrt(D)),
-    derived by derive.drift; returns (A, B) of shape (2K, 2K).
+    derived by derive.drift. Q, R, T, T0 of shape (..., K, K); returns (A, B) of shape (..., 2K, 2K).
     """
     K = Q.shape[-1]
-    q = numpy.diagonal(Q)
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
     eye = numpy.eye(K)
     tril = numpy.tril(numpy.ones((K, K)))
     mean_1_ = mean_1(q)
     pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
     pair_1_1_ = pair_1_1(q[..., :, None], Q, q[..., None, :])
-    A = numpy.zeros((2 * K, 2 * K))
-    B = numpy.zeros((2 * K, 2 * K))
-    A[K:2 * K, 0:K] = numpy.einsum('ak,k->ka', eye, mean_1_)
-    A[0:K, K:2 * K] = numpy.einsum('ak,k->ka', eye, mean_1_)
-    A[0:K, 0:K] = -numpy.einsum('ka,ak,ka->ka', T0, pair_1_1_, tril)
-    B[K:2 * K, K:2 * K] = -numpy.einsum('ak,ka->ka', pair_0_0_, tril)
+    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    A[..., K:2 * K, 0:K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, K:2 * K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, 0:K] = -numpy.einsum('...ka,...ak,ka->...ka', T0, pair_1_1_, tril)
+    B[..., K:2 * K, K:2 * K] = -numpy.einsum('...ak,ka->...ka', pair_0_0_, tril)
     return lr * A, lr * B
 
 

@@ -16,11 +16,10 @@ import numpy as np
 def div(a, b):
     """a / b elementwise, 0/0 -> 0, a/0 -> sign(a) inf."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = a / b
-    zero = b == 0
-    if np.any(zero):
-        q = np.where(zero & (a == 0), 0.0, q)
+    nonzero = b != 0
+    q = np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=nonzero)
+    if not nonzero.all():
+        q = np.where(nonzero | (a == 0), q, np.copysign(np.inf, a))
     return q
 
 
@@ -48,7 +47,8 @@ def angle(c, s):
 def broadcast(value, *args):
     """`value` as a new float array of the broadcast shape of `args` (a constant kernel, an
     integer result, or an argument returned as is are copied; a fresh float result is not)."""
-    shape = np.broadcast_shapes(*(np.shape(a) for a in args))
-    fresh = (isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == shape
-             and not any(value is a for a in args))
-    return value if fresh else np.array(np.broadcast_to(np.asarray(value, dtype=float), shape))
+    shape = np.broadcast(*args).shape if len(args) > 1 else np.shape(args[0])
+    if type(value) is np.ndarray and value.dtype == np.float64 and value.shape == shape \
+            and not any(value is a for a in args):
+        return value
+    return np.array(np.broadcast_to(np.asarray(value, dtype=float), shape))

@@ -67,13 +67,13 @@ class IntegrationResult:
         shape (n_t, n_directions, 2K), in decreasing order of eigenvalue."""
         if self.state is None:
             raise ValueError("directions need integrate(..., keep_atoms=True)")
-        return np.stack([self.system.parts(y)[0] for y in self.state])
+        return self.system.parts(self.state)[0]
 
     def matrices(self):
         """S_j of the large atoms (bulks) at each t, shape (n_t, n_atoms, 2K, 2K)."""
         if self.state is None:
             raise ValueError("matrices need integrate(..., keep_atoms=True)")
-        return np.stack([self.system.parts(y)[1] for y in self.state])
+        return self.system.parts(self.state)[1]
 
 
 class _System:
@@ -85,28 +85,35 @@ class _System:
         self.split = rho_vec.size * 2 * K
         self.failed = None
 
-    def parts(self, y):
-        K2 = 2 * self.K
-        return y[:self.split].reshape(-1, K2), y[self.split:].reshape(-1, K2, K2)
+    def parts(self, Y):
+        """States Y of shape (m, N) -> direction vectors (m, Jv, 2K) and matrices (m, Jm, 2K, 2K)."""
+        K2, m = 2 * self.K, Y.shape[0]
+        return Y[:, :self.split].reshape(m, -1, K2), Y[:, self.split:].reshape(m, -1, K2, K2)
 
-    def order_parameters(self, y):
+    def order_parameters(self, Y):
+        """(Q, R, T, T0), each (m, K, K), for states Y of shape (m, N)."""
         K = self.K
-        th, S = self.parts(y)
-        w, u = th[:, :K], th[:, K:]
+        th, S = self.parts(Y)
+        w, u = th[..., :K], th[..., K:]
         wr, ur = w * self.rho_vec[:, None], u * self.rho_vec[:, None]
-        Sr = np.tensordot(self.rho_mat, S, axes=1)
-        T0 = u.T @ u + S[:, K:, K:].sum(axis=0)
-        return w.T @ wr + Sr[:K, :K], u.T @ wr + Sr[K:, :K], u.T @ ur + Sr[K:, K:], T0
+        Sr = np.einsum("j,mjab->mab", self.rho_mat, S)
+        wT, uT = w.transpose(0, 2, 1), u.transpose(0, 2, 1)
+        T0 = uT @ u + S[:, :, K:, K:].sum(axis=1)
+        return wT @ wr + Sr[:, :K, :K], uT @ wr + Sr[:, K:, :K], uT @ ur + Sr[:, K:, K:], T0
 
     def __call__(self, t, y):
-        A, B = self.drift(*self.order_parameters(y), self.lr)
+        """The right-hand side; y of shape (N,) or, vectorised over columns, (N, m)."""
+        Y = y[None] if y.ndim == 1 else y.T
+        A, B = self.drift(*self.order_parameters(Y), self.lr)
         if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):
             self.failed = self.failed or f"non-finite drift at t = {t:.6g} (blow-up)"
             return np.zeros_like(y)
-        th, S = self.parts(y)
-        d_th = (th @ A.T) * self.rho_vec[:, None] + th @ B.T
-        MS = self.rho_mat[:, None, None] * (A @ S) + B @ S
-        return np.concatenate([d_th.ravel(), (MS + np.swapaxes(MS, 1, 2)).ravel()])
+        th, S = self.parts(Y)
+        d_th = (th @ A.transpose(0, 2, 1)) * self.rho_vec[:, None] + th @ B.transpose(0, 2, 1)
+        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
+        out = np.concatenate([d_th.reshape(Y.shape[0], -1),
+                              (MS + np.swapaxes(MS, -1, -2)).reshape(Y.shape[0], -1)], axis=1)
+        return out[0] if y.ndim == 1 else out.T
 
 
 def _initial_state(spectrum, K, vectors, matrices):
@@ -188,10 +195,9 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     ts, ys, message, nfev = _solve(system, y0, times, method, rtol, atol,
                                    Progress(times[-1], f"integrate {act.NAME}/{rule}", enabled=progress))
     status = 0 if message == "ok" else -1
-    ops = [system.order_parameters(y) for y in ys]
-    Q, R, T, T0 = (np.array([o[i] for o in ops]).reshape(len(ops), K, K) for i in range(4))
+    Q, R, T, T0 = system.order_parameters(ys.reshape(len(ts), -1))
     half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
-    error = np.array([act.population_error(*o, half_trace) for o in ops])
+    error = act.population_error(Q, R, T, T0, half_trace)
     result = IntegrationResult(ts, error, Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
                                status, message, nfev, ys if keep_atoms else None, system)
     if status != 0 and raise_on_failure:
@@ -212,7 +218,8 @@ def _solve(system, y0, times, method, rtol, atol, bar):
     out_t, out_y = [t for t in times if t <= 0], [y0 for t in times if t <= 0]
     if times[-1] <= 0:
         return np.array(out_t), np.array(out_y), "ok", 0
-    solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol)
+    # vectorized: BDF's finite-difference Jacobian evaluates all its columns in one call
+    solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol, vectorized=True)
     pending = iter(times[len(out_t):])
     nxt = next(pending, None)
     message = "ok"
