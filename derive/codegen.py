@@ -68,7 +68,7 @@ def derive_all(activation: Activation) -> Derivation:
     d.error = drift_engine.derive_error(rules.get("vanilla"))
     for drift in d.drifts.values():
         wanted |= set(drift.kernels())
-    wanted |= {from_name(name) for m in d.error for name, _ in m.factors if name.startswith(("mean_", "pair_"))}
+    wanted |= {from_name(name) for name in drift_engine.kernel_names(d.error)}
     for kernel in sorted(wanted):
         d.kernels[kernel] = derive_kernel(g, kernel)
     return d
@@ -233,7 +233,7 @@ def _einsum_lines(monomials, zero, output, batched=False):
 
 
 def _kernel_arrays(monomials, zero):
-    names = sorted({n for m in monomials for n, _ in m.factors if n.startswith(("mean_", "pair_"))} - zero)
+    names = sorted(drift_engine.kernel_names(monomials) - zero)
     lines = []
     for n in names:
         call = f"{n}(q)" if n.startswith("mean_") else f"{n}(q[..., :, None], Q, q[..., None, :])"
@@ -259,7 +259,7 @@ def _error_function(d):
 
 def _drift_function(d, name, drift):
     zero = _zero_kernels(d)
-    monomials = [m for blocks in (drift.A, drift.B) for ms in blocks.values() for m in ms]
+    monomials = drift.monomials()
     lines = [
         f"def drift_{name}(Q, R, T, T0, lr):",
         *_doc(f"Rule {name!r}: {drift.rule.description}.\n\n"

@@ -59,13 +59,16 @@ class Drift:
     B: dict = field(default_factory=dict)
     dropped: list = field(default_factory=list)   # (block, D-order) of terms that vanish
 
+    def monomials(self):
+        return [m for blocks in (self.A, self.B) for ms in blocks.values() for m in ms]
+
     def kernels(self):
-        names = {f for blocks in (self.A, self.B) for ms in blocks.values() for m in ms for f, _ in m.factors}
-        return sorted(Kernel(_kernel_orders(n)) for n in names if n.startswith(("mean_", "pair_")))
+        return sorted(from_name(n) for n in kernel_names(self.monomials()))
 
 
-def _kernel_orders(name):
-    return from_name(name).orders
+def kernel_names(monomials):
+    """Names of the kernels (mean_*, pair_*) among the monomials' factors."""
+    return {n for m in monomials for n, _ in m.factors if n.startswith(("mean_", "pair_"))}
 
 
 def derive_error(rule: Rule):
@@ -85,11 +88,10 @@ def derive_error(rule: Rule):
 
 
 def derive_drift(rule: Rule) -> Drift:
-    drift = Drift(rule)
-    families = {"w": rule.dw, "v": rule.dv} if rule.dv is not None else {"w": rule.dw}
     if rule.dv is None:
         raise G.NoClosedForm(f"rule {rule.name!r}: tied weights need the finite-D equations")
-    for f, update in families.items():
+    drift = Drift(rule)
+    for f, update in (("w", rule.dw), ("v", rule.dv)):
         scale_f = 1 if f == "w" else 1 / sp.sqrt(D)
         for term in update.terms:
             c, summed = term.coeff, term.summed

@@ -212,12 +212,12 @@ def tidy(expr):
 # ----------------------------------------------------------------------------------------
 # One-point averages: E[f(x)], x ~ N(0, var)
 
-def one_point(f, var=v, depth=0):
+def one_point(f, var=v):
     """E[f(x)] for x ~ N(0, var), as a SymPy expression in `var`."""
-    return tidy(_one_point(sp.sympify(f), var, depth))
+    return tidy(_one_point(sp.sympify(f), var))
 
 
-def _one_point(f, var, depth):
+def _one_point(f, var):
     sd = sp.sqrt(var)
     total = sp.S.Zero
     for kind, coeff in split(f).items():
@@ -230,11 +230,11 @@ def _one_point(f, var, depth):
         except NoClosedForm:
             if kind != SMOOTH:
                 raise
-            total += _one_point_smooth(coeff, var, depth)
+            total += _one_point_smooth(coeff)
     return total
 
 
-def _one_point_smooth(f, var, depth):
+def _one_point_smooth(f):
     """A smooth f outside the primitive's class: only symmetry helps, f(x) + f(-x) = 2 f(0)."""
     f0 = f.subs(x, 0)
     if _is_zero(f + f.subs(x, -x) - 2 * f0):
@@ -288,7 +288,7 @@ def _pair_part(k1, a1, k2, a2, depth):
         return a1.subs(x, 0) * a2.subs(x, 0) / (2 * sp.pi * sp.sqrt(DET))
     if k1 == DELTA:
         # x2 | x1 = 0 ~ N(0, det/c11)
-        return a1.subs(x, 0) / sp.sqrt(2 * sp.pi * c11) * _one_point(join({k2: a2}), _u, depth).subs(_u, DET / c11)
+        return a1.subs(x, 0) / sp.sqrt(2 * sp.pi * c11) * _one_point(join({k2: a2}), _u).subs(_u, DET / c11)
     if k2 == DELTA:
         return _swap(_pair_part(k2, a2, k1, a1, depth))
     if k1 == SMOOTH and k2 == SMOOTH:
@@ -315,6 +315,6 @@ def _price(f1, f2, depth):
     """E[f1 f2](c12) = E[f1] E[f2] + int_0^c12 E[f1' f2'](c) dc."""
     if depth >= MAX_PRICE_DEPTH:
         raise NoClosedForm(f"E[{f1}(x1) {f2}(x2)]")
-    start = one_point(f1, c11, depth) * one_point(f2, c22, depth)
+    start = one_point(f1, c11) * one_point(f2, c22)
     slope = two_point(sp.diff(f1, x), sp.diff(f2, x), depth + 1)
     return start + _integrate(slope.subs(c12, _c), _c, 0, c12)
