@@ -37,10 +37,11 @@ class Monomial:
     coeff: sp.Expr
     factors: tuple            # ((array name, (index symbols...)), ...)
 
-    def einsum(self, output="ka"):
-        """(subscripts, operand names) for numpy.einsum with the given output indices."""
-        letters = {k: "k", a: "a"}
-        pool = iter("bcdefghijlmnopqrstuvwxyz")
+    def einsum(self, output="ka", free=None):
+        """(subscripts, operand names) for numpy.einsum with the given output indices;
+        `free` maps the free index symbols to letters (default k -> 'k', a -> 'a')."""
+        letters = dict(free or {k: "k", a: "a"})
+        pool = iter(c for c in "bcdefghijlmnopqrstuvwxyz" if c not in letters.values())
         subs = []
         for _, idx in self.factors:
             for i in idx:
@@ -55,6 +56,7 @@ class Drift:
     """Blocks A[f, h] and B[f, h] (f, h in 'w', 'v') as lists of Monomials."""
 
     rule: Rule
+    finite: bool = False      # every D-order kept (exact at finite D), else the D^0 terms
     A: dict = field(default_factory=dict)
     B: dict = field(default_factory=dict)
     dropped: list = field(default_factory=list)   # (block, D-order) of terms that vanish
@@ -71,32 +73,54 @@ def kernel_names(monomials):
     return {n for m in monomials for n, _ in m.factors if n.startswith(("mean_", "pair_"))}
 
 
-def derive_error(rule: Rule):
+def multi_names(monomials):
+    """Names of the averages over three or more units (multi_*) among the monomials' factors."""
+    return {n for m in monomials for n, _ in m.factors if n.startswith("multi_")}
+
+
+def families(rule: Rule):
+    """The weight families of theta: ('w', 'v'), or ('w',) when V is tied to W."""
+    return ("w", "v") if rule.dv is not None else ("w",)
+
+
+def _keep(coeff, finite, what):
+    """The part of coeff kept: D^0 as D -> infinity, or everything at finite D; None if dropped.
+    Returns (kept coefficient or None, D-order)."""
+    lead, order = sp.powsimp(coeff).as_coeff_exponent(D)
+    if finite:
+        return sp.powsimp(coeff), order
+    if order > 0:
+        raise G.NoClosedForm(f"{what} grows like D^{order}")
+    return (lead if order == 0 else None), order
+
+
+def derive_error(rule: Rule, finite=False):
     """Population error eps = E|x - x_hat|^2/(2D) minus its constant tr(Omega)/(2D), as
-    monomials with no free index (SPEC section 3)."""
+    monomials with no free index (SPEC section 3); exact at finite D when `finite`."""
     x_hat = sum_over(l, (V if rule.dv is not None else W)[l] * act(l))
     pairs = [(c, s) for c, s in dot(x_hat, x_hat) + [(-2 * c, s) for c, s in dot(X, x_hat)]]
     out = []
     for c, summed in pairs:
         for coeff, factors in _average(sp.expand(c / (2 * D)), set(summed)):
-            lead, order = sp.powsimp(coeff).as_coeff_exponent(D)
-            if order > 0:
-                raise G.NoClosedForm(f"rule {rule.name!r}: the error grows like D^{order}")
-            if order == 0:
-                out.append(Monomial(lead, tuple(factors)))
+            kept, _ = _keep(coeff, finite, f"rule {rule.name!r}: the error")
+            if kept is not None:
+                out.append(Monomial(kept, tuple(factors)))
     return out
 
 
-def derive_drift(rule: Rule) -> Drift:
-    if rule.dv is None:
+def derive_drift(rule: Rule, finite=False) -> Drift:
+    """E[d theta_tau]/dt = (rho_hat A + B) theta_tau: the D^0 terms, or every term at finite D.
+    Tied weights (no O(1) limit, SPEC section 5) have finite-D equations only."""
+    if rule.dv is None and not finite:
         raise G.NoClosedForm(f"rule {rule.name!r}: tied weights need the finite-D equations")
-    drift = Drift(rule)
-    for f, update in (("w", rule.dw), ("v", rule.dv)):
+    drift = Drift(rule, finite=finite)
+    for f in families(rule):
+        update = rule.dw if f == "w" else rule.dv
         scale_f = 1 if f == "w" else 1 / sp.sqrt(D)
         for term in update.terms:
             c, summed = term.coeff, term.summed
             if term.basis == ("x",):
-                for h, var in (("w", lam), ("v", nu)):
+                for h, var in zip(families(drift.rule), (lam, nu)):
                     deriv = sp.diff(c, var[a])
                     _add(drift, drift.A, (f, h), D * sp.sqrt(D) * scale_f * deriv, summed)
             else:
@@ -113,13 +137,11 @@ def _add(drift, blocks, key, expr, summed):
     """Average expr over the local fields, keep the D^0 part, append its monomials."""
     monomials = blocks.setdefault(key, [])
     for coeff, factors in _average(sp.expand(expr), set(summed)):
-        lead, order = sp.powsimp(coeff).as_coeff_exponent(D)
-        if order > 0:
-            raise G.NoClosedForm(f"rule {drift.rule.name!r}: block {key} grows like D^{order}")
-        if order < 0:
+        kept, order = _keep(coeff, drift.finite, f"rule {drift.rule.name!r}: block {key}")
+        if kept is None:
             drift.dropped.append((key, order))
             continue
-        monomials.append(Monomial(lead, tuple(factors)))
+        monomials.append(Monomial(kept, tuple(factors)))
 
 
 def _average(expr, summed):
@@ -187,8 +209,11 @@ def _kernel_monomial(term):
         else:
             coeff *= f
     if len(orders) > 2:
-        raise G.NoClosedForm(f"a {len(orders)}-point average in {term}")
-    if len(orders) == 1:
+        # over three or more units: evaluated numerically (runtime.quadrature.expect_units)
+        units = sorted(orders.items(), key=lambda kv: (sorted(kv[1], reverse=True), str(kv[0])), reverse=True)
+        name = "multi_" + "_".join("".join(map(str, sorted(o, reverse=True))) for _, o in units)
+        factors.append((name, tuple(i for i, _ in units)))
+    elif len(orders) == 1:
         ((i, o),) = orders.items()
         factors.append((Kernel((tuple(o),)).name, (i,)))
     elif len(orders) == 2:

@@ -126,11 +126,19 @@ def _vanilla(truncated=False):
     return dw, dv
 
 
+def _tied():
+    e = X - sum_over(l, W[l] * act(l))
+    dw = (e * act(k) + scalar_times(dot(W[k], e), X) * (act(k, 1) / sp.sqrt(D))) * (eta / D)
+    return dw, None
+
+
 RULES = {
     "vanilla": Rule("vanilla", *_vanilla(),
                     "w_k += (eta/D^2)(v_k.e) g'(lambda_k) x/sqrt(D);  v_k += (eta/D) g(lambda_k) e"),
     "truncated": Rule("truncated", *_vanilla(truncated=True),
                       "as vanilla with e_k = x - sum_{l<=k} v_l g(lambda_l) for unit k"),
+    "tied": Rule("tied", *_tied(),
+                 "V = W; w_k += (eta/D)[g(lambda_k) e + (w_k.e) g'(lambda_k) x/sqrt(D)]"),
 }
 
 

@@ -101,6 +101,9 @@ class _System:
         T0 = uT @ u + S[:, :, K:, K:].sum(axis=1)
         return wT @ wr + Sr[:, :K, :K], uT @ wr + Sr[:, K:, :K], uT @ ur + Sr[:, K:, K:], T0
 
+    def error(self, act, Y, half_trace):
+        return act.population_error(*self.order_parameters(Y), half_trace)
+
     def __call__(self, t, y):
         """The right-hand side; y of shape (N,) or, vectorised over columns, (N, m)."""
         Y = y[None] if y.ndim == 1 else y.T
@@ -116,14 +119,70 @@ class _System:
         return out[0] if y.ndim == 1 else out.T
 
 
-def _initial_state(spectrum, K, vectors, matrices):
-    """Split atoms by multiplicity; `vectors(j)` -> (m_j, 2K), `matrices(j)` -> (2K, 2K)."""
-    small = [j for j in range(spectrum.J) if spectrum.mult[j] < 2 * K]
-    large = [j for j in range(spectrum.J) if spectrum.mult[j] >= 2 * K]
+class _FiniteSystem:
+    """Finite-D equations (derive.finite): every atom as a matrix S_j, with
+    dS_j/dt = M_j S_j + S_j M_j^T + N_j, M_j = rho_hat_j A + B, and N_j the second-order terms,
+    which give even a spike's matrix the rank its fluctuations have. For V tied to W the
+    state is omega alone (F = K), else theta = (omega, upsilon/sqrt(D)) (F = 2K)."""
+
+    def __init__(self, finite, lr, spectrum, K, tied):
+        (self.drift, self.noise), self.lr, self.K, self.tied = finite, lr, K, tied
+        self.F = K if tied else 2 * K
+        self.rho_hat, self.D = spectrum.rho_hat, spectrum.D
+        self.m_rho = spectrum.mult * spectrum.rho
+        self.failed = None
+
+    def parts(self, Y):
+        """States Y (m, N) -> no direction vectors (m, 0, F) and matrices (m, J, F, F)."""
+        m, F = Y.shape[0], self.F
+        return np.zeros((m, 0, F)), Y.reshape(m, -1, F, F)
+
+    def _globals(self, S):
+        """(Q, R, T, T0, WW) of matrices S (m, J, F, F); R, T, T0 are None for tied weights."""
+        K = self.K
+        Sr = np.einsum("j,mjab->mab", self.rho_hat, S)
+        WW = S[:, :, :K, :K].sum(axis=1) / self.D
+        if self.tied:
+            return Sr, None, None, None, WW
+        return Sr[:, :K, :K], Sr[:, K:, :K], Sr[:, K:, K:], S[:, :, K:, K:].sum(axis=1), WW
+
+    def order_parameters(self, Y):
+        """(Q, R, T, T0), each (m, K, K); with V = W, nu = lambda/sqrt(D) gives R = Q/sqrt(D),
+        T = Q/D and T0 = w.w/D."""
+        Q, R, T, T0, WW = self._globals(self.parts(Y)[1])
+        if self.tied:
+            return Q, Q / np.sqrt(self.D), Q / self.D, WW
+        return Q, R, T, T0
+
+    def error(self, act, Y, half_trace):
+        Q, R, T, T0, WW = self._globals(self.parts(Y)[1])
+        if self.tied:
+            return act.population_error_tied(Q, WW, half_trace, self.D)
+        return act.population_error(Q, R, T, T0, half_trace)
+
+    def __call__(self, t, y):
+        Y = y[None] if y.ndim == 1 else y.T
+        S = self.parts(Y)[1]
+        order = self._globals(S)
+        A, B = self.drift(*order, self.lr, self.D)
+        N = self.noise(*order, self.lr, self.D, S, self.rho_hat, self.m_rho)
+        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B)) and np.all(np.isfinite(N))):
+            self.failed = self.failed or f"non-finite drift at t = {t:.6g} (blow-up)"
+            return np.zeros_like(y)
+        MS = self.rho_hat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
+        out = (MS + np.swapaxes(MS, -1, -2) + N).reshape(Y.shape[0], -1)
+        return out[0] if y.ndim == 1 else out.T
+
+
+def _initial_state(spectrum, K, vectors, matrices, all_matrices=False):
+    """Split atoms by multiplicity (all matrices if asked); `vectors(j)` -> (m_j, 2K),
+    `matrices(j)` -> (2K, 2K)."""
+    small = [j for j in range(spectrum.J) if spectrum.mult[j] < 2 * K and not all_matrices]
+    large = [j for j in range(spectrum.J) if j not in small]
     th = [vectors(j) for j in small]
     rho_vec = np.concatenate([np.full(len(v), spectrum.rho_hat[j]) for v, j in zip(th, small)] or [np.zeros(0)])
     th = np.concatenate(th) if th else np.zeros((0, 2 * K))
-    S = np.array([matrices(j) for j in large]).reshape(-1, 2 * K, 2 * K)
+    S = np.array([matrices(j) for j in large]) if large else np.zeros((0, 2 * K, 2 * K))
     return th, S, rho_vec, spectrum.rho_hat[large]
 
 
@@ -140,7 +199,7 @@ def _factor(S, m, j):
 
 def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(0.0, 1.0, 10.0),
               rule="vanilla", b0=None, *, spectrum=None, init=None, rtol=1e-6, atol=1e-9,
-              method="auto", progress=False, keep_atoms=False, raise_on_failure=True):
+              method="auto", progress=False, keep_atoms=False, raise_on_failure=True, finite_size=None):
     """Integrate the equations of motion of `act` (a generated module) for `rule`.
 
     Either eigvals (D,), eigvecs (D, D) and W0, V0 (K, D) (SPEC section 6), or `spectrum`
@@ -154,9 +213,24 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     BDF needs ~10^3. BDF's finite-difference Jacobian costs one evaluation per state variable,
     which is cheap for spiked models (M vectors and one matrix) but not for thousands of
     distinct eigenvalues; pass method= to choose.
+
+    finite_size=True integrates the finite-D equations at the spectrum's D instead of the
+    D -> infinity limit: the exact expected drift of every per-atom matrix, second-order (lr^2)
+    terms included (derive.finite); every atom is then a matrix. Rules without an O(1) limit
+    (tied) have only these; finite_size=None picks them for such rules and the limit otherwise.
     """
-    if rule not in act.DRIFTS:
-        raise ValueError(f"unknown rule {rule!r} for activation {act.NAME}; known: {', '.join(act.DRIFTS)}")
+    known = sorted(set(act.DRIFTS) | set(getattr(act, "FINITE", {})))
+    if rule not in known:
+        missing = getattr(act, "FINITE_MISSING", "")
+        raise ValueError(f"unknown rule {rule!r} for activation {act.NAME}; known: {', '.join(known)}"
+                         + (f" ({missing})" if missing else ""))
+    if finite_size is None:
+        finite_size = rule not in act.DRIFTS
+    if finite_size and rule not in getattr(act, "FINITE", {}):
+        raise ValueError(f"no finite-D equations for {act.NAME}: {getattr(act, 'FINITE_MISSING', '')}")
+    if not finite_size and rule not in act.DRIFTS:
+        raise ValueError(f"rule {rule!r} has no D -> infinity limit; integrate it with finite_size=True")
+    tied = rule == "tied"
     if b0 is not None:
         raise NotImplementedError("trained biases: the shifted-Gaussian averages are not derived yet")
     lr = float(lr)
@@ -171,12 +245,13 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         if any(a is None for a in (eigvals, eigvecs, W0, V0)):
             raise ValueError("give eigvals, eigvecs, W0 and V0, or spectrum= and init=")
         spectrum, atom_of = spec.Spectrum.from_eigvals(eigvals)
-        omega, upsilon = spec.projections(W0, V0, eigvecs)
-        theta = np.concatenate([omega, upsilon]).T                      # (D, 2K)
+        omega, upsilon = spec.projections(W0, W0 if tied else V0, eigvecs)
+        theta = (omega if tied else np.concatenate([omega, upsilon])).T    # (D, F)
         K = omega.shape[0]
         members = [np.flatnonzero(atom_of == j) for j in range(spectrum.J)]
         th, S, rho_vec, rho_mat = _initial_state(
-            spectrum, K, lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
+            spectrum, K, lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]],
+            finite_size)
     else:
         if init is None:
             raise ValueError("spectrum= needs init=(q, r, t), the initial per-atom matrices")
@@ -184,20 +259,26 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         if S_all.shape[0] != spectrum.J:
             raise ValueError(f"init has {S_all.shape[0]} atoms but the spectrum has {spectrum.J}")
         K = S_all.shape[-1] // 2
+        if tied:
+            S_all = S_all[:, :K, :K]
         th, S, rho_vec, rho_mat = _initial_state(
-            spectrum, K, lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
+            spectrum, K, lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j], finite_size)
     y0 = np.concatenate([th.ravel(), S.ravel()])
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")
-    system = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
+    if finite_size:
+        system = _FiniteSystem(act.FINITE[rule], lr, spectrum, K, tied)
+    else:
+        system = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
     if method == "auto":
         method = "BDF" if y0.size <= AUTO_IMPLICIT_SIZE else "RK45"
     ts, ys, message, nfev = _solve(system, y0, times, method, rtol, atol,
                                    Progress(times[-1], f"integrate {act.NAME}/{rule}", enabled=progress))
     status = 0 if message == "ok" else -1
-    Q, R, T, T0 = system.order_parameters(ys.reshape(len(ts), -1))
+    Y = ys.reshape(len(ts), -1)
+    Q, R, T, T0 = system.order_parameters(Y)
     half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
-    error = act.population_error(Q, R, T, T0, half_trace)
+    error = system.error(act, Y, half_trace)
     result = IntegrationResult(ts, error, Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
                                status, message, nfev, ys if keep_atoms else None, system)
     if status != 0 and raise_on_failure:

@@ -96,3 +96,37 @@ def _conditional(derivatives, orders, m, s):
     dz = np.where(centred[..., None], cosh, cosh / safe_s)
     w = np.exp(-0.5 * z * z) / _SQRT_2PI * dz * h[..., None]
     return np.sum(w * _product(derivatives, orders, y), axis=-1)
+
+
+#: points of the tensor Gauss-Hermite rule of `expect_units`, at most (n^K <= UNITS_POINTS)
+UNITS_POINTS = 20000
+
+
+def units_rule(K):
+    """Tensor Gauss-Hermite rule for N(0, I_K): nodes (N, K) and weights (N,), n = 64 per
+    axis for K = 1 and n = floor(UNITS_POINTS^(1/K)) (at least 3) otherwise."""
+    n = 64 if K == 1 else max(3, int(UNITS_POINTS ** (1.0 / K) + 1e-9))
+    z, w = np.polynomial.hermite_e.hermegauss(n)
+    grids = np.meshgrid(*([z] * K), indexing="ij")
+    weights = np.prod(np.meshgrid(*([w / _SQRT_2PI] * K), indexing="ij"), axis=0)
+    return np.stack([g.ravel() for g in grids], axis=-1), weights.ravel()
+
+
+def expect_units(derivatives, orders, Q):
+    """E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))] for every tuple of units
+    (k_1, ..., k_n), lambda ~ N(0, Q) with Q of shape (..., K, K): an array (..., K, ..., K).
+
+    For the averages over three or more units of the finite-D equations, which have no kernel:
+    tensor Gauss-Hermite in whitened coordinates, lambda = L z with L L^T = Q from eigh (a
+    singular Q is fine). Exponential convergence for analytic g (erf, tanh, sigmoid, sin,
+    polynomials); g must have the derivatives asked for as functions."""
+    Q = np.asarray(Q, dtype=float)
+    K = Q.shape[-1]
+    lam, vec = np.linalg.eigh(Q)
+    L = vec * np.sqrt(np.maximum(lam, 0.0))[..., None, :]
+    z, w = units_rule(K)
+    x = np.einsum("nb,...ab->...na", z, L)                               # (..., N, K)
+    values = [_product(derivatives, o, x) for o in orders]
+    letters = "abcdefgh"[:len(orders)]
+    subscripts = "n," + ",".join(f"...n{c}" for c in letters) + "->..." + letters
+    return np.einsum(subscripts, w, *values, optimize=True)
