@@ -264,8 +264,7 @@ def _einsum_lines(monomials, zero, output, batched=False, free=None):
         printed = sp.pycode(coeff) if not coeff.free_symbols else f"({NumpyPrinter().doprint(coeff)})"
         scale = "" if coeff == 1 else f"{printed}*"
         operands = ", ".join(n + "_" if n.startswith(("mean_", "pair_", "multi_")) else n for n in names)
-        parts.append(f"{sign} {scale}numpy.einsum({subscripts!r}, {operands}, optimize=True)"
-                     if len(names) > 3 else f"{sign} {scale}numpy.einsum({subscripts!r}, {operands})")
+        parts.append(f"{sign} {scale}numpy.einsum({subscripts!r}, {operands})")
     if not parts:
         return "0.0"
     text = " ".join(parts)
@@ -278,9 +277,12 @@ def _kernel_arrays(monomials, zero):
     for n in names:
         call = f"{n}(q)" if n.startswith("mean_") else f"{n}(q[..., :, None], Q, q[..., None, :])"
         lines.append(f"    {n}_ = {call}")
-    for n in sorted(drift_engine.multi_names(monomials)):
+    multi = sorted(drift_engine.multi_names(monomials))
+    if multi:
+        lines.append("    points = _quadrature.units_points(Q)")
+    for n in multi:
         orders = tuple(tuple(int(c) for c in part) for part in n[len("multi_"):].split("_"))
-        lines.append(f"    {n}_ = _quadrature.expect_units(DERIVATIVES, {orders!r}, Q)")
+        lines.append(f"    {n}_ = _quadrature.expect_units(DERIVATIVES, {orders!r}, points)")
     return lines
 
 

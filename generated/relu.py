@@ -212,7 +212,7 @@ def drift_truncated(Q, R, T, T0, lr):
     B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
     A[..., K:2 * K, 0:K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
     A[..., 0:K, K:2 * K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
-    A[..., 0:K, 0:K] = -numpy.einsum('...ka,...ak,ka->...ka', T0, pair_1_1_, tril) - numpy.einsum('...kb,ak,...kb,kb->...ka', T0, eye, pair_2_0_, tril, optimize=True)
+    A[..., 0:K, 0:K] = -numpy.einsum('...ka,...ak,ka->...ka', T0, pair_1_1_, tril) - numpy.einsum('...kb,ak,...kb,kb->...ka', T0, eye, pair_2_0_, tril)
     B[..., K:2 * K, K:2 * K] = -numpy.einsum('...ak,ka->...ka', pair_0_0_, tril)
     return lr * A, lr * B
 

@@ -77,113 +77,85 @@ class IntegrationResult:
 
 
 class _System:
-    """The right-hand side on the mixed state (vectors of small atoms, matrices of large ones)."""
+    """The right-hand side on the mixed state (vectors of small atoms, matrices of large ones).
 
-    def __init__(self, drift, lr, rho_vec, rho_mat, K):
+    D -> infinity: (A, B) = drift(Q, R, T, T0, lr). Finite D (`finite` = (drift, noise) of
+    derive.finite): (A, B) = drift(Q, R, T, T0, WW, lr, D) is the exact expected drift, and each
+    matrix gains the second-order terms N_j = noise(..., S, rho_hat_j, m_j rho_j). A spike keeps
+    its direction vector: in one run its matrix has rank one, and the average of its
+    fluctuations (O(1/D), like the spike's share of N_j) is not a state of the equations.
+    With V tied to W the state is omega alone (F = K), else theta = (omega, upsilon/sqrt(D))."""
+
+    def __init__(self, drift, lr, rho_vec, rho_mat, K, *, noise=None, m_rho=None, D=None, tied=False):
         self.drift, self.lr, self.K = drift, lr, K
-        self.rho_vec, self.rho_mat = rho_vec, rho_mat
-        self.split = rho_vec.size * 2 * K
-        self.failed = None
-
-    def parts(self, Y):
-        """States Y of shape (m, N) -> direction vectors (m, Jv, 2K) and matrices (m, Jm, 2K, 2K)."""
-        K2, m = 2 * self.K, Y.shape[0]
-        return Y[:, :self.split].reshape(m, -1, K2), Y[:, self.split:].reshape(m, -1, K2, K2)
-
-    def order_parameters(self, Y):
-        """(Q, R, T, T0), each (m, K, K), for states Y of shape (m, N)."""
-        K = self.K
-        th, S = self.parts(Y)
-        w, u = th[..., :K], th[..., K:]
-        wr, ur = w * self.rho_vec[:, None], u * self.rho_vec[:, None]
-        Sr = np.einsum("j,mjab->mab", self.rho_mat, S)
-        wT, uT = w.transpose(0, 2, 1), u.transpose(0, 2, 1)
-        T0 = uT @ u + S[:, :, K:, K:].sum(axis=1)
-        return wT @ wr + Sr[:, :K, :K], uT @ wr + Sr[:, K:, :K], uT @ ur + Sr[:, K:, K:], T0
-
-    def error(self, act, Y, half_trace):
-        return act.population_error(*self.order_parameters(Y), half_trace)
-
-    def __call__(self, t, y):
-        """The right-hand side; y of shape (N,) or, vectorised over columns, (N, m)."""
-        Y = y[None] if y.ndim == 1 else y.T
-        A, B = self.drift(*self.order_parameters(Y), self.lr)
-        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):
-            self.failed = self.failed or f"non-finite drift at t = {t:.6g} (blow-up)"
-            return np.zeros_like(y)
-        th, S = self.parts(Y)
-        d_th = (th @ A.transpose(0, 2, 1)) * self.rho_vec[:, None] + th @ B.transpose(0, 2, 1)
-        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
-        out = np.concatenate([d_th.reshape(Y.shape[0], -1),
-                              (MS + np.swapaxes(MS, -1, -2)).reshape(Y.shape[0], -1)], axis=1)
-        return out[0] if y.ndim == 1 else out.T
-
-
-class _FiniteSystem:
-    """Finite-D equations (derive.finite): every atom as a matrix S_j, with
-    dS_j/dt = M_j S_j + S_j M_j^T + N_j, M_j = rho_hat_j A + B, and N_j the second-order terms,
-    which give even a spike's matrix the rank its fluctuations have. For V tied to W the
-    state is omega alone (F = K), else theta = (omega, upsilon/sqrt(D)) (F = 2K)."""
-
-    def __init__(self, finite, lr, spectrum, K, tied):
-        (self.drift, self.noise), self.lr, self.K, self.tied = finite, lr, K, tied
+        self.noise, self.m_rho, self.D, self.tied = noise, m_rho, D, tied
         self.F = K if tied else 2 * K
-        self.rho_hat, self.D = spectrum.rho_hat, spectrum.D
-        self.m_rho = spectrum.mult * spectrum.rho
+        self.rho_vec, self.rho_mat = rho_vec, rho_mat
+        self.split = rho_vec.size * self.F
         self.failed = None
 
     def parts(self, Y):
-        """States Y (m, N) -> no direction vectors (m, 0, F) and matrices (m, J, F, F)."""
-        m, F = Y.shape[0], self.F
-        return np.zeros((m, 0, F)), Y.reshape(m, -1, F, F)
+        """States Y of shape (m, N) -> direction vectors (m, Jv, F) and matrices (m, Jm, F, F)."""
+        F, m = self.F, Y.shape[0]
+        return Y[:, :self.split].reshape(m, -1, F), Y[:, self.split:].reshape(m, -1, F, F)
 
-    def _globals(self, S):
-        """(Q, R, T, T0, WW) of matrices S (m, J, F, F); R, T, T0 are None for tied weights."""
+    def _globals(self, Y):
+        """(Q, R, T, T0, WW), each (m, K, K); R, T, T0 are None for tied weights."""
         K = self.K
-        Sr = np.einsum("j,mjab->mab", self.rho_hat, S)
-        WW = S[:, :, :K, :K].sum(axis=1) / self.D
+        th, S = self.parts(Y)
+        G = np.einsum("mja,mjb,j->mab", th, th, self.rho_vec) + np.einsum("j,mjab->mab", self.rho_mat, S)
+        WW = None if self.D is None else (np.einsum("mja,mjb->mab", th[..., :K], th[..., :K])
+                                          + S[:, :, :K, :K].sum(axis=1)) / self.D
         if self.tied:
-            return Sr, None, None, None, WW
-        return Sr[:, :K, :K], Sr[:, K:, :K], Sr[:, K:, K:], S[:, :, K:, K:].sum(axis=1), WW
+            return G, None, None, None, WW
+        T0 = np.einsum("mja,mjb->mab", th[..., K:], th[..., K:]) + S[:, :, K:, K:].sum(axis=1)
+        return G[:, :K, :K], G[:, K:, :K], G[:, K:, K:], T0, WW
 
     def order_parameters(self, Y):
         """(Q, R, T, T0), each (m, K, K); with V = W, nu = lambda/sqrt(D) gives R = Q/sqrt(D),
         T = Q/D and T0 = w.w/D."""
-        Q, R, T, T0, WW = self._globals(self.parts(Y)[1])
+        Q, R, T, T0, WW = self._globals(Y)
         if self.tied:
             return Q, Q / np.sqrt(self.D), Q / self.D, WW
         return Q, R, T, T0
 
     def error(self, act, Y, half_trace):
-        Q, R, T, T0, WW = self._globals(self.parts(Y)[1])
+        Q, R, T, T0, WW = self._globals(Y)
         if self.tied:
             return act.population_error_tied(Q, WW, half_trace, self.D)
         return act.population_error(Q, R, T, T0, half_trace)
 
     def __call__(self, t, y):
+        """The right-hand side; y of shape (N,) or, vectorised over columns, (N, m)."""
         Y = y[None] if y.ndim == 1 else y.T
-        S = self.parts(Y)[1]
-        order = self._globals(S)
-        A, B = self.drift(*order, self.lr, self.D)
-        N = self.noise(*order, self.lr, self.D, S, self.rho_hat, self.m_rho)
+        order = self._globals(Y)
+        th, S = self.parts(Y)
+        if self.noise is None:
+            A, B = self.drift(*order[:4], self.lr)
+            N = 0.0
+        else:
+            A, B = self.drift(*order, self.lr, self.D)
+            N = self.noise(*order, self.lr, self.D, S, self.rho_mat, self.m_rho)
         if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B)) and np.all(np.isfinite(N))):
             self.failed = self.failed or f"non-finite drift at t = {t:.6g} (blow-up)"
             return np.zeros_like(y)
-        MS = self.rho_hat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
-        out = (MS + np.swapaxes(MS, -1, -2) + N).reshape(Y.shape[0], -1)
+        d_th = (th @ A.transpose(0, 2, 1)) * self.rho_vec[:, None] + th @ B.transpose(0, 2, 1)
+        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
+        out = np.concatenate([d_th.reshape(Y.shape[0], -1),
+                              (MS + np.swapaxes(MS, -1, -2) + N).reshape(Y.shape[0], -1)], axis=1)
         return out[0] if y.ndim == 1 else out.T
 
 
-def _initial_state(spectrum, K, vectors, matrices, all_matrices=False):
-    """Split atoms by multiplicity (all matrices if asked); `vectors(j)` -> (m_j, 2K),
-    `matrices(j)` -> (2K, 2K)."""
-    small = [j for j in range(spectrum.J) if spectrum.mult[j] < 2 * K and not all_matrices]
-    large = [j for j in range(spectrum.J) if j not in small]
+def _initial_state(spectrum, K, F, vectors, matrices):
+    """Split atoms by multiplicity; `vectors(j)` -> (m_j, F), `matrices(j)` -> (F, F).
+    Returns the vectors, the matrices, rho_hat per vector and rho_hat and m rho per matrix."""
+    small = [j for j in range(spectrum.J) if spectrum.mult[j] < 2 * K]
+    large = [j for j in range(spectrum.J) if spectrum.mult[j] >= 2 * K]
     th = [vectors(j) for j in small]
     rho_vec = np.concatenate([np.full(len(v), spectrum.rho_hat[j]) for v, j in zip(th, small)] or [np.zeros(0)])
-    th = np.concatenate(th) if th else np.zeros((0, 2 * K))
-    S = np.array([matrices(j) for j in large]) if large else np.zeros((0, 2 * K, 2 * K))
-    return th, S, rho_vec, spectrum.rho_hat[large]
+    th = np.concatenate(th) if th else np.zeros((0, F))
+    S = np.array([matrices(j) for j in large]) if large else np.zeros((0, F, F))
+    return th, S, rho_vec, spectrum.rho_hat[large], (spectrum.mult * spectrum.rho)[large]
 
 
 def _factor(S, m, j):
@@ -216,7 +188,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
 
     finite_size=True integrates the finite-D equations at the spectrum's D instead of the
     D -> infinity limit: the exact expected drift of every per-atom matrix, second-order (lr^2)
-    terms included (derive.finite); every atom is then a matrix. Rules without an O(1) limit
+    terms included for the atoms kept as matrices (derive.finite). Rules without an O(1) limit
     (tied) have only these; finite_size=None picks them for such rules and the limit otherwise.
     """
     known = sorted(set(act.DRIFTS) | set(getattr(act, "FINITE", {})))
@@ -242,16 +214,16 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         raise ValueError("times must be a non-empty, sorted 1-D array of non-negative numbers")
 
     if spectrum is None:
-        if any(a is None for a in (eigvals, eigvecs, W0, V0)):
-            raise ValueError("give eigvals, eigvecs, W0 and V0, or spectrum= and init=")
+        if any(a is None for a in (eigvals, eigvecs, W0, W0 if tied else V0)):
+            raise ValueError("give eigvals, eigvecs, W0 and V0 (V0 is ignored for tied weights), "
+                             "or spectrum= and init=")
         spectrum, atom_of = spec.Spectrum.from_eigvals(eigvals)
         omega, upsilon = spec.projections(W0, W0 if tied else V0, eigvecs)
         theta = (omega if tied else np.concatenate([omega, upsilon])).T    # (D, F)
         K = omega.shape[0]
         members = [np.flatnonzero(atom_of == j) for j in range(spectrum.J)]
-        th, S, rho_vec, rho_mat = _initial_state(
-            spectrum, K, lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]],
-            finite_size)
+        th, S, rho_vec, rho_mat, m_rho = _initial_state(
+            spectrum, K, K if tied else 2 * K, lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
     else:
         if init is None:
             raise ValueError("spectrum= needs init=(q, r, t), the initial per-atom matrices")
@@ -261,13 +233,14 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         K = S_all.shape[-1] // 2
         if tied:
             S_all = S_all[:, :K, :K]
-        th, S, rho_vec, rho_mat = _initial_state(
-            spectrum, K, lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j], finite_size)
+        th, S, rho_vec, rho_mat, m_rho = _initial_state(
+            spectrum, K, K if tied else 2 * K, lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
     y0 = np.concatenate([th.ravel(), S.ravel()])
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")
     if finite_size:
-        system = _FiniteSystem(act.FINITE[rule], lr, spectrum, K, tied)
+        drift, noise = act.FINITE[rule]
+        system = _System(drift, lr, rho_vec, rho_mat, K, noise=noise, m_rho=m_rho, D=spectrum.D, tied=tied)
     else:
         system = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
     if method == "auto":

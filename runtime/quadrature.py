@@ -17,6 +17,8 @@ Every rule is truncated at 9 standard deviations (Gaussian weight < 1e-17). The 
 below keep the error under 1e-10 for tanh and sigmoid at variances 1e-2 ... 1e2 and any
 correlation (tests/test_quadrature.py checks them against mpmath at 30 digits).
 """
+import functools
+
 import numpy as np
 
 N_OUTER = 91
@@ -98,35 +100,40 @@ def _conditional(derivatives, orders, m, s):
     return np.sum(w * _product(derivatives, orders, y), axis=-1)
 
 
-#: points of the tensor Gauss-Hermite rule of `expect_units`, at most (n^K <= UNITS_POINTS)
-UNITS_POINTS = 20000
+#: Gauss-Hermite nodes per axis of `expect_units` by number of units K (n^K points)
+UNITS_NODES = {1: 64, 2: 40, 3: 20, 4: 11}
 
 
+@functools.lru_cache(maxsize=None)
 def units_rule(K):
-    """Tensor Gauss-Hermite rule for N(0, I_K): nodes (N, K) and weights (N,), n = 64 per
-    axis for K = 1 and n = floor(UNITS_POINTS^(1/K)) (at least 3) otherwise."""
-    n = 64 if K == 1 else max(3, int(UNITS_POINTS ** (1.0 / K) + 1e-9))
+    """Tensor Gauss-Hermite rule for N(0, I_K): nodes (N, K) and weights (N,), UNITS_NODES[K]
+    per axis (beyond K = 4, as many as keep n^K <= 20000, at least 3)."""
+    n = UNITS_NODES.get(K) or max(3, int(20000 ** (1.0 / K) + 1e-9))
     z, w = np.polynomial.hermite_e.hermegauss(n)
     grids = np.meshgrid(*([z] * K), indexing="ij")
     weights = np.prod(np.meshgrid(*([w / _SQRT_2PI] * K), indexing="ij"), axis=0)
     return np.stack([g.ravel() for g in grids], axis=-1), weights.ravel()
 
 
-def expect_units(derivatives, orders, Q):
-    """E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))] for every tuple of units
-    (k_1, ..., k_n), lambda ~ N(0, Q) with Q of shape (..., K, K): an array (..., K, ..., K).
-
-    For the averages over three or more units of the finite-D equations, which have no kernel:
-    tensor Gauss-Hermite in whitened coordinates, lambda = L z with L L^T = Q from eigh (a
-    singular Q is fine). Exponential convergence for analytic g (erf, tanh, sigmoid, sin,
-    polynomials); g must have the derivatives asked for as functions."""
+def units_points(Q):
+    """Nodes lambda (..., N, K) and weights (N,) of the rule for lambda ~ N(0, Q), Q (..., K, K):
+    lambda = L z with L L^T = Q from eigh, so a singular Q is fine."""
     Q = np.asarray(Q, dtype=float)
-    K = Q.shape[-1]
     lam, vec = np.linalg.eigh(Q)
     L = vec * np.sqrt(np.maximum(lam, 0.0))[..., None, :]
-    z, w = units_rule(K)
-    x = np.einsum("nb,...ab->...na", z, L)                               # (..., N, K)
+    z, w = units_rule(Q.shape[-1])
+    return np.einsum("nb,...ab->...na", z, L), w
+
+
+def expect_units(derivatives, orders, points):
+    """E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))] for every tuple of units
+    (k_1, ..., k_n): an array (..., K, ..., K), with `points` = units_points(Q).
+
+    For the averages over three or more units of the finite-D equations, which have no kernel:
+    tensor Gauss-Hermite in whitened coordinates. Exponential convergence for analytic g (erf,
+    tanh, sigmoid, sin, polynomials); g must have the derivatives asked for as functions."""
+    x, w = points
     values = [_product(derivatives, o, x) for o in orders]
     letters = "abcdefgh"[:len(orders)]
     subscripts = "n," + ",".join(f"...n{c}" for c in letters) + "->..." + letters
-    return np.einsum(subscripts, w, *values, optimize=True)
+    return np.einsum(subscripts, w, *values)
