@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test derive bench check-generated clean
+.PHONY: demo test derive bench universality check-generated clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ derive: $(STAMP)
 ## demo: derive, integrate the default experiment, simulate it, write a plot and a table
 demo: derive
 	$(BIN)/python -m runtime.demo --out results/demo
+
+## universality: equations on the spectrum of image patches vs SGD on the patches (a few minutes)
+universality: $(STAMP)
+	$(BIN)/python -m runtime.universality --out results/universality
 
 ## test: the whole test suite
 test: $(STAMP)

@@ -17,6 +17,12 @@ are rotated back. Seeds are a leading array axis, each seed with its own random 
 depend on the other seeds in the batch. Samples are drawn in blocks of BLOCK per seed (with
 several seeds a background thread draws the next block while the current one is used);
 every update uses a fresh sample.
+
+Real data (SPEC section 2, universality): with `samples` X (N, D) every step instead draws one
+row of X uniformly with replacement (training stream), rotated into the eigenbasis once
+up front (X U); the test error is then on `test_set` (held-out rows) if given, else on
+`test_samples` rows of X drawn with replacement (test stream): the empirical distribution
+the training draws from.
 """
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -165,7 +171,8 @@ def _average2(f1, f2, m1, m2, c11, c12, c22):
 
 
 def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="vanilla", b0=None,
-             seeds=1, test_samples=10000, progress=False, n_overlap=8, prefetch=None):
+             seeds=1, test_samples=10000, progress=False, n_overlap=8, prefetch=None,
+             samples=None, test_set=None):
     """Online SGD from (W0, V0) on x ~ N(0, U diag(eigvals) U^T), recorded at `times`.
 
     activation: a generated module (e.g. generated.erf) or its name. eigvecs: (D, D) with
@@ -176,6 +183,11 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     seed (0: no test error). n_overlap: eigen-directions kept in `overlap`. progress: a
     progress bar on stderr for runs over a second. prefetch: draw the next block of samples in
     a background thread (default: with several seeds, where drawing dominates).
+    samples: (N, D) real samples to train on instead of x ~ N(0, Omega), each step one row
+    drawn with replacement; `error` stays the Gaussian population error of the weights on
+    eigvals (pass the samples' own spectrum, e.g. runtime.data.Dataset). test_set: (M, D)
+    held-out samples for the test error (the same set for every seed; test_samples is then
+    ignored); without it, with `samples`, the test set is test_samples rows of `samples`.
 
     Returns a SimulationResult. A blow-up (non-finite weights, checked after every block of
     samples and at every record) does not raise: that seed stops being recorded (NaN from
@@ -211,6 +223,11 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         raise ValueError(f"test_samples must be a non-negative integer, got {test_samples!r}")
     if int(n_overlap) != n_overlap or n_overlap < 0:
         raise ValueError(f"n_overlap must be a non-negative integer, got {n_overlap!r}")
+    rotate = (lambda X: X) if U is None else (lambda X: X @ U)
+    if samples is not None:
+        samples = rotate(_samples(samples, D, "samples"))
+    if test_set is not None:
+        test_set = rotate(_samples(test_set, D, "test_set"))
 
     S = len(seeds)
     prefetch = S > 1 if prefetch is None else bool(prefetch)
@@ -225,7 +242,8 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     V = W if tied else np.repeat((V0 if U is None else V0 @ U)[None], S, axis=0)
     b = None if b0 is None else np.repeat(b0[None], S, axis=0)
     streams = [np.random.SeedSequence(s).spawn(2) for s in seeds]
-    test = _TestSet([ss[1] for ss in streams], int(test_samples), sqrt_rho)
+    draw = _gaussian(sqrt_rho) if samples is None else _rows(samples)
+    test = _TestSet([ss[1] for ss in streams], int(test_samples), draw, D, test_set)
     advance = _RULE_STEPS[rule](act, W, V, b, lr, D)
 
     n = t.size
@@ -253,8 +271,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
 
     def fill(buf):
         for s, gen in enumerate(gens):
-            gen.standard_normal(out=buf[s])
-        buf *= sqrt_rho
+            draw(gen, BLOCK, buf[s])
         return buf
 
     total = int(steps[-1])
@@ -429,22 +446,42 @@ def _record(rec, i, alive, W, V, b, rho, D, act, total_2D, top, test):
             rec["test_error"][s, i] = test.error(s, act, W[s], V[s], None if b is None else b[s])
 
 
-class _TestSet:
-    """A fixed held-out set per seed (in the eigenbasis); kept in memory up to TEST_MEMORY
-    numbers in all, else redrawn from its seed (identically) at every record."""
+def _gaussian(sqrt_rho):
+    """draw(gen, n, out): n samples x_tau = sqrt(rho_tau) xi_tau (eigenbasis) into out (n, D)."""
+    def draw(gen, n, out):
+        gen.standard_normal(out=out)
+        out *= sqrt_rho
+        return out
+    return draw
 
-    def __init__(self, seqs, N, sqrt_rho):
-        self.seqs, self.N, self.sqrt_rho = seqs, N, sqrt_rho
-        self.D = sqrt_rho.size
+
+def _rows(X):
+    """draw(gen, n, out): n rows of X (N, D) chosen uniformly with replacement, into out."""
+    def draw(gen, n, out):
+        return np.take(X, gen.integers(X.shape[0], size=n), axis=0, out=out)
+    return draw
+
+
+class _TestSet:
+    """A fixed held-out set per seed (in the eigenbasis), drawn by draw(gen, n, out) from the
+    seed's test stream; kept in memory up to TEST_MEMORY numbers in all, else redrawn
+    (identically) at every record. A given array `fixed` (M, D) is the test set of every seed."""
+
+    def __init__(self, seqs, N, draw, D, fixed=None):
+        self.seqs, self.N, self.draw, self.D = seqs, N, draw, D
         self.stored = None
-        if N and len(seqs) * N * self.D <= TEST_MEMORY:
+        if fixed is not None:
+            self.N = fixed.shape[0]
+            chunks = [fixed[lo:lo + _TEST_CHUNK] for lo in range(0, self.N, _TEST_CHUNK)]
+            self.stored = [[(X, np.einsum("nd,nd->n", X, X)) for X in chunks]] * len(seqs)
+        elif N and len(seqs) * N * self.D <= TEST_MEMORY:
             self.stored = [list(self._draw(s)) for s in range(len(seqs))]
 
     def _draw(self, s):
         gen = np.random.default_rng(self.seqs[s])
         for lo in range(0, self.N, _TEST_CHUNK):
-            X = gen.standard_normal((min(_TEST_CHUNK, self.N - lo), self.D))
-            X *= self.sqrt_rho
+            n = min(_TEST_CHUNK, self.N - lo)
+            X = self.draw(gen, n, np.empty((n, self.D)))
             yield X, np.einsum("nd,nd->n", X, X)
 
     def error(self, s, act, W, V, b):
@@ -471,6 +508,18 @@ def _activation(activation):
         if not hasattr(activation, attr):
             raise ValueError(f"activation must be a generated module or its name; {activation!r} has no {attr!r}")
     return activation
+
+
+def _samples(X, D, what):
+    try:
+        X = np.asarray(X, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a numeric array of shape (N, D)") from None
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != D:
+        raise ValueError(f"{what} has shape {X.shape}, expected (N, D) with N >= 1 and D = {D}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{what} contains NaN or inf")
+    return X
 
 
 def _positive(value, what):
