@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test derive bench check-generated clean
+.PHONY: demo figures test derive bench check-generated clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ derive: $(STAMP)
 ## demo: derive, integrate the default experiment, simulate it, write a plot and a table
 demo: derive
 	$(BIN)/python -m runtime.demo --out results/demo
+
+## figures: the paper's phenomena (runtime/experiments): PNG, JSON and CSV per experiment in results/figures
+figures: derive
+	$(BIN)/python -m runtime.experiments --out results/figures
 
 ## test: the whole test suite
 test: $(STAMP)

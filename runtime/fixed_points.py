@@ -4,8 +4,9 @@ its stability, and the rate at which the error approaches it.
 Given an `IntegrationResult` of `integrate(..., keep_atoms=True)`:
 
 * `fixed_point(result)` solves f(y) = 0 for the right-hand side f of the integrated system,
-  starting from the last recorded state y0 (scipy least_squares, trust region, with the
-  finite-difference Jacobian below). It works in the integrator's state (direction vectors of
+  starting from the last recorded state y0 (scipy least_squares, Levenberg-Marquardt,
+  with the finite-difference Jacobian below; MINPACK's own QR, so no BLAS threads that slow
+  small problems down on busy machines). It works in the integrator's state (direction vectors of
   the small atoms, matrices S_j of the large ones), with each S_j reduced to its upper triangle so
   that the perturbations stay symmetric.
 * Stability: eigenvalues of the Jacobian J = df/dy at the fixed point by central differences,
@@ -51,7 +52,8 @@ class FixedPoint:
     independent generators with J g = 0}; n_symmetry: their joint rank. stable: no eigenvalue
     with Re lambda > zero_tol max|lambda|; n_unstable: how many. rate: slowest decay rate
     -Re lambda of a non-zero mode; error_rate: predicted decay rate of eps - eps*; fitted_rate:
-    the rate fitted on the late-time error curve (nan if not fitted). power: when no fixed
+    the rate fitted on the late-time error curve (nan if not fitted) over fit_window = (t_from,
+    t_to): it measures `error_rate` only if the window spans several e-folds of it. power: when no fixed
     point was found, the exponent p of eps - eps_PCA(K) ~ t^-p fitted on the late times.
     """
     found: bool
@@ -75,14 +77,17 @@ class FixedPoint:
     error_rate: float = np.nan
     fitted_rate: float = np.nan
     power: float = np.nan
+    fit_window: tuple = (np.nan, np.nan)
+    zero_threshold: float = 0.0
 
     def summary(self, n_eigenvalues=8):
-        """A JSON-ready dict: the numbers above, the order parameters, and the eigenvalues with
-        the largest real parts (n_eigenvalues of them, zero modes included)."""
+        """A JSON-ready dict: the numbers above, the order parameters' diagonals, and the
+        n_eigenvalues non-zero eigenvalues with the largest real parts (the zero modes are
+        counted in n_zero_modes)."""
         def num(x):
             return None if x is None or not np.isfinite(x) else float(x)
 
-        ev = self.eigenvalues[:n_eigenvalues]
+        ev = self.eigenvalues[np.abs(self.eigenvalues) > self.zero_threshold][:n_eigenvalues]
         return {
             "found": bool(self.found), "message": self.message, "error": num(self.error),
             "pca_error_K": None if self.pca_errors is None else float(self.pca_errors[-1]),
@@ -92,7 +97,9 @@ class FixedPoint:
             "symmetries": {k: int(v) for k, v in self.symmetries.items()},
             "rate": num(self.rate), "error_rate": num(self.error_rate),
             "fitted_error_rate": num(self.fitted_rate), "late_power": num(self.power),
-            "leading_eigenvalues": [[float(z.real), float(z.imag)] for z in ev],
+            "fit_window": [num(x) for x in self.fit_window],
+            "fit_window_efolds": num(self.error_rate * (self.fit_window[1] - self.fit_window[0])),
+            "leading_nonzero_eigenvalues": [[float(z.real), float(z.imag)] for z in ev],
             "Q_diag": None if self.Q is None else np.diag(self.Q).tolist(),
             "T0_diag": None if self.T0 is None else np.diag(self.T0).tolist(),
         }
@@ -224,8 +231,9 @@ def fixed_point(result, index=-1, *, zero_tol=1e-6, max_distance=0.5, residual_t
         Q, R, T, T0 = coords.system.order_parameters(coords.unpack(Z).T)
         return act.population_error(Q, R, T, T0, half_trace)
 
-    sol = least_squares(coords.rhs, z0, jac=lambda z: coords.jacobian(z, rel_step), method="trf",
-                        x_scale="jac", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200)
+    sol = least_squares(lambda z: _finite(coords.rhs(z), WALL), z0, method="lm", x_scale="jac",
+                        jac=lambda z: _finite(coords.jacobian(z, rel_step), 0.0),
+                        xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=100)
     z = sol.x
     J = coords.jacobian(z, rel_step)
     lam, vecs = np.linalg.eig(J)
@@ -245,6 +253,7 @@ def fixed_point(result, index=-1, *, zero_tol=1e-6, max_distance=0.5, residual_t
     t, err = np.asarray(result.t), np.asarray(result.error)
     fit_from = _default_fit_start(t) if fit_from is None else float(fit_from)
     late = t >= fit_from
+    fp.fit_window = (fit_from, float(t[-1]))
     if not found:
         why = ("least squares did not converge" if not sol.success else
                "the root is not a valid state (a bulk matrix is not positive semi-definite)" if not valid else
@@ -259,7 +268,8 @@ def fixed_point(result, index=-1, *, zero_tol=1e-6, max_distance=0.5, residual_t
         return fp
 
     fp.eigenvalues = lam
-    zero = np.abs(lam) <= zero_tol * scale
+    fp.zero_threshold = zero_tol * scale
+    zero = np.abs(lam) <= fp.zero_threshold
     fp.n_zero = int(zero.sum())
     fp.symmetries, fp.n_symmetry = _symmetries(coords, z, J, zero_tol)
     unstable = lam.real > zero_tol * scale
@@ -286,10 +296,22 @@ def fixed_point(result, index=-1, *, zero_tol=1e-6, max_distance=0.5, residual_t
             parts.append("unexplained zero modes: a continuum of stationary states, or a slow mode "
                          "below zero_tol")
     if np.isfinite(fp.rate):
+        efolds = fp.error_rate * (t[-1] - fit_from)
         parts.append(f"slowest decay rate {fp.rate:.4g}; error approaches at rate {fp.error_rate:.4g} "
-                     f"(fitted on the late error curve: {fp.fitted_rate:.4g})")
+                     f"(fitted on the error curve over t in [{fit_from:.3g}, {t[-1]:.3g}], "
+                     f"{efolds:.2g} e-folds: {fp.fitted_rate:.4g})")
     fp.message = "; ".join(parts)
     return fp
+
+
+#: residual standing in for a state outside the kernels' domain (non-finite drift)
+WALL = 1e30
+
+
+def _finite(a, fill):
+    """a with every entry replaced by `fill` if any is non-finite (Levenberg-Marquardt then
+    rejects the step and shortens the next)."""
+    return a if np.all(np.isfinite(a)) else np.full_like(a, fill)
 
 
 def _symmetries(coords, z, J, zero_tol):
