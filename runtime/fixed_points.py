@@ -320,7 +320,7 @@ def _symmetries(coords, z, J, zero_tol):
     found, kept = {}, []
     for name, G in coords.generators(z).items():
         ok = [g for g in G if np.linalg.norm(g) > 0
-              and np.linalg.norm(J @ g) <= 1e3 * zero_tol * norm_J * np.linalg.norm(g)]
+              and np.linalg.norm(J @ g) <= 10 * zero_tol * norm_J * np.linalg.norm(g)]
         found[name] = _rank(np.array(ok)) if ok else 0
         kept.extend(ok)
     return found, (_rank(np.array(kept)) if kept else 0)

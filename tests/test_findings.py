@@ -33,10 +33,7 @@ def test_sequential_learning_plateaus_near_pca_levels_in_order():
     eps_PCA(m-1) - eps_PCA(m)) and flat (speed < 10% of the fastest drop); component tau is
     learned (some unit with overlap > 1/sqrt 2) at the tau-th drop."""
     cfg = sequential.FULL
-    eigvals, W0, V0 = sequential.problem(cfg)
-    import generated
-    res = generated.load(cfg["activation"]).integrate(
-        eigvals, np.eye(cfg["D"]), W0, V0, lr=cfg["lr"], times=sequential.theory_times(cfg), keep_atoms=True)
+    res = sequential.theory(cfg)
     drops, plats = sequential.plateaus(res.t, res.error, res.pca_errors)
     learned, _ = sequential.learned_times(res.t, theory_overlaps(res))
     print("drops", [round(d["t"], 3) for d in drops], "learned", np.round(learned, 3))

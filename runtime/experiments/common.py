@@ -28,6 +28,12 @@ def theory_overlaps(result):
     return np.swapaxes(omega, 1, 2) / np.sqrt(norm2)[..., None]
 
 
+def integrate(activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, progress=False):
+    """The equations of motion from weights given in the eigenbasis (U = I), atoms kept."""
+    return generated.load(activation).integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times,
+                                                rule=rule, keep_atoms=True, progress=progress)
+
+
 class Run:
     """One experiment's run: integrate and simulate with progress bars and timings, keep a JSON
     summary that is written to disk after every step (a failure loses nothing already done)."""
@@ -38,10 +44,8 @@ class Run:
         self.summary = {"experiment": name, "config": config, "seconds": {}}
 
     def integrate(self, label, activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0):
-        act = generated.load(activation)
         tic = time.perf_counter()
-        res = act.integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times, rule=rule,
-                            keep_atoms=True, progress=True)
+        res = integrate(activation, eigvals, W0, V0, times, rule=rule, lr=lr, progress=True)
         self.summary["seconds"][f"integrate {label}"] = round(time.perf_counter() - tic, 3)
         return res
 

@@ -9,7 +9,8 @@ eps_PCA(m), the times at which each component is learned, the long-time analysis
 import numpy as np
 from scipy.signal import find_peaks
 
-from runtime.experiments.common import Run, pca_levels, pyplot, sim_points, spiked_eigvals, theory_overlaps
+from runtime.experiments.common import (Run, integrate, pca_levels, pyplot, sim_points, spiked_eigvals,
+                                       theory_overlaps)
 
 NAME = "sequential"
 FULL = dict(activation="erf", D=1000, K=4, spikes=(16.0, 4.0, 1.0, 0.25), init=1e-3, lr=1.0,
@@ -29,8 +30,13 @@ def problem(cfg):
             cfg["init"] * rng.standard_normal((K, D)))
 
 
-def theory_times(cfg):
-    return np.concatenate([[0.0], np.logspace(-1, np.log10(cfg["t_max"]), cfg["n_theory"])])
+def theory(cfg, job=None):
+    """The integrated equations on a log grid of n_theory times up to t_max (timed and recorded
+    in `job`, a common.Run, if given)."""
+    eigvals, W0, V0 = problem(cfg)
+    times = np.concatenate([[0.0], np.logspace(-1, np.log10(cfg["t_max"]), cfg["n_theory"])])
+    args = (cfg["activation"], eigvals, W0, V0, times)
+    return job.integrate("erf", *args, lr=cfg["lr"]) if job else integrate(*args, lr=cfg["lr"])
 
 
 def plateaus(t, error, pca_errors):
@@ -74,40 +80,39 @@ def run(out, small=False):
     cfg = SMALL if small else FULL
     job = Run(NAME, out, cfg)
     eigvals, W0, V0 = problem(cfg)
-    times = theory_times(cfg)
-    theory = job.integrate("erf", cfg["activation"], eigvals, W0, V0, times, lr=cfg["lr"])
-    ov = theory_overlaps(theory)
-    drops, plats = plateaus(theory.t, theory.error, theory.pca_errors)
-    learned, units = learned_times(theory.t, ov)
-    job.record(pca_errors=theory.pca_errors, drops=drops, plateaus=plats,
+    res = theory(cfg, job)
+    ov = theory_overlaps(res)
+    drops, plats = plateaus(res.t, res.error, res.pca_errors)
+    learned, units = learned_times(res.t, ov)
+    job.record(pca_errors=res.pca_errors, drops=drops, plateaus=plats,
                learned_times=learned, learned_by_unit=units,
-               final={"t": theory.t[-1], "error": theory.error[-1],
-                      "excess_over_pca_K": theory.error[-1] - theory.pca_errors[-1],
+               final={"t": res.t[-1], "error": res.error[-1],
+                      "excess_over_pca_K": res.error[-1] - res.pca_errors[-1],
                       "overlaps": np.abs(ov[-1])})
-    job.fixed_point("erf", theory)
+    job.fixed_point("erf", res)
 
     sim_t = np.concatenate([[0.0], np.logspace(-1, np.log10(cfg["t_max"]), cfg["n_sim"])])
     sim = job.simulate("erf", cfg["activation"], eigvals, W0, V0, sim_t, cfg["seeds"], lr=cfg["lr"],
                        n_overlap=len(cfg["spikes"]))
-    on_sim = np.interp(sim.t, theory.t, theory.error)
+    on_sim = np.interp(sim.t, res.t, res.error)
     job.record(simulation={"t": sim.t, "error_mean": sim.mean("error"), "error_std": sim.std("error"),
-                           "theory_at_t": on_sim, "final_overlaps": np.abs(sim.overlap.mean(0)[-1])})
+                           "theory_at_t": on_sim, "final_overlaps_mean_abs": np.abs(sim.overlap[:, -1]).mean(0)})
     job.table(["t", "theory_error", "sgd_error_mean", "sgd_error_std"],
               [sim.t, on_sim, sim.mean("error"), sim.std("error")])
-    job.figure(plot(cfg, theory, ov, sim, plats))
+    job.figure(plot(cfg, res, ov, sim, plats))
     return job.summary
 
 
-def plot(cfg, theory, ov, sim, plats):
+def plot(cfg, res, ov, sim, plats):
     plt = pyplot()
     K, M = cfg["K"], len(cfg["spikes"])
     fig = plt.figure(figsize=(3.2 * K, 7.5))
     grid = fig.add_gridspec(2, K, height_ratios=[1.4, 1])
     ax = fig.add_subplot(grid[0, :])
-    t, s = theory.t[1:], sim.t[1:]
-    ax.plot(t, theory.error[1:], color="C0", lw=2, label="equations of motion (D → ∞)")
+    t, s = res.t[1:], sim.t[1:]
+    ax.plot(t, res.error[1:], color="C0", lw=2, label="equations of motion (D → ∞)")
     sim_points(ax, s, sim.error[:, 1:], "C1", f"SGD, D = {cfg['D']}, {sim.error.shape[0]} seed(s)")
-    pca_levels(ax, theory.pca_errors, t[0])
+    pca_levels(ax, res.pca_errors, t[0])
     for p in plats:
         ax.plot(p["t"], p["error"], "v", color="k", ms=6)
     ax.set(xscale="log", yscale="log", xlabel="t = steps / D", ylabel="reconstruction error",

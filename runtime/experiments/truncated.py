@@ -11,7 +11,8 @@ theory and SGD for each network and rule, the long-time analysis of each theory 
 import numpy as np
 from scipy.stats import special_ortho_group
 
-from runtime.experiments.common import Run, pca_levels, pyplot, sim_points, spiked_eigvals, theory_overlaps
+from runtime.experiments.common import (Run, integrate, pca_levels, pyplot, sim_points, spiked_eigvals,
+                                       theory_overlaps)
 
 NAME = "truncated"
 FULL = dict(activations=("erf", "linear"), D=500, K=3, spikes=(3.0, 2.0, 1.0), scale=0.3,
@@ -43,19 +44,16 @@ def alignment(overlaps):
 
 
 def theory(cfg, job=None):
-    """Integrated equations for every activation and rule: {(activation, rule): result}."""
+    """Integrated equations for every activation and rule: {(activation, rule): result}
+    (timed and recorded in `job`, a common.Run, if given)."""
     eigvals, W0, V0, _ = problem(cfg)
     times = np.concatenate([[0.0], np.logspace(-1, np.log10(cfg["t_max"]), cfg["n_theory"])])
     out = {}
     for act in cfg["activations"]:
         for rule in RULES:
-            if job is None:
-                import generated
-                out[act, rule] = generated.load(act).integrate(
-                    eigvals, np.eye(cfg["D"]), W0, V0, lr=cfg["lr"], times=times, rule=rule, keep_atoms=True)
-            else:
-                out[act, rule] = job.integrate(f"{act}/{rule}", act, eigvals, W0, V0, times,
-                                               rule=rule, lr=cfg["lr"])
+            args = (act, eigvals, W0, V0, times)
+            out[act, rule] = (job.integrate(f"{act}/{rule}", *args, rule=rule, lr=cfg["lr"]) if job
+                              else integrate(*args, rule=rule, lr=cfg["lr"]))
     return out
 
 
