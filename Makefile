@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test derive bench universality check-generated clean
+.PHONY: demo figures universality test derive bench check-generated clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: derive
 ## universality: equations on the spectrum of image patches vs SGD on the patches (a few minutes)
 universality: $(STAMP)
 	$(BIN)/python -m runtime.universality --out results/universality
+
+## figures: the paper's phenomena (runtime/experiments): PNG, JSON and CSV per experiment in results/figures
+figures: derive
+	$(BIN)/python -m runtime.experiments --out results/figures
 
 ## test: the whole test suite
 test: $(STAMP)

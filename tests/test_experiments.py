@@ -1,0 +1,48 @@
+"""The experiments package: each experiment end to end at small size, the command line, and the
+theory overlaps in the simulator's convention."""
+import json
+
+import numpy as np
+import pytest
+
+import generated
+from runtime.experiments import EXPERIMENTS, load
+from runtime.experiments.__main__ import main
+from runtime.experiments.common import spiked_eigvals, theory_overlaps
+from runtime.simulate import simulate
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_end_to_end(name, tmp_path):
+    summary = load(name).run(tmp_path, small=True)
+    for ext in ("png", "json", "csv"):
+        assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
+    saved = json.loads((tmp_path / f"{name}.json").read_text())
+    assert saved["experiment"] == name and saved == json.loads(json.dumps(summary))
+    assert saved["fixed_points"] and all("message" in fp for fp in saved["fixed_points"].values())
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_command_line_runs_the_named_experiment(tmp_path, capsys):
+    assert main(["sequential", "--small", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sequential.csv", "sequential.json", "sequential.png"]
+    assert "1 of 1 experiment(s)" in capsys.readouterr().err
+
+
+def test_unknown_experiment_is_refused_before_running(tmp_path):
+    with pytest.raises(ValueError, match="unknown experiment 'tied'"):
+        main(["sequential", "tied", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_theory_overlaps_use_the_simulators_norm():
+    """Same weights: w_k.u_tau / |w_k| with |w_k| over all D directions (spikes and bulk)."""
+    D, K = 40, 3
+    rng = np.random.default_rng(3)
+    eigvals = spiked_eigvals(D, (3.0, 2.0))
+    W0, V0 = rng.standard_normal((K, D)), rng.standard_normal((K, D))
+    res = generated.load("erf").integrate(eigvals, np.eye(D), W0, V0, times=[0, 0.5], keep_atoms=True)
+    sim = simulate("erf", eigvals, None, W0, V0, times=[0], test_samples=0, n_overlap=2)
+    expected = W0[:, :2] / np.linalg.norm(W0, axis=1, keepdims=True)
+    assert np.allclose(sim.overlap[0, 0], expected, rtol=1e-12)
+    assert np.allclose(theory_overlaps(res)[0], expected, rtol=1e-10)

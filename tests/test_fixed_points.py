@@ -1,0 +1,133 @@
+"""runtime.fixed_points: stationary states, their stability, zero modes and approach rates.
+
+Truth from outside the code under test: the linear network's stationary error is eps_PCA(K);
+for one linear unit the stationary states are a closed-form family and the slowest mode follows
+from the 2 x 2 bulk drift of SPEC section 5; the approach rate is measured on a long
+integration; relu units can only pair up into a linear unit (relu(x) - relu(-x) = x).
+"""
+import numpy as np
+import pytest
+
+import generated
+from runtime.fixed_points import fit_power, fit_rate, fixed_point
+from runtime.spectrum import Spectrum, random_init_matrices
+
+D = 50
+
+
+def run(name, spikes, K, times, rule="vanilla", seed=1):
+    act = generated.load(name)
+    spectrum = Spectrum.spiked(D, spikes)
+    init = random_init_matrices(spectrum, K, sigma_w=0.5, sigma_v=0.5, seed=seed)
+    return act.integrate(spectrum=spectrum, init=init, times=times, rule=rule, keep_atoms=True,
+                         rtol=1e-11, atol=1e-14)
+
+
+LONG = np.concatenate([[0, 1, 10, 100], np.linspace(1000, 5000, 41)])
+
+
+def test_linear_network_fixed_point_is_pca_with_gl_zero_modes():
+    res = run("linear", (3, 2, 1.5), K=2, times=[0, 10, 100, 3000])
+    fp = fixed_point(res)
+    assert fp.found, fp.message
+    assert fp.error == pytest.approx(res.pca_errors[2], abs=1e-10)
+    assert fp.residual < 1e-12
+    assert fp.stable and fp.n_unstable == 0
+    scale = np.max(np.abs(fp.eigenvalues))
+    assert np.all(fp.eigenvalues.real <= 1e-6 * scale)
+    # W -> A W, V -> A^-T V (A in GL(2)): four zero modes, all explained
+    assert fp.n_zero == fp.n_symmetry == 4
+    assert fp.symmetries["rescaling of a unit (c w_k, v_k / c)"] == 2
+    assert fp.symmetries["mixing of units (w_k += s w_l, v_l -= s v_k)"] == 2
+    assert "4 zero mode(s), 4 from symmetries" in fp.message
+
+
+def test_single_linear_unit_closed_form_and_fitted_rate():
+    """K = 1, linear: stationary states omega_1 on the top spike with T0 omega_1^2 = 1, i.e.
+    Q T0 = rho_hat_1; the bulk decays with M = [[-rho_hat T0, rho_hat], [rho_hat, -Q]] and the
+    bulk matrix (the error is linear in it) at twice M's top eigenvalue."""
+    res = run("linear", (3, 2), K=1, times=LONG)
+    fp = fixed_point(res, fit_from=2000)
+    assert fp.found and fp.stable, fp.message
+    Q, T0 = fp.Q[0, 0], fp.T0[0, 0]
+    assert Q * T0 == pytest.approx(3.0, rel=1e-9)
+    assert fp.error == pytest.approx(res.pca_errors[1], abs=1e-10)
+    rho = 1.0 / D
+    lam = 0.5 * (-(rho * T0 + Q) + np.sqrt((rho * T0 - Q) ** 2 + 4 * rho ** 2))
+    assert fp.rate == pytest.approx(-2 * lam, rel=1e-6)
+    assert fp.error_rate == pytest.approx(fp.rate, rel=1e-12)
+    # measured on the integration: excess decays like exp(-rate t) from t = 2000 to 5000
+    assert fp.fitted_rate == pytest.approx(fp.error_rate, rel=1e-3)
+    assert fp.n_zero == fp.n_symmetry == 1
+
+
+def test_two_units_fitted_rate_agrees():
+    """K = 2: three nearly equal slow bulk modes (2 l1, l1 + l2, 2 l2); the fit sees their mix."""
+    res = run("linear", (3, 2, 1.5), K=2, times=LONG)
+    fp = fixed_point(res, fit_from=2000)
+    assert fp.found, fp.message
+    print(f"predicted {fp.error_rate:.6g}, fitted {fp.fitted_rate:.6g}")
+    assert fp.fitted_rate == pytest.approx(fp.error_rate, rel=0.03)
+    assert fp.fitted_rate >= fp.error_rate * (1 - 1e-3)        # the slowest mode bounds the mix
+
+
+def test_degenerate_spike_adds_a_rotation_zero_mode():
+    """Spikes (4, 3, 3), K = 2: the second unit picks a direction in the degenerate plane; the
+    circle of such choices is a line of fixed points: one more zero mode."""
+    res = run("linear", (4, 3, 3), K=2, times=[0, 10, 100, 3000])
+    fp = fixed_point(res)
+    assert fp.found and fp.stable, fp.message
+    assert fp.error == pytest.approx(res.pca_errors[2], abs=1e-10)
+    assert fp.symmetries["rotation within a degenerate atom"] == 1
+    assert fp.n_zero == fp.n_symmetry == 5
+
+
+def test_truncated_linear_aligns_each_unit_with_its_eigenvector():
+    """Truncated rule: only each unit's rescaling survives as a symmetry; w_k is parallel to u_k."""
+    res = run("linear", (3, 2, 1.5), K=2, times=[0, 10, 100, 3000], rule="truncated")
+    fp = fixed_point(res)
+    assert fp.found and fp.stable, fp.message
+    assert fp.n_zero == fp.n_symmetry == 2
+    assert fp.symmetries["mixing of units (w_k += s w_l, v_l -= s v_k)"] == 0
+    th, S = res.system.parts(fp.state[None])
+    omega = th[0, :, :2]                                    # (spike, unit)
+    norm = np.sqrt(np.sum(omega ** 2, axis=0) + np.einsum("jkk->k", S[0][:, :2, :2]))
+    assert np.allclose(np.abs(omega[[0, 1], [0, 1]]) / norm, 1.0, atol=1e-8)
+
+
+def test_relu_pairs_into_one_linear_unit():
+    """relu without bias, K = 2: the stable state has w_2 = -c w_1 on the top spike
+    (relu(x) - relu(-x) = x), error exactly eps_PCA(1); its zero modes are the units' rescalings."""
+    res = run("relu", (2, 1), K=2, times=[0, 10, 100, 3000])
+    fp = fixed_point(res)
+    assert fp.found and fp.stable, fp.message
+    assert fp.error == pytest.approx(res.pca_errors[1], abs=1e-9)
+    assert fp.Q[0, 1] / np.sqrt(fp.Q[0, 0] * fp.Q[1, 1]) == pytest.approx(-1.0, abs=1e-9)
+    assert fp.n_zero == fp.n_symmetry == 2
+
+
+def test_erf_has_no_finite_fixed_point():
+    """erf, vanilla: the error creeps towards eps_PCA(K) by shrinking w; nothing stationary nearby."""
+    res = run("erf", (3, 2), K=2, times=np.concatenate([[0], np.logspace(0, 3.5, 30)]))
+    fp = fixed_point(res, fit_from=300)
+    assert not fp.found
+    assert "no stationary state" in fp.message
+    assert 0.3 < fp.power < 2.0
+    assert fp.error == pytest.approx(res.error[-1])
+    summary = fp.summary()
+    assert summary["found"] is False and summary["late_power"] == pytest.approx(fp.power)
+
+
+def test_fits_recover_known_rates():
+    t = np.linspace(10, 100, 30)
+    assert fit_rate(t, 3.0 * np.exp(-0.07 * t)) == pytest.approx(0.07, rel=1e-10)
+    assert fit_power(t, 2.0 * t ** -1.5) == pytest.approx(1.5, rel=1e-10)
+    assert np.isnan(fit_rate(t[:2], np.ones(2)))
+
+
+def test_needs_kept_atoms():
+    act = generated.load("linear")
+    spectrum = Spectrum.spiked(D, (2,))
+    res = act.integrate(spectrum=spectrum, init=random_init_matrices(spectrum, 1), times=[0, 1])
+    with pytest.raises(ValueError, match="keep_atoms"):
+        fixed_point(res)
