@@ -62,11 +62,14 @@ def bvn(h, k, rho):
     Phi(h)/2 + Phi(k)/2 - T(h, (k - rho h)/(h r)) - T(k, (h - rho k)/(k r)) - beta,
     r = sqrt(1 - rho^2), beta = 1/2 where h k < 0 (h = 0 read as 0+), T = Owen's T function.
     Limits: rho = 1 gives Phi(min(h, k)), rho = -1 gives max(Phi(h) + Phi(k) - 1, 0),
-    h = k = 0 gives 1/4 + asin(rho)/(2 pi); h, k = +-inf give Phi of the other or 0."""
+    h = k = 0 gives 1/4 + asin(rho)/(2 pi); h, k = +-inf give Phi of the other or 0.
+    A correlation within 4 ulp of +-1 is taken as +-1: it is what c12/(sqrt(c11) sqrt(c22))
+    rounds to at c11 = c12 = c22 (the diagonal of the pair kernels), and near rho = 1 the CDF
+    moves like sqrt(1 - rho), so the rounding alone would cost 1e-8."""
     h, k, rho = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (h, k, rho)))
     rho = np.clip(rho, -1.0, 1.0)
     r = np.sqrt((1.0 - rho) * (1.0 + rho))
-    general = (r > 0) & np.isfinite(h) & np.isfinite(k)
+    general = (1.0 - np.abs(rho) > 4 * np.finfo(float).eps) & np.isfinite(h) & np.isfinite(k)
     with np.errstate(all="ignore"):
         hs = np.where(h == 0, 1e-300, h)
         ks = np.where(k == 0, 1e-300, k)
