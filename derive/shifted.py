@@ -48,7 +48,7 @@ class bvn(sp.Function):
 
 @dataclass(frozen=True)
 class Step:
-    """P(l.y + b + s Y > 0), Y ~ N(0, 1) independent of y; `density` marks its derivative's density factor."""
+    """P(l.y + b + s Y > 0), Y ~ N(0, 1) independent of y (s = 0: the Heaviside step H(l.y + b))."""
 
     l: tuple
     b: sp.Expr
@@ -120,7 +120,7 @@ class Term:
     A: tuple                 # diagonal of the quadratic exponent (factors are one-variable)
     B: tuple                 # linear exponent
     steps: tuple             # Steps
-    densities: tuple         # Steps whose density factor multiplies the integrand
+    densities: tuple         # Steps whose density (d/du of the step, s = 0: delta(u)) multiplies the integrand
 
 
 def _join(t1, t2):
