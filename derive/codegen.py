@@ -14,7 +14,7 @@ from sympy.core.function import AppliedUndef
 from derive import drift as drift_engine
 from derive import finite as finite_engine
 from derive import gaussian as G
-from derive import rules, stein
+from derive import rules, shifted, stein
 from derive.activations import Activation, x
 from derive.kernels import BASE, derive_kernel, from_name
 from derive.printer import NumpyPrinter, distribute, guard, rewrite_asin
@@ -37,6 +37,8 @@ class Derivation:
     finite: dict = field(default_factory=dict)        # rule name -> (finite Drift, Noise)
     finite_missing: str = ""                          # why there are no finite-D equations
     error_tied: list = field(default_factory=list)    # population error of the tied network
+    shifted: dict = field(default_factory=dict)       # Kernel -> closed form over N(m, C) or None
+    bias_drifts: dict = field(default_factory=dict)   # rule name -> drift_engine.BiasDrift
 
     @property
     def closed_form(self) -> bool:
@@ -87,7 +89,19 @@ def derive_all(activation: Activation) -> Derivation:
     wanted |= {from_name(name) for name in drift_engine.kernel_names(d.error)}
     for kernel in sorted(wanted):
         d.kernels[kernel] = derive_kernel(g, kernel)
+    _derive_bias(d)
     return d
+
+
+def _derive_bias(d: Derivation):
+    """Shifted kernels (derive.shifted) for the rules that train an encoder bias, and the error."""
+    d.bias_drifts = {name: drift_engine.derive_bias_drift(rule) for name, rule in rules.RULES.items()
+                     if rule.db is not None and name in d.drifts}
+    wanted = set(BASE) | {from_name(name) for name in drift_engine.kernel_names(d.error)}
+    for drift in d.bias_drifts.values():
+        wanted |= set(drift.kernels())
+    for kernel in sorted(wanted):
+        d.shifted[kernel] = shifted.derive_kernel(d.g, kernel)
 
 
 def _at_zero_variance(g, kernel, expr):
@@ -134,16 +148,18 @@ _LITERATURE_DOC = {
 }
 
 
-def _body(expr, printer, indent="    "):
-    """Lines computing expr with common subexpressions hoisted, ending in `return`."""
-    expr = guard(distribute(rewrite_asin(expr)))
+def _body(expr, printer, indent="    ", rewrite=True):
+    """Lines computing expr with common subexpressions hoisted, ending in `return`
+    (rewrite=False: keep the expression's own form -- no asin rewrite, no deep distribution of
+    fractions -- as the shifted kernels need, see derive.shifted)."""
+    expr = guard(distribute(rewrite_asin(expr)) if rewrite else expr)
     temps, (reduced,) = sp.cse(expr, symbols=sp.numbered_symbols("t"), optimizations=None)
     lines = [f"{indent}{t} = {printer.doprint(e)}" for t, e in temps]
     return lines, reduced
 
 
-def _function(name, args, doc, expr, printer, shape_args=None):
-    lines, reduced = _body(expr, printer)
+def _function(name, args, doc, expr, printer, shape_args=None, rewrite=True):
+    lines, reduced = _body(expr, printer, rewrite=rewrite)
     result = printer.doprint(reduced)
     shape_args = shape_args or args
     lines.append(f"    return _broadcast({result}, {', '.join(shape_args)})")
@@ -162,7 +178,7 @@ def _formula(expr):
 def module_source(d: Derivation) -> str:
     act = d.activation
     kernel_names = [k.name for k in d.kernels]
-    printer = NumpyPrinter(functions=kernel_names)
+    printer = NumpyPrinter(functions=kernel_names + [shifted.name(k) for k in d.shifted])
     params = {str(p): str(sp.nsimplify(val)) for p, val in act.params.items()}
     status = ("every kernel in closed form, derived by the SymPy engine (derive/gaussian.py)"
               if d.closed_form else
@@ -175,6 +191,7 @@ def module_source(d: Derivation) -> str:
         "# Finite-D equations: " + ("averages over three or more units by NUMERICAL tensor Gauss-Hermite "
                                     "quadrature (runtime/quadrature.py, expect_units)." if d.finite else
                                     f"none ({d.finite_missing})."),
+        f"# Shifted kernels (trained bias): {_shifted_status(d)}.",
         f'"""Gaussian averages of g(x) = {sp.sstr(d.g)} ({act.description}).',
         "",
         "Kernels (mean_*, pair_*) take arrays that broadcast and are not validated (hot path);",
@@ -189,8 +206,9 @@ def module_source(d: Derivation) -> str:
         "from runtime import integrate as _integrate",
         "from runtime.check import covariance as _covariance",
         "from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0",
+        "from runtime.elementwise import bvn as _bvn",
     ]
-    if not d.closed_form or d.finite:
+    if not d.closed_form or d.finite or None in d.shifted.values():
         out.append("from runtime import quadrature as _quadrature")
     out += [
         "",
@@ -200,6 +218,7 @@ def module_source(d: Derivation) -> str:
         f"CLOSED_FORM = {d.closed_form}",
         f"NUMERIC_KERNELS = {tuple(d.numeric)!r}",
         f"LITERATURE = {tuple(d.literature)!r}",
+        f"SHIFTED_NUMERIC_KERNELS = {tuple(shifted.name(k) for k, e in d.shifted.items() if e is None)!r}",
         "",
         "",
     ]
@@ -218,14 +237,23 @@ def module_source(d: Derivation) -> str:
         else:
             doc = f"{kernel.describe()}.\n\n= {_formula(expr)}"
             out += _function(kernel.name, args, doc, _at_zero_variance(d.g, kernel, expr), printer)
+    out += _shifted_kernel_functions(d, printer)
     for name, (dim, formula) in d.literature.items():
         out += _literature_function(name, dim, formula, printer)
     out += _error_function(d)
+    out += _shifted_error_function(d)
     for name, drift in d.drifts.items():
         out += _drift_function(d, name, drift)
-    out += [f"DRIFTS = {{{', '.join(f'{n!r}: drift_{n}' for n in d.drifts)}}}", "", ""]
+    for name, drift in d.bias_drifts.items():
+        out += _bias_drift_function(d, name, drift)
+    out += [
+        f"DRIFTS = {{{', '.join(f'{n!r}: drift_{n}' for n in d.drifts)}}}",
+        f"BIAS_DRIFTS = {{{', '.join(f'{n!r}: drift_{n}_bias' for n in d.bias_drifts)}}}",
+        "",
+        "",
+    ]
     if d.finite:
-        out += _error_function(d, "population_error_tied", d.error_tied, "Q, WW, half_trace, D", "tied")
+        out += _error_function(d, tied=True)
     for name, (drift, noise) in d.finite.items():
         out += _drift_function(d, name, drift) + _noise_function(d, name, noise)
     out += [
@@ -286,17 +314,28 @@ def _kernel_arrays(monomials, zero):
     return lines
 
 
-def _error_function(d, name="population_error", monomials=None, args="Q, R, T, T0, half_trace", what="untied"):
+def _error_function(d, tied=False):
+    """population_error (untied, optionally with an encoder bias) or population_error_tied (finite D)."""
     zero = _zero_kernels(d)
-    monomials = d.error if monomials is None else monomials
+    monomials = d.error_tied if tied else d.error
     formula = " + ".join(f"{m.coeff}*{'*'.join(n for n, _ in m.factors)}" for m in monomials)
-    arrays = [a for a in ("Q", "R", "T0", "WW") if a in args.split(", ")]
+    if tied:
+        head = ["def population_error_tied(Q, WW, half_trace, D):",
+                *_doc("eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the tied network at dimension D "
+                      "(SPEC section 3).\n\n"
+                      "Q, WW = w.w/D of shape (..., K, K); half_trace = tr(Omega)/(2D).\n"
+                      f"Derived: {formula} (einsum over units)."),
+                "    Q, WW = numpy.asarray(Q, dtype=float), numpy.asarray(WW, dtype=float)"]
+    else:
+        head = ["def population_error(Q, R, T, T0, half_trace, b=None):",
+                *_doc("eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).\n\n"
+                      "Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D); b (..., K): encoder bias or None.\n"
+                      f"Derived: {formula} (einsum over units)."),
+                "    if b is not None:",
+                "        return _population_error_shifted(Q, R, T0, b, half_trace)",
+                "    Q, R, T0 = numpy.asarray(Q, dtype=float), numpy.asarray(R, dtype=float), numpy.asarray(T0, dtype=float)"]
     return [
-        f"def {name}({args}):",
-        *_doc(f"eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the {what} network (SPEC section 3).\n\n"
-              f"{', '.join(args.split(', ')[:-1 if what == 'untied' else -2])} of shape (..., K, K); half_trace = tr(Omega)/(2D).\n"
-              f"Derived: {formula} (einsum over units)."),
-        f"    {', '.join(arrays)} = {', '.join(f'numpy.asarray({a}, dtype=float)' for a in arrays)}",
+        *head,
         "    q = numpy.diagonal(Q, axis1=-2, axis2=-1)",
         *_kernel_arrays(monomials, zero),
         f"    return half_trace + {_einsum_lines(monomials, zero, '', batched=True)}",
@@ -367,6 +406,89 @@ def _noise_function(d, name, noise):
         if expr != "0.0":
             lines.append(f"    N[..., {slot[f]}, {slot[h]}] = {expr}")
     lines += ["    return lr**2 * N", "", ""]
+    return lines
+
+
+def _shifted_status(d):
+    numeric = [shifted.name(k) for k, e in d.shifted.items() if e is None]
+    if not numeric:
+        return "every one in closed form (ndtr, bivariate normal CDF), derived by derive/shifted.py"
+    return ("NUMERICAL (no closed form found): " + ", ".join(numeric) +
+            " -- double-exponential quadrature with means, runtime/quadrature.py")
+
+
+def _shifted_kernel_functions(d, printer):
+    """shifted_mean_*(m, v) and shifted_pair_*(m1, m2, c11, c12, c22): averages over N(m, C)."""
+    out = []
+    for kernel, expr in d.shifted.items():
+        args = [str(a) for a in shifted.args(kernel)]
+        name = shifted.name(kernel)
+        if expr is None:
+            doc = f"{shifted.describe(kernel)}.\n\nNumerical: double-exponential quadrature (runtime/quadrature.py)."
+            fn = "expect1" if len(kernel.orders) == 1 else "expect2"
+            orders = ", ".join(repr(o) for o in kernel.orders)
+            cov = args[1:] if len(args) == 2 else args[2:]
+            out += [f"def {name}({', '.join(args)}):", *_doc(doc),
+                    f"    return _quadrature.{fn}(DERIVATIVES, {orders}, {', '.join(cov + args[:len(args) - len(cov)])})",
+                    "", ""]
+        else:
+            doc = f"{shifted.describe(kernel)}.\n\n= {_formula(expr)}"
+            out += _function(name, args, doc, expr, printer, rewrite=False)
+    return out
+
+
+def _shifted_zero(d):
+    return {k.name for k, e in d.shifted.items() if e is not None and e == 0}
+
+
+def _shifted_kernel_arrays(monomials, zero):
+    names = sorted(drift_engine.kernel_names(monomials) - zero)
+    lines = []
+    for n in names:
+        call = (f"shifted_{n}(b, q)" if n.startswith("mean_") else
+                f"shifted_{n}(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])")
+        lines.append(f"    {n}_ = {call}")
+    return lines
+
+
+def _shifted_error_function(d):
+    zero = _shifted_zero(d)
+    return [
+        "def _population_error_shifted(Q, R, T0, b, half_trace):",
+        *_doc("population_error with an encoder bias b (..., K): the same monomials, kernels over lambda ~ N(b, Q)."),
+        "    Q, R, T0, b = (numpy.asarray(a, dtype=float) for a in (Q, R, T0, b))",
+        "    q = numpy.diagonal(Q, axis1=-2, axis2=-1)",
+        *_shifted_kernel_arrays(d.error, zero),
+        f"    return half_trace + {_einsum_lines(d.error, zero, '', batched=True)}",
+        "", "",
+    ]
+
+
+def _bias_drift_function(d, name, bias_drift):
+    zero = _shifted_zero(d)
+    drift = bias_drift.drift
+    monomials = bias_drift.monomials()
+    lines = [
+        f"def drift_{name}_bias(Q, R, T, T0, b, lr):",
+        *_doc(f"Rule {name!r} with a trained encoder bias b (..., K), lambda_k = w_k.x/sqrt(D) + b_k.\n\n"
+              "As drift_" + name + " with kernels over lambda ~ N(b, Q) (derive.drift.derive_bias_drift),\n"
+              "and db_k/dt. Returns (A, B, db) of shapes (..., 2K, 2K), (..., 2K, 2K), (..., K)."),
+        "    K = Q.shape[-1]",
+        "    q = numpy.diagonal(Q, axis1=-2, axis2=-1)",
+        "    eye = numpy.eye(K)",
+    ]
+    if any(n == "tril" for m in monomials for n, _ in m.factors):
+        lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
+    lines += _shifted_kernel_arrays(monomials, zero)
+    lines += ["    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))", "    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))"]
+    slot = {"w": "0:K", "v": "K:2 * K"}
+    for label, blocks in (("A", drift.A), ("B", drift.B)):
+        for (f, h), ms in sorted(blocks.items()):
+            expr = _einsum_lines(ms, zero, "ka", batched=True)
+            if expr != "0.0":
+                lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] = {expr}")
+    lines += [f"    db = {_einsum_lines(bias_drift.db, zero, 'k', batched=True)} + numpy.zeros(b.shape)",
+              "    return lr * A, lr * B, lr * db", "", ""]
     return lines
 
 

@@ -220,3 +220,35 @@ def _kernel_monomial(term):
         (i, oi), (j, oj) = sorted(orders.items(), key=lambda kv: sorted(kv[1], reverse=True), reverse=True)
         factors.append((Kernel((tuple(oi), tuple(oj))).name, (i, j)))
     return coeff, sorted(factors, key=str)
+
+
+@dataclass
+class BiasDrift:
+    """The equations of motion with a trained encoder bias b (lambda_k = w_k.x/sqrt(D) + b_k).
+
+    A and B are the blocks of `derive_drift` unchanged, read with shifted kernels (averages over
+    lambda ~ N(b, Q)): a rule's inner products w_k.x/sqrt(D) are the centred fields lambda_k - b_k,
+    and Stein's lemma on x_tau and on those centred fields is the same as without a bias, so the
+    mean enters only through the kernels. `db` is db_k/dt as monomials with output index k."""
+
+    drift: Drift
+    db: list
+
+    def monomials(self):
+        return self.drift.monomials() + self.db
+
+    def kernels(self):
+        return sorted(from_name(n) for n in kernel_names(self.monomials()))
+
+
+def derive_bias_drift(rule: Rule) -> BiasDrift:
+    """db_k/dt = D E[db_k] (D steps per unit of time), and the drift of the weights."""
+    if rule.db is None:
+        raise G.NoClosedForm(f"rule {rule.name!r} trains no bias")
+    db = []
+    for c, summed in rule.db:
+        for coeff, factors in _average(sp.expand(D * c), set(summed)):
+            kept, _ = _keep(coeff, False, f"rule {rule.name!r}: the bias drift")
+            if kept is not None:
+                db.append(Monomial(kept, tuple(factors)))
+    return BiasDrift(derive_drift(rule), db)

@@ -110,12 +110,15 @@ def scalar_times(pairs, vec: Vec) -> Vec:
 
 @dataclass(frozen=True)
 class Rule:
-    """Per-sample updates of unit k: dw (and dv, None when V is tied to W)."""
+    """Per-sample updates of unit k: dw (and dv, None when V is tied to W). `db`: the update of
+    the encoder bias b_k as a scalar, a list of (coeff, summed indices) pairs as `dot` returns
+    them, or None for a rule that trains no bias; it is used only when a bias is given (b0)."""
 
     name: str
     dw: Vec
     dv: Vec | None
     description: str
+    db: tuple | None = None
 
 
 def _vanilla(truncated=False):
@@ -132,9 +135,16 @@ def _tied():
     return dw, None
 
 
+def _vanilla_bias():
+    """b_k += (eta/D^2)(v_k.e) g'(lambda_k) (SPEC section 1, vanilla + bias)."""
+    e = X - sum_over(l, V[l] * act(l))
+    return tuple((c * eta / D**2 * act(k, 1), s) for c, s in dot(V[k], e))
+
+
 RULES = {
     "vanilla": Rule("vanilla", *_vanilla(),
-                    "w_k += (eta/D^2)(v_k.e) g'(lambda_k) x/sqrt(D);  v_k += (eta/D) g(lambda_k) e"),
+                    "w_k += (eta/D^2)(v_k.e) g'(lambda_k) x/sqrt(D);  v_k += (eta/D) g(lambda_k) e",
+                    db=_vanilla_bias()),
     "truncated": Rule("truncated", *_vanilla(truncated=True),
                       "as vanilla with e_k = x - sum_{l<=k} v_l g(lambda_l) for unit k"),
     "tied": Rule("tied", *_tied(),

@@ -2,6 +2,7 @@
 # Activation erf: g(x) = erf(sqrt(2)*x/2)
 # Kernels: every kernel in closed form, derived by the SymPy engine (derive/gaussian.py).
 # Finite-D equations: averages over three or more units by NUMERICAL tensor Gauss-Hermite quadrature (runtime/quadrature.py, expect_units).
+# Shifted kernels (trained bias): every one in closed form (ndtr, bivariate normal CDF), derived by derive/shifted.py.
 """Gaussian averages of g(x) = erf(sqrt(2)*x/2) (g(x) = erf(x/sqrt(2)), the sigmoidal unit of the paper).
 
 Kernels (mean_*, pair_*) take arrays that broadcast and are not validated (hot path);
@@ -16,6 +17,7 @@ import scipy.special
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import bvn as _bvn
 from runtime import quadrature as _quadrature
 
 NAME = 'erf'
@@ -24,6 +26,7 @@ PARAMS = {}
 CLOSED_FORM = True
 NUMERIC_KERNELS = ()
 LITERATURE = ('J2', 'I2', 'I21', 'I22', 'I3', 'I4')
+SHIFTED_NUMERIC_KERNELS = ()
 
 
 def g(x):
@@ -244,6 +247,119 @@ def pair_5_1(c11, c12, c22):
     return _broadcast(_div(6, t8) + _div(12*c22, t8) + _div(6*t5, t8), c11, c12, c22)
 
 
+def shifted_mean_0(m, v):
+    """E[g(x)], x ~ N(m, v).
+
+    = 2*ndtr(m/sqrt(v + 1)) - 1
+    """
+    return _broadcast(2*scipy.special.ndtr(m/numpy.sqrt(v + 1)) - 1, m, v)
+
+
+def shifted_pair_0_0(m1, m2, c11, c12, c22):
+    """E[g(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = 4*bvn(m1/sqrt(c11 + 1), m2/sqrt(c22 + 1), c12/(sqrt(c11 + 1)*sqrt(c22 + 1))) -
+        2*ndtr(m1/sqrt(c11 + 1)) - 2*ndtr(m2/sqrt(c22 + 1)) + 1
+    """
+    t0 = 1/numpy.sqrt(c11 + 1)
+    t1 = m1*t0
+    t2 = 1/numpy.sqrt(c22 + 1)
+    t3 = m2*t2
+    return _broadcast(4*_bvn(t1, t3, c12*t0*t2) - 2*scipy.special.ndtr(t1) - 2*scipy.special.ndtr(t3) + 1, m1, m2, c11, c12, c22)
+
+
+def shifted_mean_00(m, v):
+    """E[g(x) g(x)], x ~ N(m, v).
+
+    = 4*bvn(m/sqrt(v + 1), m/sqrt(v + 1), v/(v + 1)) - 4*ndtr(m/sqrt(v + 1)) + 1
+    """
+    t0 = v + 1
+    t1 = m/numpy.sqrt(t0)
+    return _broadcast(4*_bvn(t1, t1, v/t0) - 4*scipy.special.ndtr(t1) + 1, m, v)
+
+
+def shifted_mean_1(m, v):
+    """E[g'(x)], x ~ N(m, v).
+
+    = sqrt(2)*exp(-m**2/(2*(v + 1)))/(sqrt(pi)*sqrt(v + 1))
+    """
+    return _broadcast(numpy.sqrt(2)*numpy.exp(-m**2/(2*v + 2))/(numpy.sqrt(numpy.pi)*numpy.sqrt(v + 1)), m, v)
+
+
+def shifted_pair_1_0(m1, m2, c11, c12, c22):
+    """E[g'(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = 2*sqrt(2)*ndtr((c11*m2 - c12*m1 + m2)/(sqrt(1 + (c11*c22 - c12**2 + c22)/(c11 + 1))*(c11
+        + 1)))*exp(-m1**2/(2*(c11 + 1)))/(sqrt(pi)*sqrt(c11 + 1)) -
+        sqrt(2)*exp(-m1**2/(2*(c11 + 1)))/(sqrt(pi)*sqrt(c11 + 1))
+    """
+    t0 = c11 + 1
+    t1 = numpy.sqrt(2)*numpy.exp(-m1**2/(2*c11 + 2))/(numpy.sqrt(numpy.pi)*numpy.sqrt(t0))
+    return _broadcast(2*t1*scipy.special.ndtr(_div(c11*m2 - c12*m1 + m2, t0*_sqrt0(1 + (c11*c22 - c12**2 + c22)/t0))) - t1, m1, m2, c11, c12, c22)
+
+
+def shifted_pair_1_1(m1, m2, c11, c12, c22):
+    """E[g'(x1) g'(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = 2*exp(-(c11*m2**2 - 2*c12*m1*m2 + c22*m1**2 + m1**2 + m2**2)/(2*(c11*c22 + c11 - c12**2
+        + c22 + 1)))/(pi*sqrt(c11*c22 + c11 - c12**2 + c22 + 1))
+    """
+    t0 = m1**2
+    t1 = m2**2
+    t2 = 2*c11
+    t3 = c12**2
+    return _broadcast(_div(2*numpy.exp(_div(-c11*t1 + 2*c12*m1*m2 - c22*t0 - t0 - t1, c22*t2 + 2*c22 + t2 - 2*t3 + 2)), numpy.pi*_sqrt0(c11*c22 + c11 + c22 - t3 + 1)), m1, m2, c11, c12, c22)
+
+
+def shifted_mean_11(m, v):
+    """E[g'(x) g'(x)], x ~ N(m, v).
+
+    = 2*exp(-m**2/(2*v + 1))/(pi*sqrt(2*v + 1))
+    """
+    t0 = 2*v + 1
+    return _broadcast(2*numpy.exp(-m**2/t0)/(numpy.pi*numpy.sqrt(t0)), m, v)
+
+
+def shifted_mean_2(m, v):
+    """E[g''(x)], x ~ N(m, v).
+
+    = -sqrt(2)*m*exp(-m**2/(2*(v + 1)))/(sqrt(pi)*(v + 1)**(3/2))
+    """
+    return _broadcast(-numpy.sqrt(2)*m*numpy.exp(-m**2/(2*v + 2))/(numpy.sqrt(numpy.pi)*(v + 1)**(3/2)), m, v)
+
+
+def shifted_pair_2_0(m1, m2, c11, c12, c22):
+    """E[g''(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = sqrt(2)*m1*exp(-m1**2/(2*(c11 + 1)))/(sqrt(pi)*(c11 + 1)**(3/2)) -
+        2*sqrt(2)*(sqrt(2)*c12*exp(-(c11*m2 - c12*m1 + m2)**2/(2*(c11 + 1)*(c11*c22 + c11 -
+        c12**2 + c22 + 1)))/(2*sqrt(pi)*sqrt(1 + (c11*c22 - c12**2 + c22)/(c11 + 1))*(c11 +
+        1)) + m1*ndtr((c11*m2 - c12*m1 + m2)/(sqrt(1 + (c11*c22 - c12**2 + c22)/(c11 +
+        1))*(c11 + 1)))/(c11 + 1))*exp(-m1**2/(2*(c11 + 1)))/(sqrt(pi)*sqrt(c11 + 1))
+    """
+    t0 = c11 + 1
+    t1 = numpy.sqrt(2)
+    t2 = numpy.sqrt(numpy.pi)
+    t3 = t1*numpy.exp(-m1**2/(2*c11 + 2))/t2
+    t4 = t0**(-1.0)
+    t5 = c11*m2 - c12*m1 + m2
+    t6 = c11*c22 - c12**2 + c22
+    t7 = t0*_sqrt0(t4*t6 + 1)
+    return _broadcast(m1*t3/t0**(3/2) - 2*t3*(m1*t4*scipy.special.ndtr(_div(t5, t7)) + _div(c12*t1*numpy.exp(_div(-t5**2, 2*t0*(t0 + t6))), 2*t2*t7))/numpy.sqrt(t0), m1, m2, c11, c12, c22)
+
+
+def shifted_mean_3(m, v):
+    """E[g'''(x)], x ~ N(m, v).
+
+    = sqrt(2)*(m**2/(v + 1)**2 + v/(v + 1))*exp(-m**2/(2*(v + 1)))/(sqrt(pi)*sqrt(v + 1)) -
+        sqrt(2)*exp(-m**2/(2*(v + 1)))/(sqrt(pi)*sqrt(v + 1))
+    """
+    t0 = v + 1
+    t1 = m**2
+    t2 = numpy.sqrt(2)*numpy.exp(-t1/(2*v + 2))/(numpy.sqrt(numpy.pi)*numpy.sqrt(t0))
+    return _broadcast(t2*(v/t0 + t1/t0**2) - t2, m, v)
+
+
 def J2(C):
     """J2 = E[x1 g(x2)] for x ~ N(0, C), C of shape (..., 2, 2).
 
@@ -315,16 +431,27 @@ def I4(C):
     return _broadcast(_div(2*pair_0_0(_div(c33, t2) + _div(-t3, t2) + _div(-t4, t2) + _div(c11*c33, t2) + _div(-c11*t4, t2) + _div(c22*c33, t2) + _div(-c22*t3, t2) + _div(2*c23*t5, t2) + _div(c33*t0, t2) + _div(-c33*t1, t2), _div(c34, t2) + _div(-t6, t2) + _div(-t7, t2) + _div(c11*c34, t2) + _div(-c11*t7, t2) + _div(c22*c34, t2) + _div(-c22*t6, t2) + _div(c23*t8, t2) + _div(c24*t5, t2) + _div(c34*t0, t2) + _div(-c34*t1, t2), _div(c44, t2) + _div(-t10, t2) + _div(-t9, t2) + _div(c11*c44, t2) + _div(-c11*t10, t2) + _div(c22*c44, t2) + _div(-c22*t9, t2) + _div(2*c24*t8, t2) + _div(c44*t0, t2) + _div(-c44*t1, t2)), numpy.pi*_sqrt0(t2)), c11)
 
 
-def population_error(Q, R, T, T0, half_trace):
+def population_error(Q, R, T, T0, half_trace, b=None):
     """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).
 
-    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D).
+    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D); b (..., K): encoder bias or None.
     Derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units).
     """
+    if b is not None:
+        return _population_error_shifted(Q, R, T0, b, half_trace)
     Q, R, T0 = numpy.asarray(Q, dtype=float), numpy.asarray(R, dtype=float), numpy.asarray(T0, dtype=float)
     q = numpy.diagonal(Q, axis1=-2, axis2=-1)
     mean_1_ = mean_1(q)
     pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_) - numpy.einsum('...bb,...b->...', R, mean_1_)
+
+
+def _population_error_shifted(Q, R, T0, b, half_trace):
+    """population_error with an encoder bias b (..., K): the same monomials, kernels over lambda ~ N(b, Q)."""
+    Q, R, T0, b = (numpy.asarray(a, dtype=float) for a in (Q, R, T0, b))
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
+    mean_1_ = shifted_mean_1(b, q)
+    pair_0_0_ = shifted_pair_0_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
     return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_) - numpy.einsum('...bb,...b->...', R, mean_1_)
 
 
@@ -375,13 +502,40 @@ def drift_truncated(Q, R, T, T0, lr):
     return lr * A, lr * B
 
 
+def drift_vanilla_bias(Q, R, T, T0, b, lr):
+    """Rule 'vanilla' with a trained encoder bias b (..., K), lambda_k = w_k.x/sqrt(D) + b_k.
+
+    As drift_vanilla with kernels over lambda ~ N(b, Q) (derive.drift.derive_bias_drift),
+    and db_k/dt. Returns (A, B, db) of shapes (..., 2K, 2K), (..., 2K, 2K), (..., K).
+    """
+    K = Q.shape[-1]
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
+    eye = numpy.eye(K)
+    mean_1_ = shifted_mean_1(b, q)
+    mean_2_ = shifted_mean_2(b, q)
+    mean_3_ = shifted_mean_3(b, q)
+    pair_0_0_ = shifted_pair_0_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_1_0_ = shifted_pair_1_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_1_1_ = shifted_pair_1_1(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_2_0_ = shifted_pair_2_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    A[..., K:2 * K, 0:K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, K:2 * K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, 0:K] = numpy.einsum('...kk,ak,...k->...ka', R, eye, mean_3_) - numpy.einsum('...ka,...ak->...ka', T0, pair_1_1_) - numpy.einsum('...kb,ak,...kb->...ka', T0, eye, pair_2_0_)
+    B[..., K:2 * K, K:2 * K] = -numpy.einsum('...ak->...ka', pair_0_0_)
+    db = numpy.einsum('...kk,...k->...k', R, mean_2_) - numpy.einsum('...kb,...kb->...k', T0, pair_1_0_) + numpy.zeros(b.shape)
+    return lr * A, lr * B, lr * db
+
+
 DRIFTS = {'vanilla': drift_vanilla, 'truncated': drift_truncated}
+BIAS_DRIFTS = {'vanilla': drift_vanilla_bias}
 
 
 def population_error_tied(Q, WW, half_trace, D):
-    """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the tied network (SPEC section 3).
+    """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the tied network at dimension D (SPEC section 3).
 
-    Q, WW of shape (..., K, K); half_trace = tr(Omega)/(2D).
+    Q, WW = w.w/D of shape (..., K, K); half_trace = tr(Omega)/(2D).
     Derived: 1/2*WW*pair_0_0 + -1/sqrt(D)*Q*mean_1 (einsum over units).
     """
     Q, WW = numpy.asarray(Q, dtype=float), numpy.asarray(WW, dtype=float)

@@ -2,6 +2,7 @@
 # Activation linear: g(x) = x
 # Kernels: every kernel in closed form, derived by the SymPy engine (derive/gaussian.py).
 # Finite-D equations: averages over three or more units by NUMERICAL tensor Gauss-Hermite quadrature (runtime/quadrature.py, expect_units).
+# Shifted kernels (trained bias): every one in closed form (ndtr, bivariate normal CDF), derived by derive/shifted.py.
 """Gaussian averages of g(x) = x (g(x) = x).
 
 Kernels (mean_*, pair_*) take arrays that broadcast and are not validated (hot path);
@@ -16,6 +17,7 @@ import scipy.special
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import bvn as _bvn
 from runtime import quadrature as _quadrature
 
 NAME = 'linear'
@@ -24,6 +26,7 @@ PARAMS = {}
 CLOSED_FORM = True
 NUMERIC_KERNELS = ()
 LITERATURE = ('J2', 'I2', 'I21', 'I22', 'I3', 'I4')
+SHIFTED_NUMERIC_KERNELS = ()
 
 
 def g(x):
@@ -179,6 +182,86 @@ def pair_5_1(c11, c12, c22):
     return _broadcast(0, c11, c12, c22)
 
 
+def shifted_mean_0(m, v):
+    """E[g(x)], x ~ N(m, v).
+
+    = m
+    """
+    return _broadcast(m, m, v)
+
+
+def shifted_pair_0_0(m1, m2, c11, c12, c22):
+    """E[g(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = c12 + m1*m2
+    """
+    return _broadcast(c12 + m1*m2, m1, m2, c11, c12, c22)
+
+
+def shifted_mean_00(m, v):
+    """E[g(x) g(x)], x ~ N(m, v).
+
+    = m**2 + v
+    """
+    return _broadcast(m**2 + v, m, v)
+
+
+def shifted_mean_1(m, v):
+    """E[g'(x)], x ~ N(m, v).
+
+    = 1
+    """
+    return _broadcast(1, m, v)
+
+
+def shifted_pair_1_0(m1, m2, c11, c12, c22):
+    """E[g'(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = m2
+    """
+    return _broadcast(m2, m1, m2, c11, c12, c22)
+
+
+def shifted_pair_1_1(m1, m2, c11, c12, c22):
+    """E[g'(x1) g'(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = 1
+    """
+    return _broadcast(1, m1, m2, c11, c12, c22)
+
+
+def shifted_mean_11(m, v):
+    """E[g'(x) g'(x)], x ~ N(m, v).
+
+    = 1
+    """
+    return _broadcast(1, m, v)
+
+
+def shifted_mean_2(m, v):
+    """E[g''(x)], x ~ N(m, v).
+
+    = 0
+    """
+    return _broadcast(0, m, v)
+
+
+def shifted_pair_2_0(m1, m2, c11, c12, c22):
+    """E[g''(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = 0
+    """
+    return _broadcast(0, m1, m2, c11, c12, c22)
+
+
+def shifted_mean_3(m, v):
+    """E[g'''(x)], x ~ N(m, v).
+
+    = 0
+    """
+    return _broadcast(0, m, v)
+
+
 def J2(C):
     """J2 = E[x1 g(x2)] for x ~ N(0, C), C of shape (..., 2, 2).
 
@@ -233,16 +316,27 @@ def I4(C):
     return _broadcast(pair_0_0(c33, c34, c44), c11)
 
 
-def population_error(Q, R, T, T0, half_trace):
+def population_error(Q, R, T, T0, half_trace, b=None):
     """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).
 
-    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D).
+    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D); b (..., K): encoder bias or None.
     Derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units).
     """
+    if b is not None:
+        return _population_error_shifted(Q, R, T0, b, half_trace)
     Q, R, T0 = numpy.asarray(Q, dtype=float), numpy.asarray(R, dtype=float), numpy.asarray(T0, dtype=float)
     q = numpy.diagonal(Q, axis1=-2, axis2=-1)
     mean_1_ = mean_1(q)
     pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_) - numpy.einsum('...bb,...b->...', R, mean_1_)
+
+
+def _population_error_shifted(Q, R, T0, b, half_trace):
+    """population_error with an encoder bias b (..., K): the same monomials, kernels over lambda ~ N(b, Q)."""
+    Q, R, T0, b = (numpy.asarray(a, dtype=float) for a in (Q, R, T0, b))
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
+    mean_1_ = shifted_mean_1(b, q)
+    pair_0_0_ = shifted_pair_0_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
     return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_) - numpy.einsum('...bb,...b->...', R, mean_1_)
 
 
@@ -289,13 +383,37 @@ def drift_truncated(Q, R, T, T0, lr):
     return lr * A, lr * B
 
 
+def drift_vanilla_bias(Q, R, T, T0, b, lr):
+    """Rule 'vanilla' with a trained encoder bias b (..., K), lambda_k = w_k.x/sqrt(D) + b_k.
+
+    As drift_vanilla with kernels over lambda ~ N(b, Q) (derive.drift.derive_bias_drift),
+    and db_k/dt. Returns (A, B, db) of shapes (..., 2K, 2K), (..., 2K, 2K), (..., K).
+    """
+    K = Q.shape[-1]
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
+    eye = numpy.eye(K)
+    mean_1_ = shifted_mean_1(b, q)
+    pair_0_0_ = shifted_pair_0_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_1_0_ = shifted_pair_1_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_1_1_ = shifted_pair_1_1(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    A[..., K:2 * K, 0:K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, K:2 * K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, 0:K] = -numpy.einsum('...ka,...ak->...ka', T0, pair_1_1_)
+    B[..., K:2 * K, K:2 * K] = -numpy.einsum('...ak->...ka', pair_0_0_)
+    db = -numpy.einsum('...kb,...kb->...k', T0, pair_1_0_) + numpy.zeros(b.shape)
+    return lr * A, lr * B, lr * db
+
+
 DRIFTS = {'vanilla': drift_vanilla, 'truncated': drift_truncated}
+BIAS_DRIFTS = {'vanilla': drift_vanilla_bias}
 
 
 def population_error_tied(Q, WW, half_trace, D):
-    """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the tied network (SPEC section 3).
+    """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the tied network at dimension D (SPEC section 3).
 
-    Q, WW of shape (..., K, K); half_trace = tr(Omega)/(2D).
+    Q, WW = w.w/D of shape (..., K, K); half_trace = tr(Omega)/(2D).
     Derived: 1/2*WW*pair_0_0 + -1/sqrt(D)*Q*mean_1 (einsum over units).
     """
     Q, WW = numpy.asarray(Q, dtype=float), numpy.asarray(WW, dtype=float)

@@ -2,6 +2,7 @@
 # Activation relu: g(x) = Max(0, x)
 # Kernels: every kernel in closed form, derived by the SymPy engine (derive/gaussian.py).
 # Finite-D equations: none (the finite-D equations average g^(4) over three or more units numerically, but g^(2) is not a function).
+# Shifted kernels (trained bias): every one in closed form (ndtr, bivariate normal CDF), derived by derive/shifted.py.
 """Gaussian averages of g(x) = x*Heaviside(x) (g(x) = max(x, 0)).
 
 Kernels (mean_*, pair_*) take arrays that broadcast and are not validated (hot path);
@@ -16,6 +17,7 @@ import scipy.special
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import bvn as _bvn
 
 NAME = 'relu'
 EXPRESSION = 'x*Heaviside(x)'
@@ -23,6 +25,7 @@ PARAMS = {}
 CLOSED_FORM = True
 NUMERIC_KERNELS = ()
 LITERATURE = ('J2', 'I2', 'I21', 'I22', 'I3')
+SHIFTED_NUMERIC_KERNELS = ()
 
 
 def g(x):
@@ -114,6 +117,131 @@ def mean_3(v):
     return _broadcast(0, v)
 
 
+def shifted_mean_0(m, v):
+    """E[g(x)], x ~ N(m, v).
+
+    = m*ndtr(m/sqrt(v)) + sqrt(2)*sqrt(v)*exp(-m**2/(2*v))/(2*sqrt(pi))
+    """
+    t0 = numpy.sqrt(v)
+    return _broadcast(m*scipy.special.ndtr(_div(m, t0)) + (1/2)*numpy.sqrt(2)*t0*numpy.exp(_div(-m**2, 2*v))/numpy.sqrt(numpy.pi), m, v)
+
+
+def shifted_pair_0_0(m1, m2, c11, c12, c22):
+    """E[g(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = sqrt(2)*sqrt(c11)*((c11*m2 - c12*m1)*ndtr((c11*m2 - c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
+        c12**2)))/c11 + sqrt(2)*sqrt(c11*c22 - c12**2)*exp(-(c11*m2 -
+        c12*m1)**2/(2*c11*(c11*c22 -
+        c12**2)))/(2*sqrt(pi)*sqrt(c11)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)) +
+        c12*bvn(m1/sqrt(c11), m2/sqrt(c22), c12/(sqrt(c11)*sqrt(c22))) +
+        m1*(sqrt(2)*sqrt(c22)*ndtr(-(c12*m2 - c22*m1)/(sqrt(c22)*sqrt(c11*c22 -
+        c12**2)))*exp(-m2**2/(2*c22))/(2*sqrt(pi)) + m2*bvn(m1/sqrt(c11), m2/sqrt(c22),
+        c12/(sqrt(c11)*sqrt(c22))) + sqrt(2)*c12*ndtr((c11*m2 -
+        c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
+        c12**2)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)*sqrt(c11)))
+    """
+    t0 = numpy.sqrt(c11)
+    t1 = numpy.sqrt(c22)
+    t2 = _bvn(_div(m1, t0), _div(m2, t1), _div(c12, t0*t1))
+    t3 = c11*m2 - c12*m1
+    t4 = c11*c22 - c12**2
+    t5 = _sqrt0(t4)
+    t6 = scipy.special.ndtr(_div(t3, t0*t5))
+    t7 = numpy.sqrt(2)
+    t8 = 2*c11
+    t9 = numpy.sqrt(numpy.pi)
+    t10 = 2*t0*t9
+    t11 = t7*numpy.exp(_div(-m1**2, t8))
+    t12 = (1/2)/t9
+    return _broadcast(c12*t2 + m1*(m2*t2 + t1*t12*t7*scipy.special.ndtr(_div(-c12*m2 + c22*m1, t1*t5))*numpy.exp(_div(-m2**2, 2*c22)) + _div(c12*t11*t6, t10)) + t0*t11*t12*(_div(t3*t6, c11) + _div(t5*t7*numpy.exp(_div(-t3**2, t4*t8)), t10)), m1, m2, c11, c12, c22)
+
+
+def shifted_mean_00(m, v):
+    """E[g(x) g(x)], x ~ N(m, v).
+
+    = m*(m*ndtr(m/sqrt(v)) + sqrt(2)*sqrt(v)*exp(-m**2/(2*v))/(2*sqrt(pi))) +
+        v*ndtr(m/sqrt(v))
+    """
+    t0 = numpy.sqrt(v)
+    t1 = scipy.special.ndtr(_div(m, t0))
+    return _broadcast(m*(m*t1 + (1/2)*numpy.sqrt(2)*t0*numpy.exp(_div(-m**2, 2*v))/numpy.sqrt(numpy.pi)) + t1*v, m, v)
+
+
+def shifted_mean_1(m, v):
+    """E[g'(x)], x ~ N(m, v).
+
+    = ndtr(m/sqrt(v))
+    """
+    return _broadcast(scipy.special.ndtr(_div(m, numpy.sqrt(v))), m, v)
+
+
+def shifted_pair_1_0(m1, m2, c11, c12, c22):
+    """E[g'(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = sqrt(2)*sqrt(c22)*ndtr(-(c12*m2 - c22*m1)/(sqrt(c22)*sqrt(c11*c22 -
+        c12**2)))*exp(-m2**2/(2*c22))/(2*sqrt(pi)) + m2*bvn(m1/sqrt(c11), m2/sqrt(c22),
+        c12/(sqrt(c11)*sqrt(c22))) + sqrt(2)*c12*ndtr((c11*m2 -
+        c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
+        c12**2)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)*sqrt(c11))
+    """
+    t0 = numpy.sqrt(c11)
+    t1 = numpy.sqrt(c22)
+    t2 = numpy.sqrt(2)
+    t3 = numpy.sqrt(numpy.pi)
+    t4 = _sqrt0(c11*c22 - c12**2)
+    return _broadcast(m2*_bvn(_div(m1, t0), _div(m2, t1), _div(c12, t0*t1)) + (1/2)*t1*t2*scipy.special.ndtr(_div(-c12*m2 + c22*m1, t1*t4))*numpy.exp(_div(-m2**2, 2*c22))/t3 + _div(c12*t2*scipy.special.ndtr(_div(c11*m2 - c12*m1, t0*t4))*numpy.exp(_div(-m1**2, 2*c11)), 2*t0*t3), m1, m2, c11, c12, c22)
+
+
+def shifted_pair_1_1(m1, m2, c11, c12, c22):
+    """E[g'(x1) g'(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = bvn(m1/sqrt(c11), m2/sqrt(c22), c12/(sqrt(c11)*sqrt(c22)))
+    """
+    t0 = numpy.sqrt(c11)
+    t1 = numpy.sqrt(c22)
+    return _broadcast(_bvn(_div(m1, t0), _div(m2, t1), _div(c12, t0*t1)), m1, m2, c11, c12, c22)
+
+
+def shifted_mean_11(m, v):
+    """E[g'(x) g'(x)], x ~ N(m, v).
+
+    = ndtr(m/sqrt(v))
+    """
+    return _broadcast(scipy.special.ndtr(_div(m, numpy.sqrt(v))), m, v)
+
+
+def shifted_mean_2(m, v):
+    """E[g''(x)], x ~ N(m, v).
+
+    = sqrt(2)*exp(-m**2/(2*v))/(2*sqrt(pi)*sqrt(v))
+    """
+    return _broadcast(_div(numpy.sqrt(2)*numpy.exp(_div(-m**2, 2*v)), 2*numpy.sqrt(numpy.pi)*numpy.sqrt(v)), m, v)
+
+
+def shifted_pair_2_0(m1, m2, c11, c12, c22):
+    """E[g''(x1) g(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]).
+
+    = sqrt(c11*c22 - c12**2)*exp(-m1**2/(2*c11))*exp(-(c11*m2 - c12*m1)**2/(2*c11*(c11*c22 -
+        c12**2)))/(2*pi*c11) + sqrt(2)*(c11*m2 - c12*m1)*ndtr((c11*m2 -
+        c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
+        c12**2)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)*c11**(3/2))
+    """
+    t0 = c11*c22 - c12**2
+    t1 = _sqrt0(t0)
+    t2 = 2*c11
+    t3 = numpy.exp(_div(-m1**2, t2))
+    t4 = c11*m2 - c12*m1
+    return _broadcast(_div(t1*t3*numpy.exp(_div(-t4**2, t0*t2)), numpy.pi*t2) + _div(numpy.sqrt(2)*t3*t4*scipy.special.ndtr(_div(t4, numpy.sqrt(c11)*t1)), 2*numpy.sqrt(numpy.pi)*c11**(3/2)), m1, m2, c11, c12, c22)
+
+
+def shifted_mean_3(m, v):
+    """E[g'''(x)], x ~ N(m, v).
+
+    = -sqrt(2)*m*exp(-m**2/(2*v))/(2*sqrt(pi)*v**(3/2))
+    """
+    return _broadcast(_div(-numpy.sqrt(2)*m*numpy.exp(_div(-m**2, 2*v)), 2*numpy.sqrt(numpy.pi)*v**(3/2)), m, v)
+
+
 def J2(C):
     """J2 = E[x1 g(x2)] for x ~ N(0, C), C of shape (..., 2, 2).
 
@@ -159,16 +287,27 @@ def I3(C):
     return _broadcast(c12*pair_2_0(c11, c13, c33) + c23*pair_1_1(c11, c13, c33), c11)
 
 
-def population_error(Q, R, T, T0, half_trace):
+def population_error(Q, R, T, T0, half_trace, b=None):
     """eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).
 
-    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D).
+    Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D); b (..., K): encoder bias or None.
     Derived: 1/2*T0*pair_0_0 + -1*R*mean_1 (einsum over units).
     """
+    if b is not None:
+        return _population_error_shifted(Q, R, T0, b, half_trace)
     Q, R, T0 = numpy.asarray(Q, dtype=float), numpy.asarray(R, dtype=float), numpy.asarray(T0, dtype=float)
     q = numpy.diagonal(Q, axis1=-2, axis2=-1)
     mean_1_ = mean_1(q)
     pair_0_0_ = pair_0_0(q[..., :, None], Q, q[..., None, :])
+    return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_) - numpy.einsum('...bb,...b->...', R, mean_1_)
+
+
+def _population_error_shifted(Q, R, T0, b, half_trace):
+    """population_error with an encoder bias b (..., K): the same monomials, kernels over lambda ~ N(b, Q)."""
+    Q, R, T0, b = (numpy.asarray(a, dtype=float) for a in (Q, R, T0, b))
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
+    mean_1_ = shifted_mean_1(b, q)
+    pair_0_0_ = shifted_pair_0_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
     return half_trace + 1/2*numpy.einsum('...bc,...bc->...', T0, pair_0_0_) - numpy.einsum('...bb,...b->...', R, mean_1_)
 
 
@@ -217,7 +356,34 @@ def drift_truncated(Q, R, T, T0, lr):
     return lr * A, lr * B
 
 
+def drift_vanilla_bias(Q, R, T, T0, b, lr):
+    """Rule 'vanilla' with a trained encoder bias b (..., K), lambda_k = w_k.x/sqrt(D) + b_k.
+
+    As drift_vanilla with kernels over lambda ~ N(b, Q) (derive.drift.derive_bias_drift),
+    and db_k/dt. Returns (A, B, db) of shapes (..., 2K, 2K), (..., 2K, 2K), (..., K).
+    """
+    K = Q.shape[-1]
+    q = numpy.diagonal(Q, axis1=-2, axis2=-1)
+    eye = numpy.eye(K)
+    mean_1_ = shifted_mean_1(b, q)
+    mean_2_ = shifted_mean_2(b, q)
+    mean_3_ = shifted_mean_3(b, q)
+    pair_0_0_ = shifted_pair_0_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_1_0_ = shifted_pair_1_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_1_1_ = shifted_pair_1_1(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    pair_2_0_ = shifted_pair_2_0(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
+    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    A[..., K:2 * K, 0:K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, K:2 * K] = numpy.einsum('ak,...k->...ka', eye, mean_1_)
+    A[..., 0:K, 0:K] = numpy.einsum('...kk,ak,...k->...ka', R, eye, mean_3_) - numpy.einsum('...ka,...ak->...ka', T0, pair_1_1_) - numpy.einsum('...kb,ak,...kb->...ka', T0, eye, pair_2_0_)
+    B[..., K:2 * K, K:2 * K] = -numpy.einsum('...ak->...ka', pair_0_0_)
+    db = numpy.einsum('...kk,...k->...k', R, mean_2_) - numpy.einsum('...kb,...kb->...k', T0, pair_1_0_) + numpy.zeros(b.shape)
+    return lr * A, lr * B, lr * db
+
+
 DRIFTS = {'vanilla': drift_vanilla, 'truncated': drift_truncated}
+BIAS_DRIFTS = {'vanilla': drift_vanilla_bias}
 
 
 #: rule -> (finite-D drift, second-order noise): the exact expected drift at dimension D

@@ -8,9 +8,12 @@ domain (inputs are validated before they get here, see `runtime.check`):
 * `sqrt0(a)`: sqrt(max(a, 0)) for a radicand that is a determinant or a conditional variance;
 * `arcsin(a)`: arcsin(clip(a, -1, 1)) for a correlation coefficient;
 * `atan2(c, s)`, `angle(c, s)`: asin(c/sqrt(X)) printed as atan2(c, sqrt(X - c^2)) or, where
-  that is shorter, pi/2 + asin as atan2(sqrt(X - c^2), -c): exact near |correlation| 1.
+  that is shorter, pi/2 + asin as atan2(sqrt(X - c^2), -c): exact near |correlation| 1;
+* `bvn(h, k, rho)`: the bivariate normal CDF of the shifted-Gaussian kernels (derive/shifted.py),
+  with its limits at infinite h, k and at rho = +-1.
 """
 import numpy as np
+from scipy.special import ndtr, owens_t
 
 
 def div(a, b):
@@ -52,3 +55,26 @@ def broadcast(value, *args):
             and not any(value is a for a in args):
         return value
     return np.array(np.broadcast_to(np.asarray(value, dtype=float), shape))
+
+
+def bvn(h, k, rho):
+    """P(X < h, Y < k) for standard normals with correlation rho (Owen 1956, eq. 3.1):
+    Phi(h)/2 + Phi(k)/2 - T(h, (k - rho h)/(h r)) - T(k, (h - rho k)/(k r)) - beta,
+    r = sqrt(1 - rho^2), beta = 1/2 where h k < 0 (h = 0 read as 0+), T = Owen's T function.
+    Limits: rho = 1 gives Phi(min(h, k)), rho = -1 gives max(Phi(h) + Phi(k) - 1, 0),
+    h = k = 0 gives 1/4 + asin(rho)/(2 pi); h, k = +-inf give Phi of the other or 0.
+    A correlation within 4 ulp of +-1 is taken as +-1: it is what c12/(sqrt(c11) sqrt(c22))
+    rounds to at c11 = c12 = c22 (the diagonal of the pair kernels), and near rho = 1 the CDF
+    moves like sqrt(1 - rho), so the rounding alone would cost 1e-8."""
+    h, k, rho = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (h, k, rho)))
+    rho = np.clip(rho, -1.0, 1.0)
+    r = np.sqrt((1.0 - rho) * (1.0 + rho))
+    general = (1.0 - np.abs(rho) > 4 * np.finfo(float).eps) & np.isfinite(h) & np.isfinite(k)
+    with np.errstate(all="ignore"):
+        hs = np.where(h == 0, 1e-300, h)
+        ks = np.where(k == 0, 1e-300, k)
+        value = (0.5 * (ndtr(h) + ndtr(k)) - owens_t(hs, (ks - rho * hs) / (hs * r))
+                 - owens_t(ks, (hs - rho * ks) / (ks * r)) - 0.5 * (hs * ks < 0))
+        value = np.where((h == 0) & (k == 0), 0.25 + np.arcsin(rho) / (2 * np.pi), value)
+        edge = np.where(rho > 0, ndtr(np.minimum(h, k)), np.maximum(ndtr(h) + ndtr(k) - 1.0, 0.0))
+    return np.clip(np.where(general, value, edge), 0.0, 1.0)

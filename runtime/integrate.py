@@ -57,6 +57,7 @@ class IntegrationResult:
     nfev: int = 0
     state: np.ndarray | None = field(default=None, repr=False)   # raw states at t (keep_atoms=True)
     system: object = field(default=None, repr=False)
+    b: np.ndarray | None = None   # encoder biases (n, K) when trained (b0 given), else None
 
     @property
     def success(self):
@@ -146,6 +147,54 @@ class _System:
         return out[0] if y.ndim == 1 else out.T
 
 
+class _BiasSystem:
+    """_System with a trained encoder bias: the state is the weights' state followed by b (K),
+    the drift `drift_<rule>_bias(Q, R, T, T0, b, lr)` returns (A, B, db/dt)."""
+
+    def __init__(self, bias_drift, lr, rho_vec, rho_mat, K):
+        self.bias_drift, self.K = bias_drift, K
+        self.core = _System(self._weights_drift, lr, rho_vec, rho_mat, K)
+
+    @property
+    def failed(self):
+        return self.core.failed
+
+    def parts(self, Y):
+        return self.core.parts(Y[:, :-self.K])
+
+    def order_parameters(self, Y):
+        return self.core.order_parameters(Y[:, :-self.K])
+
+    def biases(self, Y):
+        return Y[:, -self.K:]
+
+    def error(self, act, Y, half_trace):
+        return act.population_error(*self.order_parameters(Y), half_trace, b=self.biases(Y))
+
+    def _weights_drift(self, Q, R, T, T0, lr):
+        A, B, self._db = self.bias_drift(Q, R, T, T0, self._b, lr)
+        return A, B
+
+    def __call__(self, t, y):
+        self._b = (y[None] if y.ndim == 1 else y.T)[:, -self.K:]
+        weights = self.core(t, y[:-self.K])
+        db = self._db if np.all(np.isfinite(self._db)) else np.zeros_like(self._db)
+        return np.concatenate([weights, db[0]]) if y.ndim == 1 else np.concatenate([weights, db.T])
+
+
+def _biases(b0, K):
+    """b0 as a finite float array of shape (K,), or ValueError."""
+    try:
+        b0 = np.asarray(b0, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"b0 must be a numeric array of shape ({K},), got {b0!r}") from None
+    if b0.shape != (K,):
+        raise ValueError(f"b0 has shape {b0.shape}, expected ({K},) (one bias per hidden unit)")
+    if not np.all(np.isfinite(b0)):
+        raise ValueError("b0 contains NaN or inf")
+    return b0
+
+
 def _initial_state(spectrum, K, F, vectors, matrices):
     """Split atoms by multiplicity; `vectors(j)` -> (m_j, F), `matrices(j)` -> (F, F).
     Returns the vectors, the matrices, rho_hat per vector and rho_hat and m rho per matrix."""
@@ -176,6 +225,8 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
 
     Either eigvals (D,), eigvecs (D, D) and W0, V0 (K, D) (SPEC section 6), or `spectrum`
     (runtime.spectrum.Spectrum) with `init` = (q, r, t), each of shape (J, K, K).
+    b0 (K,): an initial encoder bias, then trained (rule 'vanilla', SPEC section 1) with the
+    activation's `drift_<rule>_bias`; the result's `b` (n, K) holds it and `error` includes it.
     Returns an IntegrationResult at `times`; on failure raises IntegrationError carrying the
     partial result (or returns it with status -1 when raise_on_failure=False).
 
@@ -203,8 +254,9 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if not finite_size and rule not in act.DRIFTS:
         raise ValueError(f"rule {rule!r} has no D -> infinity limit; integrate it with finite_size=True")
     tied = rule == "tied"
-    if b0 is not None:
-        raise NotImplementedError("trained biases: the shifted-Gaussian averages are not derived yet")
+    if b0 is not None and (finite_size or rule not in getattr(act, "BIAS_DRIFTS", {})):
+        raise ValueError(f"rule {rule!r} trains no bias (b0 given) in these equations; rules with a bias: "
+                         f"{', '.join(getattr(act, 'BIAS_DRIFTS', {})) or 'none'} (D -> infinity only)")
     lr = float(lr)
     if not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive number, got {lr}")
@@ -241,8 +293,11 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if finite_size:
         drift, noise = act.FINITE[rule]
         system = _System(drift, lr, rho_vec, rho_mat, K, noise=noise, m_rho=m_rho, D=spectrum.D, tied=tied)
-    else:
+    elif b0 is None:
         system = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
+    else:
+        y0 = np.concatenate([y0, _biases(b0, K)])
+        system = _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K)
     if method == "auto":
         method = "BDF" if y0.size <= AUTO_IMPLICIT_SIZE else "RK45"
     ts, ys, message, nfev = _solve(system, y0, times, method, rtol, atol,
@@ -251,9 +306,10 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     Y = ys.reshape(len(ts), -1)
     Q, R, T, T0 = system.order_parameters(Y)
     half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
+    b = None if b0 is None else system.biases(Y).copy()
     error = system.error(act, Y, half_trace)
     result = IntegrationResult(ts, error, Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
-                               status, message, nfev, ys if keep_atoms else None, system)
+                               status, message, nfev, ys if keep_atoms else None, system, b=b)
     if status != 0 and raise_on_failure:
         raise IntegrationError(f"integration of {act.NAME}/{rule} failed at t = "
                                f"{ts[-1] if ts.size else 0:.6g}: {message}", result)

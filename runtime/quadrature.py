@@ -6,8 +6,8 @@ of 6e-3. Instead the averages use the double-exponential ("sinh") trapezoidal ru
 nodes resolve both scales of the integrand -- the Gaussian (width sigma) and the activation's
 own structure (width ~1 around x = 0) -- and converge exponentially for analytic g:
 
-* one point: E[f(x)], x = sigma z, z = b sinh(u), b = min(1, 1/sigma);
-* two points, conditioning x2 on x1 (x2 = kappa x1 + s z):
+* one point: E[f(x)], x = m + sigma z, z = b sinh(u), b = min(1, 1/sigma);
+* two points, conditioning x2 on x1 (x2 = m2 + kappa (x1 - m1) + s z):
   the outer integral over x1 as above (its scale also resolves the inner average, which
   varies on the scale max(1, s)/|kappa|), the inner one centred on the Gaussian when s <= 1
   or when the activation's structure lies in the far tail (|kappa x1| > 8 s), and centred on
@@ -43,9 +43,9 @@ def _nodes(U, n):
     return U[..., None] * t, 2.0 * U / (n - 1)
 
 
-def expect1(derivatives, orders, v):
-    """E[prod_a g^(a)(x)] for x ~ N(0, v); `derivatives` = (g, g', g'', ...)."""
-    v = np.asarray(v, dtype=float)
+def expect1(derivatives, orders, v, m=0.0):
+    """E[prod_a g^(a)(x)] for x ~ N(m, v); `derivatives` = (g, g', g'', ...)."""
+    v, m = np.broadcast_arrays(np.asarray(v, dtype=float), np.asarray(m, dtype=float))
     sigma = np.sqrt(v)
     with np.errstate(divide="ignore"):
         b = np.minimum(1.0, 1.0 / sigma)
@@ -53,23 +53,23 @@ def expect1(derivatives, orders, v):
     u, h = _nodes(U, N_ONE)
     z = b[..., None] * np.sinh(u)
     w = np.exp(-0.5 * z * z) / _SQRT_2PI * b[..., None] * np.cosh(u) * h[..., None]
-    return np.sum(w * _product(derivatives, orders, sigma[..., None] * z), axis=-1)
+    return np.sum(w * _product(derivatives, orders, m[..., None] + sigma[..., None] * z), axis=-1)
 
 
-def expect2(derivatives, orders1, orders2, c11, c12, c22):
-    """E[prod_a g^(a)(x1) prod_b g^(b)(x2)] for (x1, x2) ~ N(0, [[c11, c12], [c12, c22]])."""
-    c11, c12, c22 = np.broadcast_arrays(*(np.asarray(c, dtype=float) for c in (c11, c12, c22)))
-    shape = c11.shape
-    c11, c12, c22 = (c.ravel() for c in (c11, c12, c22))
+def expect2(derivatives, orders1, orders2, c11, c12, c22, m1=0.0, m2=0.0):
+    """E[prod_a g^(a)(x1) prod_b g^(b)(x2)] for (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]])."""
+    arrays = np.broadcast_arrays(*(np.asarray(c, dtype=float) for c in (c11, c12, c22, m1, m2)))
+    shape = arrays[0].shape
+    c11, c12, c22, m1, m2 = (a.ravel() for a in arrays)
     out = np.empty(c11.shape)
     step = max(1, _CHUNK // (N_OUTER * N_INNER))
     for lo in range(0, c11.size, step):
         sl = slice(lo, lo + step)
-        out[sl] = _expect2(derivatives, orders1, orders2, c11[sl], c12[sl], c22[sl])
+        out[sl] = _expect2(derivatives, orders1, orders2, c11[sl], c12[sl], c22[sl], m1[sl], m2[sl])
     return out.reshape(shape)
 
 
-def _expect2(derivatives, orders1, orders2, c11, c12, c22):
+def _expect2(derivatives, orders1, orders2, c11, c12, c22, m1, m2):
     sigma1 = np.sqrt(c11)
     positive = c11 > 0
     kappa = np.where(positive, c12 / np.where(positive, c11, 1.0), 0.0)
@@ -80,9 +80,10 @@ def _expect2(derivatives, orders1, orders2, c11, c12, c22):
     u1, h1 = _nodes(U1, N_OUTER)                                    # (M, N_OUTER)
     z1 = b1[:, None] * np.sinh(u1)
     w1 = np.exp(-0.5 * z1 * z1) / _SQRT_2PI * b1[:, None] * np.cosh(u1) * h1[:, None]
-    x1 = sigma1[:, None] * z1
-    inner = _conditional(derivatives, orders2, kappa[:, None] * x1, np.broadcast_to(s[:, None], x1.shape))
-    return np.sum(w1 * _product(derivatives, orders1, x1) * inner, axis=-1)
+    dx1 = sigma1[:, None] * z1
+    inner = _conditional(derivatives, orders2, m2[:, None] + kappa[:, None] * dx1,
+                         np.broadcast_to(s[:, None], dx1.shape))
+    return np.sum(w1 * _product(derivatives, orders1, m1[:, None] + dx1) * inner, axis=-1)
 
 
 def _conditional(derivatives, orders, m, s):

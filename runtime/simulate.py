@@ -89,85 +89,13 @@ def error_from_order_parameters(act, Q, R, T0, total_variance_over_2D, b=None):
     + 1/2 sum_kl T0_kl E[g(lam_k) g(lam_l)], lam ~ N(b, Q) (SPEC section 3; Stein gives
     E[nu_k g(lam_k)] = R_kk E g'(lam_k)). Q, R, T0 of shape (..., K, K), b (..., K) or None.
 
-    Without bias this is the activation's derived `population_error`; with a bias the shifted
-    averages are computed numerically (gaussian_average1/2; ~1e-13 for relu, erf) until the
-    engine derives shifted-Gaussian kernels.
-    For tied weights pass the order parameters of V = W.
+    The activation's derived `population_error`, with the shifted kernels when b is given (the
+    same formulas the equations of motion use). For tied weights pass the order parameters of V = W.
     """
     Q, R, T0 = (np.asarray(a, dtype=float) for a in (Q, R, T0))
-    if b is None:
-        return act.population_error(Q, R, None, T0, total_variance_over_2D)
     with np.errstate(all="ignore"):
-        m1, pair = _shifted_averages(act, Q, np.asarray(b, dtype=float))
-        return (total_variance_over_2D - np.sum(np.diagonal(R, axis1=-2, axis2=-1) * m1, axis=-1)
-                + 0.5 * np.sum(T0 * pair, axis=(-2, -1)))
-
-
-def _shifted_averages(act, Q, b):
-    """E[g'(lam_k)] (..., K) and E[g(lam_k) g(lam_l)] (..., K, K) for lam ~ N(b, Q)."""
-    d = np.diagonal(Q, axis1=-2, axis2=-1)
-    m1 = gaussian_average1(act.dg, b, d)
-    k, l = np.triu_indices(Q.shape[-1])
-    upper = gaussian_average2(act.g, act.g, b[..., k], b[..., l], d[..., k], Q[..., k, l], d[..., l])
-    pair = np.empty(Q.shape)
-    pair[..., k, l] = upper
-    pair[..., l, k] = upper
-    return m1, pair
-
-
-#: Gauss-Legendre nodes per piece, and the truncation |z| <= _TAIL of the standard Gaussian
-_GL = np.polynomial.legendre.leggauss(64)
-_TAIL = 10.0
-
-
-def _split_rule(z0):
-    """Nodes z (..., 2n) and weights (Gauss-Legendre on [-L, z0] and [z0, L], times the
-    standard normal density) for integrals over z ~ N(0, 1) of a function smooth on each side
-    of z0 (..., clipped to [-L, L])."""
-    z0 = np.clip(z0, -_TAIL, _TAIL)[..., None]
-    u, w = _GL
-    hl, hr = (z0 + _TAIL) / 2, (_TAIL - z0) / 2
-    z = np.concatenate([-_TAIL + hl * (u + 1), z0 + hr * (u + 1)], axis=-1)
-    wt = np.concatenate([hl * w, hr * w], axis=-1)
-    return z, wt * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-
-
-def _break(m, s):
-    """z at which m + s z = 0 (the kink or jump of relu-like activations)."""
-    return np.where(s > 0, -m / np.where(s > 0, s, 1.0), 0.0)
-
-
-def gaussian_average1(f, m, v):
-    """E[f(x)], x ~ N(m, v), elementwise over broadcast m, v. Gauss-Legendre in z = (x - m)/sqrt(v)
-    split at x = 0, so a kink or jump of f at 0 (relu, leaky_relu and their derivatives) costs
-    no accuracy; smooth pieces converge exponentially."""
-    m, v = np.broadcast_arrays(np.asarray(m, dtype=float), np.asarray(v, dtype=float))
-    s = np.sqrt(np.maximum(v, 0.0))
-    z, w = _split_rule(_break(m, s))
-    return np.sum(w * f(m[..., None] + s[..., None] * z), axis=-1)
-
-
-def gaussian_average2(f1, f2, m1, m2, c11, c12, c22):
-    """E[f1(x1) f2(x2)], (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]), elementwise.
-    Outer integral over x1 split at x1 = 0, inner over x2 given x1 split at x2 = 0."""
-    arrs = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (m1, m2, c11, c12, c22)))
-    flat = [a.ravel() for a in arrs]
-    out = np.empty(flat[0].size)
-    for lo in range(0, out.size, 64):
-        out[lo:lo + 64] = _average2(f1, f2, *(a[lo:lo + 64] for a in flat))
-    return out.reshape(arrs[0].shape)
-
-
-def _average2(f1, f2, m1, m2, c11, c12, c22):
-    s1 = np.sqrt(np.maximum(c11, 0.0))
-    kappa = np.where(c11 > 0, c12 / np.where(c11 > 0, c11, 1.0), 0.0)
-    s2 = np.sqrt(np.maximum(c22 - kappa * c12, 0.0))
-    z1, w1 = _split_rule(_break(m1, s1))                       # (M, n1)
-    x1 = m1[:, None] + s1[:, None] * z1
-    mc = m2[:, None] + kappa[:, None] * (x1 - m1[:, None])      # E[x2 | x1]
-    z2, w2 = _split_rule(_break(mc, s2[:, None]))              # (M, n1, n2)
-    inner = np.sum(w2 * f2(mc[..., None] + s2[:, None, None] * z2), axis=-1)
-    return np.sum(w1 * f1(x1) * inner, axis=-1)
+        return act.population_error(Q, R, None, T0, total_variance_over_2D,
+                                    b=None if b is None else np.asarray(b, dtype=float))
 
 
 def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="vanilla", b0=None,

@@ -70,23 +70,6 @@ def test_linear_error_formula_matches_direct_computation():
     assert error_from_order_parameters(linear, Q, R, T0, rho.sum() / (2 * D)) == pytest.approx(direct, rel=1e-12)
 
 
-def test_shifted_gaussian_averages():
-    from scipy.special import erf as serf, ndtr
-    b, v = np.array([-1.3, 0.0, 0.4, 2.0]), np.array([0.5, 2.0, 1e-4, 30.0])
-    s = np.sqrt(v)
-    assert np.allclose(sim.gaussian_average1(relu.dg, b, v), ndtr(b / s), rtol=1e-12, atol=1e-15)
-    mean_relu = b * ndtr(b / s) + s * np.exp(-b ** 2 / (2 * v)) / np.sqrt(2 * np.pi)
-    assert np.allclose(sim.gaussian_average1(relu.g, b, v), mean_relu, rtol=1e-12)
-    assert np.allclose(sim.gaussian_average1(erf.g, b, v), serf(b / np.sqrt(2 * (1 + v))), rtol=1e-12)
-    c11, c12, c22 = np.array([2.0, 1.0, 0.3]), np.array([0.7, -0.99, 0.0]), np.array([1.0, 1.0, 5.0])
-    for act in (relu, erf):
-        got = sim.gaussian_average2(act.g, act.g, 0.0, 0.0, c11, c12, c22)
-        assert np.allclose(got, act.pair_0_0(c11, c12, c22), rtol=1e-11, atol=1e-14)
-    # a degenerate (rank-one) covariance: x2 = x1
-    assert np.isclose(sim.gaussian_average2(relu.g, relu.g, 0.5, 0.5, 1.0, 1.0, 1.0),
-                      sim.gaussian_average1(lambda x: relu.g(x) ** 2, 0.5, 1.0), rtol=1e-12)
-
-
 def _loss_std(act, W, V, rho, U, b=None, n=20000, seed=99):
     """Standard deviation of the per-sample loss at fixed weights (for the MC error bar)."""
     D = rho.size
