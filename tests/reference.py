@@ -179,11 +179,11 @@ TEXTBOOK = frozenset(_INNER)
 
 
 def inner_average(name, b, p, m, s, nested=False):
-    """E[y^p g^(b)(y)] for y ~ N(m, s^2): textbook formula when known, else quadrature."""
+    """E[y^p g^(b)(y)] for y ~ N(m, s^2): textbook formula when known (b <= 1), else quadrature."""
     m, s = mp.mpf(m), mp.mpf(s)
     if s == 0:
         return m**p * derivative(name, b)(m)
-    if name in _INNER and not nested:
+    if name in _INNER and not nested and b <= 1:
         return _INNER[name](b, p, m, s)
     f = derivative(name, b)
     return normal_average(lambda y: y**p * f(y), m, s, rule=NESTED, xcap=OSCILLATING.get(name))

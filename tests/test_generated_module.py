@@ -48,9 +48,9 @@ def test_module_flags(name):
 
 
 def _ordinary_derivatives(name):
-    """The registry's g, g', g'', g''' up to the first that is not an ordinary function."""
+    """The registry's g, g', ..., g^(5) up to the first that is not an ordinary function."""
     out = []
-    for order in range(4):
+    for order in range(6):
         expr = sp.diff(activations.get(name).bound(), x, order)
         if expr.has(sp.DiracDelta):
             break
@@ -60,11 +60,11 @@ def _ordinary_derivatives(name):
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_derivatives_match_registry(name):
-    """g, dg, d2g, d3g (as far as they are ordinary functions) agree with SymPy's lambdify of
+    """g, dg, ..., d5g (as far as they are ordinary functions) agree with SymPy's lambdify of
     the registry expression and its derivatives, including the value at 0 (Heaviside(0) = 1/2)."""
     module = load(name)
     expected = _ordinary_derivatives(name)
-    names = ["g", "dg", "d2g", "d3g"]
+    names = ["g", "dg", "d2g", "d3g", "d4g", "d5g"]
     assert len(module.DERIVATIVES) == len(expected)
     for order, expr in enumerate(expected):
         fn = getattr(module, names[order])
