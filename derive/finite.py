@@ -18,7 +18,8 @@ the fields (lambda, nu) (Gaussian integration by parts, once or twice):
     sum_tau E[F] theta_b,tau theta_c,tau = S_j[b, c] E[F]
 
 and the remaining averages over the fields reduce to kernels as in derive.drift. Averages over
-three or more units have no kernel; they are left as multi_* factors, evaluated numerically.
+three or more units have no kernel; they are left as multi_* factors, evaluated numerically
+(runtime.quadrature.expect_units, for K <= 2).
 """
 from __future__ import annotations
 

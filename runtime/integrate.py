@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
+from runtime import quadrature
 from runtime import spectrum as spec
 from runtime.progress import Progress
 
@@ -287,6 +288,9 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
             S_all = S_all[:, :K, :K]
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
             spectrum, K, K if tied else 2 * K, lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
+    if finite_size and K > quadrature.MAX_UNITS:
+        raise ValueError(f"the finite-D equations are implemented for K <= {quadrature.MAX_UNITS} "
+                         f"(their averages over {K} units have no kernel here); got K = {K}")
     y0 = np.concatenate([th.ravel(), S.ravel()])
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")

@@ -17,7 +17,7 @@ Every rule is truncated at 9 standard deviations (Gaussian weight < 1e-17). The 
 below keep the error under 1e-10 for tanh and sigmoid at variances 1e-2 ... 1e2 and any
 correlation (tests/test_quadrature.py checks them against mpmath at 30 digits).
 """
-import functools
+import itertools
 
 import numpy as np
 
@@ -101,40 +101,40 @@ def _conditional(derivatives, orders, m, s):
     return np.sum(w * _product(derivatives, orders, y), axis=-1)
 
 
-#: Gauss-Hermite nodes per axis of `expect_units` by number of units K (n^K points)
-UNITS_NODES = {1: 64, 2: 40, 3: 20, 4: 11}
+#: largest number of units K whose averages `expect_units` evaluates (K^n index tuples)
+MAX_UNITS = 2
 
 
-@functools.lru_cache(maxsize=None)
-def units_rule(K):
-    """Tensor Gauss-Hermite rule for N(0, I_K): nodes (N, K) and weights (N,), UNITS_NODES[K]
-    per axis (beyond K = 4, as many as keep n^K <= 20000, at least 3)."""
-    n = UNITS_NODES.get(K) or max(3, int(20000 ** (1.0 / K) + 1e-9))
-    z, w = np.polynomial.hermite_e.hermegauss(n)
-    grids = np.meshgrid(*([z] * K), indexing="ij")
-    weights = np.prod(np.meshgrid(*([w / _SQRT_2PI] * K), indexing="ij"), axis=0)
-    return np.stack([g.ravel() for g in grids], axis=-1), weights.ravel()
-
-
-def units_points(Q):
-    """Nodes lambda (..., N, K) and weights (N,) of the rule for lambda ~ N(0, Q), Q (..., K, K):
-    lambda = L z with L L^T = Q from eigh, so a singular Q is fine."""
-    Q = np.asarray(Q, dtype=float)
-    lam, vec = np.linalg.eigh(Q)
-    L = vec * np.sqrt(np.maximum(lam, 0.0))[..., None, :]
-    z, w = units_rule(Q.shape[-1])
-    return np.einsum("nb,...ab->...na", z, L), w
-
-
-def expect_units(derivatives, orders, points):
+def expect_units(derivatives, orders, Q):
     """E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))] for every tuple of units
-    (k_1, ..., k_n): an array (..., K, ..., K), with `points` = units_points(Q).
+    (k_1, ..., k_n), lambda ~ N(0, Q) with Q of shape (..., K, K): an array (..., K, ..., K).
 
-    For the averages over three or more units of the finite-D equations, which have no kernel:
-    tensor Gauss-Hermite in whitened coordinates. Exponential convergence for analytic g (erf,
-    tanh, sigmoid, sin, polynomials); g must have the derivatives asked for as functions."""
-    x, w = points
-    values = [_product(derivatives, o, x) for o in orders]
-    letters = "abcdefgh"[:len(orders)]
-    subscripts = "n," + ",".join(f"...n{c}" for c in letters) + "->..." + letters
-    return np.einsum(subscripts, w, *values)
+    The averages over several units of the finite-D equations (multi_* factors). With K <= 2
+    every tuple involves one or two distinct units: its factors are grouped by unit and the
+    average is a one- or two-point one, by the double-exponential rule above (expect1,
+    expect2), one call per distinct grouping. Three or more distinct units would need a
+    three-dimensional rule, which is not here: K > 2 raises ValueError."""
+    Q = np.asarray(Q, dtype=float)
+    K = Q.shape[-1]
+    if K > MAX_UNITS:
+        raise ValueError(f"averages over {K} units: the finite-D equations are implemented for K <= {MAX_UNITS}")
+    groups = {}
+    for idx in itertools.product(range(K), repeat=len(orders)):
+        by_unit = {}
+        for unit, o in zip(idx, orders):
+            by_unit.setdefault(unit, []).extend(o)
+        units = sorted(by_unit, key=lambda u: (sorted(by_unit[u], reverse=True), u), reverse=True)
+        signature = tuple(tuple(sorted(by_unit[u], reverse=True)) for u in units)
+        groups.setdefault(signature, []).append((idx, units))
+    out = np.empty(Q.shape[:-2] + (K,) * len(orders))
+    for signature, members in groups.items():
+        first = np.array([u[0] for _, u in members])
+        if len(signature) == 1:
+            values = expect1(derivatives, signature[0], Q[..., first, first])
+        else:
+            second = np.array([u[1] for _, u in members])
+            values = expect2(derivatives, signature[0], signature[1], Q[..., first, first],
+                             Q[..., first, second], Q[..., second, second])
+        for n, (idx, _) in enumerate(members):
+            out[(Ellipsis,) + idx] = values[..., n]
+    return out

@@ -1,0 +1,136 @@
+"""The finite-D equations (derive.finite) against a brute-force Monte Carlo of one SGD step.
+
+At dimension D the equations are the exact expected change of the per-atom matrices,
+dS_j/dt = D E[sum_{tau in j} (theta_tau + d theta_tau)(theta_tau + d theta_tau)^T - theta_tau theta_tau^T],
+second-order (lr^2) terms included. The reference draws x ~ N(0, Omega), applies the rule to the
+actual weights (SPEC section 1) and averages the change of every S_j; the tolerance is five
+standard errors of that average. The second-order terms alone are hundreds of standard errors,
+so the check sees them.
+"""
+import numpy as np
+import pytest
+
+from generated import load
+from runtime.integrate import _System
+from runtime.spectrum import Spectrum
+
+D = 7
+ATOMS = [[0], [1], [2, 3, 4], [5, 6]]
+SPECTRUM = Spectrum(np.array([3.0 * D, 1.5 * D, 1.0, 0.5]), np.array([1.0, 1.0, 3.0, 2.0]), D)
+RHO = np.concatenate([[SPECTRUM.rho[j]] * len(a) for j, a in enumerate(ATOMS)])
+LR = 0.7
+SAMPLES, CHUNK = 400_000, 50_000
+
+
+def _theta(W, V, tied):
+    return W.T if tied else np.concatenate([W, V / np.sqrt(D)]).T          # (D, F)
+
+
+def _matrices(theta):
+    return np.array([theta[a].T @ theta[a] for a in ATOMS])
+
+
+def _sgd_step(act, rule, W, V, x):
+    """The updates (dW, dV) of SPEC section 1 for each sample of x (n, D)."""
+    g, dg = act.DERIVATIVES[0], act.DERIVATIVES[1]
+    lam = x @ W.T / np.sqrt(D)
+    G, Gp = g(lam), dg(lam)
+    if rule == "tied":
+        e = x - G @ W
+        dW = LR / D * (G[:, :, None] * e[:, None, :] + ((e @ W.T) * Gp)[:, :, None] * x[:, None, :] / np.sqrt(D))
+        return dW, dW
+    K = W.shape[0]
+    mask = np.tril(np.ones((K, K))) if rule == "truncated" else np.ones((K, K))
+    e = x[:, None, :] - np.einsum("kl,nl,ld->nkd", mask, G, V)              # e_k (n, K, D)
+    ve = np.einsum("kd,nkd->nk", V, e)
+    return LR / D**2 * (ve * Gp)[:, :, None] * x[:, None, :] / np.sqrt(D), LR / D * G[:, :, None] * e
+
+
+def monte_carlo(act, rule, W, V, seed=0):
+    """Mean and standard error of D * (change of S_j) per step."""
+    rng = np.random.default_rng(seed)
+    tied = rule == "tied"
+    theta = _theta(W, V, tied)
+    total = total2 = 0.0
+    for _ in range(SAMPLES // CHUNK):
+        x = rng.standard_normal((CHUNK, D)) * np.sqrt(RHO)
+        dW, dV = _sgd_step(act, rule, W, V, x)
+        dth = _theta(dW.transpose(1, 0, 2), dV.transpose(1, 0, 2), tied).transpose(1, 0, 2) if not tied \
+            else dW.transpose(0, 2, 1)
+        dS = np.stack([np.einsum("iF,niG->nFG", theta[a], dth[:, a]) + np.einsum("niF,iG->nFG", dth[:, a], theta[a])
+                       + np.einsum("niF,niG->nFG", dth[:, a], dth[:, a]) for a in ATOMS], axis=1) * D
+        total, total2 = total + dS.sum(0), total2 + (dS**2).sum(0)
+    mean = total / SAMPLES
+    return mean, np.sqrt(np.maximum(total2 / SAMPLES - mean**2, 0) / SAMPLES)
+
+
+def equations(act, rule, S, K):
+    drift, noise = act.FINITE[rule]
+    system = _System(drift, LR, np.zeros(0), SPECTRUM.rho_hat, K, noise=noise,
+                     m_rho=SPECTRUM.mult * SPECTRUM.rho, D=D, tied=rule == "tied")
+    full = system(0.0, S.ravel()).reshape(S.shape)
+    order = system._globals(S.ravel()[None])
+    N = noise(*order, LR, D, S[None], SPECTRUM.rho_hat, SPECTRUM.mult * SPECTRUM.rho)[0]
+    return full, N
+
+
+@pytest.mark.parametrize("name, rule, K", [
+    ("erf", "vanilla", 2), ("erf", "truncated", 2), ("erf", "tied", 2), ("linear", "vanilla", 1),
+    ("linear", "tied", 2), ("sin", "vanilla", 2), ("tanh", "tied", 2), ("sigmoid", "vanilla", 1),
+    ("quadratic", "truncated", 2),
+])
+def test_finite_equations_are_the_expected_sgd_step(name, rule, K):
+    act = load(name)
+    rng = np.random.default_rng(K)
+    scale = 0.3 if name == "quadratic" else 1.2     # large variances: Q_kk up to ~10
+    W, V = scale * rng.standard_normal((K, D)), scale * rng.standard_normal((K, D))
+    if rule == "tied":
+        V = W
+    S = _matrices(_theta(W, V, rule == "tied"))
+    mean, se = monte_carlo(act, rule, W, V)
+    full, N = equations(act, rule, S, K)
+    assert np.all(np.abs(full - mean) <= 5 * se + 1e-12), np.max(np.abs(full - mean) / se)
+    assert np.max(np.abs(N) / se) > 50            # the second-order terms are resolved
+
+
+@pytest.mark.parametrize("name", ["erf", "linear", "tanh", "sin"])
+@pytest.mark.parametrize("rule", ["vanilla", "truncated"])
+def test_finite_drift_tends_to_the_large_D_limit(name, rule):
+    act = load(name)
+    rng = np.random.default_rng(3)
+    K = 3
+    M = rng.standard_normal((2 * K, 2 * K))
+    S = M @ M.T
+    Q, R, T, T0 = S[:K, :K], S[K:, :K], S[K:, K:] * 0.7, S[K:, K:]
+    A, B = act.DRIFTS[rule](Q, R, T, T0, 1.3)
+    for Dbig in (1e8, 1e12):
+        Af, Bf = act.FINITE[rule][0](Q, R, T, T0, Q * 0.5, 1.3, Dbig)
+        np.testing.assert_allclose(Af, A, atol=50 / np.sqrt(Dbig) * (1 + np.abs(A).max()))
+        np.testing.assert_allclose(Bf, B, atol=50 / np.sqrt(Dbig) * (1 + np.abs(B).max()))
+
+
+def test_tied_error_at_the_initial_weights_is_exact():
+    """Linear tied: eps = tr((I - P) Omega (I - P)^T)/(2D), P = W^T W/sqrt(D), in closed form."""
+    act = load("linear")
+    Dd, K = 60, 2
+    rng = np.random.default_rng(0)
+    eigvals = np.concatenate([[3.0 * Dd, 1.0 * Dd], np.linspace(0.5, 1.5, Dd - 2)])
+    U = np.linalg.qr(rng.standard_normal((Dd, Dd)))[0]
+    W = 0.3 * rng.standard_normal((K, Dd))
+    res = act.integrate(eigvals, U, W, None, rule="tied", times=[0.0, 0.5])
+    P = np.eye(Dd) - W.T @ W / np.sqrt(Dd)
+    Omega = (U * eigvals) @ U.T
+    assert res.error[0] == pytest.approx(np.trace(P @ Omega @ P.T) / (2 * Dd), rel=1e-10)
+    assert res.status == 0 and np.all(np.isfinite(res.error))
+
+
+def test_finite_size_needs_smooth_activations():
+    act = load("relu")
+    eigvals = np.array([20.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    W = np.ones((1, 6))
+    with pytest.raises(ValueError, match="g\\^\\(2\\) is not a function"):
+        act.integrate(eigvals, np.eye(6), W, W, finite_size=True)
+    with pytest.raises(ValueError, match="tied"):
+        act.integrate(eigvals, np.eye(6), W, None, rule="tied")
+    with pytest.raises(ValueError, match="K <= 2"):
+        load("erf").integrate(eigvals, np.eye(6), np.ones((3, 6)), None, rule="tied")
