@@ -12,15 +12,58 @@ from runtime.experiments.common import spiked_eigvals, theory_overlaps
 from runtime.simulate import simulate
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """name -> (output folder, summary) of the experiment's small run, each run once per module."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            out = tmp_path_factory.mktemp(name)
+            done[name] = out, load(name).run(out, small=True)
+        return done[name]
+    return get
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_end_to_end(name, tmp_path):
-    summary = load(name).run(tmp_path, small=True)
+def test_experiment_runs_end_to_end(name, small_run):
+    tmp_path, summary = small_run(name)
     for ext in ("png", "json", "csv"):
         assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
     saved = json.loads((tmp_path / f"{name}.json").read_text())
     assert saved["experiment"] == name and saved == json.loads(json.dumps(summary))
     assert saved["fixed_points"] and all("message" in fp for fp in saved["fixed_points"].values())
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tied_reports_missing_equations_and_scaling(small_run):
+    """ReLU tied has no equations (the integrator's refusal is the recorded reason); the D scan
+    has every tied activation at every D with finite exponents; tied states are not analysed by
+    runtime.fixed_points, and the JSON says so."""
+    _, summary = small_run("tied")
+    cfg = summary["config"]
+    assert "relu" in summary["no_equations"] and "g^(2) is not a function" in summary["no_equations"]["relu"]
+    assert set(summary["theory_late"]) == {"erf/vanilla", "erf/tied", "linear/tied"}
+    for act in cfg["tied_activations"]:
+        scan = summary["scan"][act]
+        assert set(scan) == {str(d) for d in cfg["scan_D"]} | {"exponents"}
+        values = [scan["exponents"]["Q_diag"], scan["exponents"]["w2_over_D"], *scan["exponents"]["spike_projection"]]
+        assert None not in values and np.all(np.isfinite(values)), (act, scan["exponents"])
+    assert summary["fixed_points"]["erf/tied"]["supported"] is False
+    assert "found" in summary["fixed_points"]["erf/vanilla"]
+
+
+def test_bias_reports_seeds_and_biases(small_run):
+    _, summary = small_run("bias")
+    cfg = summary["config"]
+    late = summary["simulation_late"]
+    for D, seeds in zip(cfg["D"], cfg["seeds"]):
+        with_bias = late[f"relu/bias D={D}"]
+        assert len(with_bias["error"]) == seeds and np.shape(with_bias["b"]) == (seeds, cfg["K"])
+        assert late[f"relu/no bias D={D}"]["b"] is None
+    assert len(summary["theory_late"]["relu/bias"]["b"]) == cfg["K"]
+    assert summary["fixed_points"]["relu/bias"]["supported"] is False
+    assert "found" in summary["fixed_points"]["relu/no bias"]
 
 
 def test_command_line_runs_the_named_experiment(tmp_path, capsys):
@@ -30,8 +73,8 @@ def test_command_line_runs_the_named_experiment(tmp_path, capsys):
 
 
 def test_unknown_experiment_is_refused_before_running(tmp_path):
-    with pytest.raises(ValueError, match="unknown experiment 'tied'"):
-        main(["sequential", "tied", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown experiment 'no_such_experiment'"):
+        main(["sequential", "no_such_experiment", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
 
 

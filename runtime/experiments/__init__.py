@@ -7,7 +7,7 @@ run(out, small), and add its name to EXPERIMENTS.
 """
 import importlib
 
-EXPERIMENTS = ("sequential", "truncated")
+EXPERIMENTS = ("sequential", "truncated", "tied", "bias")
 
 
 def load(name):

@@ -28,10 +28,11 @@ def theory_overlaps(result):
     return np.swapaxes(omega, 1, 2) / np.sqrt(norm2)[..., None]
 
 
-def integrate(activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, progress=False):
-    """The equations of motion from weights given in the eigenbasis (U = I), atoms kept."""
+def integrate(activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, progress=False, b0=None):
+    """The equations of motion from weights given in the eigenbasis (U = I), atoms kept (b0: a
+    trained encoder bias; rule "tied": the finite-D equations, V0 ignored)."""
     return generated.load(activation).integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times,
-                                                rule=rule, keep_atoms=True, progress=progress)
+                                                rule=rule, b0=b0, keep_atoms=True, progress=progress)
 
 
 class Run:
@@ -43,17 +44,17 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self.summary = {"experiment": name, "config": config, "seconds": {}}
 
-    def integrate(self, label, activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0):
+    def integrate(self, label, activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, b0=None):
         tic = time.perf_counter()
-        res = integrate(activation, eigvals, W0, V0, times, rule=rule, lr=lr, progress=True)
+        res = integrate(activation, eigvals, W0, V0, times, rule=rule, lr=lr, progress=True, b0=b0)
         self.summary["seconds"][f"integrate {label}"] = round(time.perf_counter() - tic, 3)
         return res
 
     def simulate(self, label, activation, eigvals, W0, V0, times, seeds, rule="vanilla", lr=1.0,
-                 n_overlap=8):
+                 n_overlap=8, b0=None):
         tic = time.perf_counter()
         sim = simulate(activation, eigvals, None, W0, V0, lr=lr, times=times, rule=rule, seeds=seeds,
-                       test_samples=0, progress=True, n_overlap=n_overlap)
+                       test_samples=0, progress=True, n_overlap=n_overlap, b0=b0)
         self.summary["seconds"][f"simulate {label}"] = round(time.perf_counter() - tic, 3)
         if sim.status != 0:
             self.summary.setdefault("warnings", []).append(f"simulate {label}: {sim.message}")
@@ -65,6 +66,21 @@ class Run:
         self.summary.setdefault("fixed_points", {})[label] = fp.summary()
         self.save()
         return fp
+
+    def fixed_point_if_supported(self, label, result, **kwargs):
+        """fixed_point(result) where runtime.fixed_points can analyse the state; where it cannot
+        (it fails on the state's layout, e.g. a trained bias or tied weights), record that
+        instead, with the failure, as {"supported": False, "message": ...}. Returns the
+        FixedPoint or None."""
+        try:
+            return self.fixed_point(label, result, **kwargs)
+        except (AttributeError, IndexError, ValueError) as err:
+            self.summary.setdefault("fixed_points", {})[label] = {
+                "supported": False, "found": None,
+                "message": f"runtime.fixed_points does not support this state ({result.rule} rule"
+                           f"{', trained bias' if result.b is not None else ''}): {type(err).__name__}: {err}"}
+            self.save()
+            return None
 
     def record(self, **items):
         self.summary.update(_jsonable(items))

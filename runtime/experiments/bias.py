@@ -1,0 +1,128 @@
+"""ReLU autoencoders need a trained bias (SPEC section 5, finding 3): K = 2, spikes 2D and D, unit
+bulk, lr = 1, weights 0.1 N(0, 1), encoder bias b0 = 0.1 (trained, rule vanilla). Without a bias
+the error stalls at eps_PCA(1); with it the equations leave that plateau (still above
+eps_PCA(2)). Theory: the D -> infinity equations from the weights at the first D; SGD: several
+seeds at each D, shown seed by seed (whether a seed leaves the plateau is a finite-D matter),
+with the bias trajectories b_k(t). For comparison, erf with and without bias (equations only).
+
+Writes bias.png, bias.csv (error curves) and bias.json (late-time errors and biases of theory
+and of every SGD seed, how many seeds left the eps_PCA(1) plateau, and the long-time analysis
+where runtime.fixed_points supports the state: it does not take a trained bias, which is
+recorded as such).
+"""
+import numpy as np
+
+from runtime.experiments.common import Run, integrate, pca_levels, pyplot, spiked_eigvals
+
+NAME = "bias"
+FULL = dict(activation="relu", compare="erf", D=(300, 600), seeds=(4, 2), K=2, spikes=(2.0, 1.0),
+            init=0.1, b0=0.1, lr=1.0, t_max=500.0, n_theory=80, n_sim=16, seed=0)
+SMALL = dict(FULL, D=(100,), seeds=(2,), t_max=60.0, n_theory=30, n_sim=6)
+#: a run has left the eps_PCA(1) plateau once its error is this far below eps_PCA(1)
+LEFT_PLATEAU = 0.02
+
+
+def problem(cfg, D):
+    """Eigenvalues (eigenbasis, U = I), i.i.d. N(0, init^2) W0, V0 at dimension D, and b0."""
+    rng = np.random.default_rng(cfg["seed"])
+    K = cfg["K"]
+    return (spiked_eigvals(D, cfg["spikes"]), cfg["init"] * rng.standard_normal((K, D)),
+            cfg["init"] * rng.standard_normal((K, D)), np.full(K, cfg["b0"]))
+
+
+def _grid(cfg, n):
+    return np.concatenate([[0.0], np.logspace(-1, np.log10(cfg["t_max"]), n)])
+
+
+def theory(cfg, job=None):
+    """{(activation, with_bias): result} for the ReLU network and the comparison activation, from
+    the weights at the first D (timed and recorded in `job`, a common.Run, if given)."""
+    eigvals, W0, V0, b0 = problem(cfg, cfg["D"][0])
+    out = {}
+    for act in (cfg["activation"], cfg["compare"]):
+        for with_bias in (False, True):
+            args = (act, eigvals, W0, V0, _grid(cfg, cfg["n_theory"]))
+            kw = dict(lr=cfg["lr"], b0=b0 if with_bias else None)
+            label = f"{act}/{'bias' if with_bias else 'no bias'}"
+            out[act, with_bias] = job.integrate(label, *args, **kw) if job else integrate(*args, **kw)
+    return out
+
+
+def run(out, small=False):
+    cfg = SMALL if small else FULL
+    job = Run(NAME, out, cfg)
+    theo = theory(cfg, job)
+    relu = cfg["activation"]
+    pca = theo[relu, False].pca_errors
+    job.record(pca_errors=pca, theory_late={
+        f"{act}/{'bias' if b else 'no bias'}": {"t": res.t[-1], "error": res.error[-1],
+                                               "excess_over_pca_K": res.error[-1] - pca[-1],
+                                               "b": None if res.b is None else res.b[-1]}
+        for (act, b), res in theo.items()})
+    for (act, b), res in theo.items():
+        job.fixed_point_if_supported(f"{act}/{'bias' if b else 'no bias'}", res)
+
+    sims, late = {}, {}
+    for D, seeds in zip(cfg["D"], cfg["seeds"]):
+        eigvals, W0, V0, b0 = problem(cfg, D)
+        for with_bias in (False, True):
+            label = f"{relu}/{'bias' if with_bias else 'no bias'} D={D}"
+            sim = job.simulate(label, relu, eigvals, W0, V0, _grid(cfg, cfg["n_sim"]), seeds, lr=cfg["lr"],
+                               n_overlap=len(cfg["spikes"]), b0=b0 if with_bias else None)
+            sims[D, with_bias] = sim
+            final = sim.error[:, -1]
+            late[label] = {"t": sim.t[-1], "error": final, "b": None if sim.b is None else sim.b[:, -1],
+                           "seeds_off_plateau": int(np.sum(final < pca[1] - LEFT_PLATEAU)), "seeds": int(final.size)}
+            job.record(simulation_late=late)
+    t = sims[cfg["D"][0], False].t
+    header, cols = ["t"], [t]
+    for (act, b), res in theo.items():
+        header.append(f"theory_{act}_{'bias' if b else 'nobias'}")
+        cols.append(np.interp(t, res.t, res.error))
+    for (D, b), sim in sims.items():
+        header.append(f"sgd_{relu}_{'bias' if b else 'nobias'}_D{D}_mean")
+        cols.append(sim.mean("error"))
+    job.table(header, cols)
+    job.figure(plot(cfg, theo, sims, pca))
+    return job.summary
+
+
+def plot(cfg, theo, sims, pca):
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    relu, markers = cfg["activation"], "os^v"
+    ax_e, ax_b, ax_c = axes
+    for i, with_bias in enumerate((False, True)):
+        res = theo[relu, with_bias]
+        name = "trained bias" if with_bias else "no bias"
+        ax_e.plot(res.t[1:], res.error[1:], color=f"C{i}", lw=2, label=f"{name}: equations (D → ∞)")
+        for j, D in enumerate(cfg["D"]):
+            sim = sims[D, with_bias]
+            for s in range(sim.error.shape[0]):
+                ax_e.plot(sim.t[1:], sim.error[s, 1:], ls="none", marker=markers[j], ms=4, mfc="white", color=f"C{i}",
+                          label=f"{name}: SGD D = {D}, one marker per seed" if s == 0 else None)
+    pca_levels(ax_e, pca, 0.1)
+    ax_e.set(xscale="log", xlabel="t = steps / D", ylabel="reconstruction error",
+             title=f"{relu}, K = {cfg['K']}, spikes {cfg['spikes']} × D, init σ = {cfg['init']}, b0 = {cfg['b0']}")
+    ax_e.legend(fontsize=7)
+    res = theo[relu, True]
+    for k in range(cfg["K"]):
+        ax_b.plot(res.t[1:], res.b[1:, k], color=f"C{k + 2}", lw=2, label=f"b_{k + 1}: equations")
+        for j, D in enumerate(cfg["D"]):
+            sim = sims[D, True]
+            for s in range(sim.b.shape[0]):
+                ax_b.plot(sim.t[1:], sim.b[s, 1:, k], ls="none", marker=markers[j], ms=4, mfc="white", color=f"C{k + 2}",
+                          label=f"b_{k + 1}: SGD D = {D}" if s == 0 else None)
+    ax_b.set(xscale="log", xlabel="t = steps / D", ylabel="encoder bias b_k", title=f"{relu}: trained biases")
+    ax_b.legend(fontsize=7)
+    comp = cfg["compare"]
+    for i, with_bias in enumerate((False, True)):
+        res = theo[comp, with_bias]
+        final_b = "" if res.b is None else f" (b(t = {res.t[-1]:g}) = {np.array2string(res.b[-1], precision=3)})"
+        ax_c.plot(res.t[1:], res.error[1:], color=f"C{i}", lw=2, ls="--" if with_bias else "-",
+                  label=f"{comp}, {'trained bias' if with_bias else 'no bias'}: equations{final_b}")
+    pca_levels(ax_c, pca, 0.1)
+    ax_c.set(xscale="log", xlabel="t = steps / D", ylabel="reconstruction error", title=f"{comp} for comparison (equations only)")
+    ax_c.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
