@@ -306,9 +306,10 @@ def _kernel_arrays(monomials, zero):
     for n in names:
         call = f"{n}(q)" if n.startswith("mean_") else f"{n}(q[..., :, None], Q, q[..., None, :])"
         lines.append(f"    {n}_ = {call}")
-    for n in sorted(drift_engine.multi_names(monomials)):
-        orders = tuple(tuple(int(c) for c in part) for part in n[len("multi_"):].split("_"))
-        lines.append(f"    {n}_ = _quadrature.expect_units(DERIVATIVES, {orders!r}, Q)")
+    multi = sorted(drift_engine.multi_names(monomials))
+    if multi:
+        orders = tuple(tuple(tuple(int(c) for c in part) for part in n[len("multi_"):].split("_")) for n in multi)
+        lines.append(f"    {', '.join(n + '_' for n in multi)}, = _quadrature.expect_units(DERIVATIVES, {orders!r}, Q)")
     return lines
 
 

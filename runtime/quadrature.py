@@ -43,9 +43,8 @@ def _nodes(U, n):
     return U[..., None] * t, 2.0 * U / (n - 1)
 
 
-def expect1(derivatives, orders, v, m=0.0):
-    """E[prod_a g^(a)(x)] for x ~ N(m, v); `derivatives` = (g, g', g'', ...)."""
-    v, m = np.broadcast_arrays(np.asarray(v, dtype=float), np.asarray(m, dtype=float))
+def _one_rule(v, m):
+    """Nodes x (..., N_ONE) and weights of the rule for x ~ N(m, v)."""
     sigma = np.sqrt(v)
     with np.errstate(divide="ignore"):
         b = np.minimum(1.0, 1.0 / sigma)
@@ -53,7 +52,14 @@ def expect1(derivatives, orders, v, m=0.0):
     u, h = _nodes(U, N_ONE)
     z = b[..., None] * np.sinh(u)
     w = np.exp(-0.5 * z * z) / _SQRT_2PI * b[..., None] * np.cosh(u) * h[..., None]
-    return np.sum(w * _product(derivatives, orders, m[..., None] + sigma[..., None] * z), axis=-1)
+    return m[..., None] + sigma[..., None] * z, w
+
+
+def expect1(derivatives, orders, v, m=0.0):
+    """E[prod_a g^(a)(x)] for x ~ N(m, v); `derivatives` = (g, g', g'', ...)."""
+    v, m = np.broadcast_arrays(np.asarray(v, dtype=float), np.asarray(m, dtype=float))
+    x, w = _one_rule(v, m)
+    return np.sum(w * _product(derivatives, orders, x), axis=-1)
 
 
 def expect2(derivatives, orders1, orders2, c11, c12, c22, m1=0.0, m2=0.0):
@@ -65,11 +71,15 @@ def expect2(derivatives, orders1, orders2, c11, c12, c22, m1=0.0, m2=0.0):
     step = max(1, _CHUNK // (N_OUTER * N_INNER))
     for lo in range(0, c11.size, step):
         sl = slice(lo, lo + step)
-        out[sl] = _expect2(derivatives, orders1, orders2, c11[sl], c12[sl], c22[sl], m1[sl], m2[sl])
+        x1, w1, y, w = _pair_rule(c11[sl], c12[sl], c22[sl], m1[sl], m2[sl])
+        inner = np.sum(w * _product(derivatives, orders2, y), axis=-1)
+        out[sl] = np.sum(w1 * _product(derivatives, orders1, x1) * inner, axis=-1)
     return out.reshape(shape)
 
 
-def _expect2(derivatives, orders1, orders2, c11, c12, c22, m1, m2):
+def _pair_rule(c11, c12, c22, m1, m2):
+    """Outer nodes x1 (M, N_OUTER) with weights w1, and for each the inner nodes x2
+    (M, N_OUTER, N_INNER) with weights w of E[. | x1] (see the module docstring)."""
     sigma1 = np.sqrt(c11)
     positive = c11 > 0
     kappa = np.where(positive, c12 / np.where(positive, c11, 1.0), 0.0)
@@ -81,13 +91,12 @@ def _expect2(derivatives, orders1, orders2, c11, c12, c22, m1, m2):
     z1 = b1[:, None] * np.sinh(u1)
     w1 = np.exp(-0.5 * z1 * z1) / _SQRT_2PI * b1[:, None] * np.cosh(u1) * h1[:, None]
     dx1 = sigma1[:, None] * z1
-    inner = _conditional(derivatives, orders2, m2[:, None] + kappa[:, None] * dx1,
-                         np.broadcast_to(s[:, None], dx1.shape))
-    return np.sum(w1 * _product(derivatives, orders1, m1[:, None] + dx1) * inner, axis=-1)
+    y, w = _conditional_rule(m2[:, None] + kappa[:, None] * dx1, np.broadcast_to(s[:, None], dx1.shape))
+    return m1[:, None] + dx1, w1, y, w
 
 
-def _conditional(derivatives, orders, m, s):
-    """E[f(m + s z)], z ~ N(0, 1), elementwise over arrays m, s."""
+def _conditional_rule(m, s):
+    """Nodes y (..., N_INNER) and weights for E[f(m + s z)], z ~ N(0, 1), elementwise over m, s."""
     centred = (s <= 1.0) | (np.abs(m) > _FAR * s)
     U = np.where(centred, np.arcsinh(_TAIL), np.arcsinh(np.abs(m) + _TAIL * s))
     u, h = _nodes(U, N_INNER)
@@ -97,44 +106,62 @@ def _conditional(derivatives, orders, m, s):
     y = np.where(centred[..., None], m[..., None] + s[..., None] * sinh, sinh)
     z = np.where(centred[..., None], sinh, (sinh - m[..., None]) / safe_s)
     dz = np.where(centred[..., None], cosh, cosh / safe_s)
-    w = np.exp(-0.5 * z * z) / _SQRT_2PI * dz * h[..., None]
-    return np.sum(w * _product(derivatives, orders, y), axis=-1)
+    return y, np.exp(-0.5 * z * z) / _SQRT_2PI * dz * h[..., None]
 
 
 #: largest number of units K whose averages `expect_units` evaluates (K^n index tuples)
 MAX_UNITS = 2
 
 
-def expect_units(derivatives, orders, Q):
-    """E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))] for every tuple of units
-    (k_1, ..., k_n), lambda ~ N(0, Q) with Q of shape (..., K, K): an array (..., K, ..., K).
+def expect_units(derivatives, orders_list, Q):
+    """For each `orders` of orders_list, E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))]
+    for every tuple of units (k_1, ..., k_n), lambda ~ N(0, Q), Q of shape (..., K, K): a list
+    of arrays (..., K, ..., K).
 
     The averages over several units of the finite-D equations (multi_* factors). With K <= 2
-    every tuple involves one or two distinct units: its factors are grouped by unit and the
-    average is a one- or two-point one, by the double-exponential rule above (expect1,
-    expect2), one call per distinct grouping. Three or more distinct units would need a
-    three-dimensional rule, which is not here: K > 2 raises ValueError."""
+    every tuple involves one or two distinct units: its factors are grouped by unit, and the
+    average is a one- or two-point one by the double-exponential rule above, built once per
+    unit or pair of units and shared by every average on it. Three or more distinct units would
+    need a three-dimensional rule, which is not here: K > 2 raises ValueError."""
     Q = np.asarray(Q, dtype=float)
-    K = Q.shape[-1]
+    K, batch = Q.shape[-1], Q.shape[:-2]
     if K > MAX_UNITS:
         raise ValueError(f"averages over {K} units: the finite-D equations are implemented for K <= {MAX_UNITS}")
-    groups = {}
-    for idx in itertools.product(range(K), repeat=len(orders)):
-        by_unit = {}
-        for unit, o in zip(idx, orders):
-            by_unit.setdefault(unit, []).extend(o)
-        units = sorted(by_unit, key=lambda u: (sorted(by_unit[u], reverse=True), u), reverse=True)
-        signature = tuple(tuple(sorted(by_unit[u], reverse=True)) for u in units)
-        groups.setdefault(signature, []).append((idx, units))
-    out = np.empty(Q.shape[:-2] + (K,) * len(orders))
-    for signature, members in groups.items():
-        first = np.array([u[0] for _, u in members])
-        if len(signature) == 1:
-            values = expect1(derivatives, signature[0], Q[..., first, first])
+    plan, needed = [], {}
+    for orders in orders_list:
+        entries = []
+        for idx in itertools.product(range(K), repeat=len(orders)):
+            by_unit = {}
+            for unit, o in zip(idx, orders):
+                by_unit.setdefault(unit, []).extend(o)
+            units = tuple(sorted(by_unit, key=lambda u: (sorted(by_unit[u], reverse=True), u), reverse=True))
+            signature = tuple(tuple(sorted(by_unit[u], reverse=True)) for u in units)
+            entries.append((idx, units, signature))
+            needed.setdefault(units, set()).add(signature)
+        plan.append((len(orders), entries))
+    values = {}
+    for units, signatures in needed.items():
+        Qf = Q.reshape((-1, K, K))
+        if len(units) == 1:
+            (u,) = units
+            x, w = _one_rule(Qf[:, u, u], np.zeros(Qf.shape[0]))
+            at = {a: derivatives[a](x) for a in {a for sig in signatures for a in sig[0]}}
+            for sig in signatures:
+                values[units, sig] = np.sum(w * np.prod([at[a] for a in sig[0]], axis=0), axis=-1).reshape(batch)
         else:
-            second = np.array([u[1] for _, u in members])
-            values = expect2(derivatives, signature[0], signature[1], Q[..., first, first],
-                             Q[..., first, second], Q[..., second, second])
-        for n, (idx, _) in enumerate(members):
-            out[(Ellipsis,) + idx] = values[..., n]
-    return out
+            u1, u2 = units
+            zero = np.zeros(Qf.shape[0])
+            x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], zero, zero)
+            at1 = {a: derivatives[a](x1) for a in {a for sig in signatures for a in sig[0]}}
+            at2 = {a: derivatives[a](y) for a in {a for sig in signatures for a in sig[1]}}
+            for sig in signatures:
+                inner = np.sum(w * np.prod([at2[a] for a in sig[1]], axis=0), axis=-1)
+                values[units, sig] = np.sum(w1 * np.prod([at1[a] for a in sig[0]], axis=0) * inner,
+                                            axis=-1).reshape(batch)
+    outs = []
+    for n, entries in plan:
+        out = np.empty(batch + (K,) * n)
+        for idx, units, sig in entries:
+            out[(Ellipsis,) + idx] = values[units, sig]
+        outs.append(out)
+    return outs
