@@ -346,11 +346,12 @@ def _slots(fams):
     return {"w": "0:K", "v": "K:2 * K"} if len(fams) == 2 else {"w": ":"}
 
 
-def _preamble(monomials, zero):
+def _preamble(monomials, zero, kernel_arrays=None):
+    """K, q = diag(Q), the constant operands and the kernel arrays a drift function needs."""
     lines = ["    K = Q.shape[-1]", "    q = numpy.diagonal(Q, axis1=-2, axis2=-1)", "    eye = numpy.eye(K)"]
     if any(n == "tril" for m in monomials for n, _ in m.factors):
         lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
-    return lines + _kernel_arrays(monomials, zero)
+    return lines + (kernel_arrays or _kernel_arrays)(monomials, zero)
 
 
 def _drift_function(d, name, drift):
@@ -373,13 +374,19 @@ def _drift_function(d, name, drift):
         *_preamble(monomials, zero),
         f"    A = numpy.zeros(Q.shape[:-2] + ({F}, {F}))", f"    B = numpy.zeros(Q.shape[:-2] + ({F}, {F}))",
     ]
-    slot = _slots(fams)
+    lines += _block_lines(drift, zero)
+    lines += ["    return lr * A, lr * B", "", ""]
+    return lines
+
+
+def _block_lines(drift, zero):
+    """A[..., f, h] = ..., B[..., f, h] = ... for the nonzero blocks of a Drift."""
+    slot, lines = _slots(drift_engine.families(drift.rule)), []
     for label, blocks in (("A", drift.A), ("B", drift.B)):
         for (f, h), ms in sorted(blocks.items()):
             expr = _einsum_lines(ms, zero, "ka", batched=True)
             if expr != "0.0":
                 lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] = {expr}")
-    lines += ["    return lr * A, lr * B", "", ""]
     return lines
 
 
@@ -472,20 +479,10 @@ def _bias_drift_function(d, name, bias_drift):
         *_doc(f"Rule {name!r} with a trained encoder bias b (..., K), lambda_k = w_k.x/sqrt(D) + b_k.\n\n"
               "As drift_" + name + " with kernels over lambda ~ N(b, Q) (derive.drift.derive_bias_drift),\n"
               "and db_k/dt. Returns (A, B, db) of shapes (..., 2K, 2K), (..., 2K, 2K), (..., K)."),
-        "    K = Q.shape[-1]",
-        "    q = numpy.diagonal(Q, axis1=-2, axis2=-1)",
-        "    eye = numpy.eye(K)",
+        *_preamble(monomials, zero, _shifted_kernel_arrays),
     ]
-    if any(n == "tril" for m in monomials for n, _ in m.factors):
-        lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
-    lines += _shifted_kernel_arrays(monomials, zero)
     lines += ["    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))", "    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))"]
-    slot = {"w": "0:K", "v": "K:2 * K"}
-    for label, blocks in (("A", drift.A), ("B", drift.B)):
-        for (f, h), ms in sorted(blocks.items()):
-            expr = _einsum_lines(ms, zero, "ka", batched=True)
-            if expr != "0.0":
-                lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] = {expr}")
+    lines += _block_lines(drift, zero)
     lines += [f"    db = {_einsum_lines(bias_drift.db, zero, 'k', batched=True)} + numpy.zeros(b.shape)",
               "    return lr * A, lr * B, lr * db", "", ""]
     return lines
