@@ -80,6 +80,15 @@ def bench_integrator(rng):
             res["s"] = erf.integrate(spectrum=spectrum, init=init, times=times, rtol=1e-6)
         rows.append({"case": f"erf K=4, spiked equal bulk (M+1 = 5 atoms), D={D_spiked}, t<=1000",
                      "seconds": best_of(spiked, 3), "nfev": res["s"].nfev, "method": "auto (BDF)"})
+    # finite-D equations (second-order terms, multi-unit averages by quadrature), K = 2
+    spectrum = spec.Spectrum.spiked(400, [2.0, 1.0])
+    init = spec.random_init_matrices(spectrum, 2, sigma_w=0.5, sigma_v=0.5, seed=0)
+    for rule, finite in (("vanilla", True), ("tied", True)):
+        def finite_run():
+            res["f"] = erf.integrate(spectrum=spectrum, init=init, times=np.linspace(0, 50, 11),
+                                     rule=rule, finite_size=finite)
+        rows.append({"case": f"erf K=2 {rule}, finite-D equations, spikes (2, 1)D + bulk, D=400, t<=50",
+                     "seconds": best_of(finite_run, 2), "nfev": res["f"].nfev, "method": "auto (BDF)"})
     for r in rows:
         print(f"| {r['case']} | {r['seconds']:.3f} | {r['nfev']} | {r['method']} |", flush=True)
     return rows
