@@ -111,25 +111,28 @@ class Coordinates:
 
     def __init__(self, system):
         self.system = system
-        K2 = 2 * system.K
+        K2 = system.F                    # 2K, or K with V tied to W
         self.nv = system.split
         self.iu = np.triu_indices(K2)
         self.K2 = K2
         self.n_mat = system.rho_mat.size
+        self.extra = system.extra        # trailing numbers (a trained bias) kept as they are
 
     def pack(self, y):
         """y (N,) -> z."""
-        th, S = self.system.parts(np.asarray(y, float)[None])
-        return np.concatenate([th.ravel(), S[0][:, self.iu[0], self.iu[1]].ravel()])
+        y = np.asarray(y, float)
+        th, S = self.system.parts(y[None])
+        return np.concatenate([th.ravel(), S[0][:, self.iu[0], self.iu[1]].ravel(), y[y.size - self.extra:]])
 
     def unpack(self, Z):
         """z (n,) or columns (n, m) -> y (N,) or (N, m), S_j symmetric."""
         Zc = Z[:, None] if Z.ndim == 1 else Z
         m = Zc.shape[1]
         S = np.zeros((m, self.n_mat, self.K2, self.K2))
-        S[:, :, self.iu[0], self.iu[1]] = Zc[self.nv:].T.reshape(m, self.n_mat, -1)
+        end = Zc.shape[0] - self.extra
+        S[:, :, self.iu[0], self.iu[1]] = Zc[self.nv:end].T.reshape(m, self.n_mat, -1)
         S = S + np.swapaxes(S, -1, -2) * (1 - np.eye(self.K2))
-        Y = np.concatenate([Zc[:self.nv].T, S.reshape(m, -1)], axis=1).T
+        Y = np.concatenate([Zc[:self.nv].T, S.reshape(m, -1), Zc[end:].T], axis=1).T
         return Y[:, 0] if Z.ndim == 1 else Y
 
     def rhs(self, Z):
@@ -148,7 +151,8 @@ class Coordinates:
     def _pack_columns(self, Y):
         m = Y.shape[1]
         th, S = self.system.parts(Y.T)
-        return np.concatenate([th.reshape(m, -1), S[:, :, self.iu[0], self.iu[1]].reshape(m, -1)], axis=1).T
+        return np.concatenate([th.reshape(m, -1), S[:, :, self.iu[0], self.iu[1]].reshape(m, -1),
+                               Y[Y.shape[0] - self.extra:].T], axis=1).T
 
     def steps(self, z, rel_step=1e-6):
         """Finite-difference steps per coordinate: rel_step times |z_i|, floored at a fraction
@@ -185,6 +189,8 @@ class Coordinates:
                     rot.append(self._tangent(d, np.zeros_like(S)))
         if rot:
             out["rotation within a degenerate atom"] = np.array(rot)
+        if self.K2 != 2 * K or self.extra:      # the (w, v) symmetries below need untied weights, no bias
+            return out
         unit = lambda a, b: np.eye(K)[:, [a]] @ np.eye(K)[[b]]        # E_ab
         families = {"rescaling of a unit (c w_k, v_k / c)": [(a, a, 1.0) for a in range(K)],
                     "mixing of units (w_k += s w_l, v_l -= s v_k)":
@@ -204,7 +210,7 @@ class Coordinates:
         return self._tangent(th @ G.T, G @ S + S @ G.T)
 
     def _tangent(self, d_th, d_S):
-        return np.concatenate([d_th.ravel(), d_S[:, self.iu[0], self.iu[1]].ravel()])
+        return np.concatenate([d_th.ravel(), d_S[:, self.iu[0], self.iu[1]].ravel(), np.zeros(self.extra)])
 
 
 def fixed_point(result, index=-1, *, zero_tol=1e-6, max_distance=0.5, residual_tol=1e-9,
@@ -228,8 +234,7 @@ def fixed_point(result, index=-1, *, zero_tol=1e-6, max_distance=0.5, residual_t
     z0 = coords.pack(y0)
 
     def error_at(Z):
-        Q, R, T, T0 = coords.system.order_parameters(coords.unpack(Z).T)
-        return act.population_error(Q, R, T, T0, half_trace)
+        return coords.system.error(act, coords.unpack(Z).T, half_trace)
 
     sol = least_squares(lambda z: _finite(coords.rhs(z), WALL), z0, method="lm", x_scale="jac",
                         jac=lambda z: _finite(coords.jacobian(z, rel_step), 0.0),

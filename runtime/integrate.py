@@ -92,6 +92,7 @@ class _System:
         self.drift, self.lr, self.K = drift, lr, K
         self.noise, self.m_rho, self.D, self.tied = noise, m_rho, D, tied
         self.F = K if tied else 2 * K
+        self.extra = 0                # numbers after the atoms in the state (none)
         self.rho_vec, self.rho_mat = rho_vec, rho_mat
         self.split = rho_vec.size * self.F
         self.failed = None
@@ -155,10 +156,16 @@ class _BiasSystem:
     def __init__(self, bias_drift, lr, rho_vec, rho_mat, K):
         self.bias_drift, self.K = bias_drift, K
         self.core = _System(self._weights_drift, lr, rho_vec, rho_mat, K)
+        self.split, self.rho_vec, self.rho_mat, self.F = self.core.split, rho_vec, rho_mat, self.core.F
+        self.extra = K                # the biases follow the atoms in the state
 
     @property
     def failed(self):
         return self.core.failed
+
+    @failed.setter
+    def failed(self, value):
+        self.core.failed = value
 
     def parts(self, Y):
         return self.core.parts(Y[:, :-self.K])

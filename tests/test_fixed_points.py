@@ -131,3 +131,22 @@ def test_needs_kept_atoms():
     res = act.integrate(spectrum=spectrum, init=random_init_matrices(spectrum, 1), times=[0, 1])
     with pytest.raises(ValueError, match="keep_atoms"):
         fixed_point(res)
+
+
+def test_trained_bias_and_tied_states():
+    """The bias (relu, SPEC finding 3) and the finite-D tied state are stationary states too:
+    the root is where the integration ends, its error is the one the integrator reports, and
+    the rest of the state (the biases, a K x K tied matrix per atom) is carried along."""
+    D, K = 300, 2
+    rng = np.random.default_rng(0)
+    eigvals = np.concatenate([[2.0 * D, 1.0 * D], np.ones(D - 2)])
+    W0, V0 = 0.1 * rng.normal(size=(K, D)), 0.1 * rng.normal(size=(K, D))
+    res = generated.load("relu").integrate(eigvals, np.eye(D), W0, V0, times=[0, 100, 500],
+                                           b0=np.full(K, 0.1), keep_atoms=True)
+    fp = fixed_point(res)
+    assert fp.found and fp.stable
+    assert fp.error == pytest.approx(res.error[-1], abs=2e-3) and fp.error < 0.95 * res.pca_errors[1]
+    tied = generated.load("linear").integrate(eigvals, np.eye(D), 0.5 * rng.normal(size=(K, D)), None,
+                                              rule="tied", times=[0, 50, 200], keep_atoms=True)
+    fp = fixed_point(tied)
+    assert fp.found and fp.stable and fp.error == pytest.approx(tied.error[-1], rel=1e-9)
