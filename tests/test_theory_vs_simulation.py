@@ -16,7 +16,7 @@ from runtime.simulate import simulate
 TIMES = np.linspace(0, 20, 11)
 
 
-def gap(name, K, D, seeds=6):
+def gap(name, K, D, seeds=6, rule="vanilla"):
     """Time-averaged |theory - mean over seeds of SGD| and the mean seed-to-seed spread."""
     rng = np.random.default_rng(K)
     eigvals = np.concatenate([np.array([3.0, 2.0, 1.5]) * D, np.ones(D - 3)])
@@ -24,8 +24,8 @@ def gap(name, K, D, seeds=6):
     W0 = 0.5 * rng.normal(size=(K, D))
     V0 = 0.5 * rng.normal(size=(K, D))
     act = generated.load(name)
-    theory = act.integrate(eigvals, eigvecs, W0, V0, times=TIMES)
-    sim = simulate(act, eigvals, eigvecs, W0, V0, times=TIMES, seeds=seeds, test_samples=0)
+    theory = act.integrate(eigvals, eigvecs, W0, V0, times=TIMES, rule=rule)
+    sim = simulate(act, eigvals, eigvecs, W0, V0, times=TIMES, seeds=seeds, test_samples=0, rule=rule)
     assert sim.status == 0, sim.message
     mean, spread = sim.error.mean(axis=0), sim.error.std(axis=0, ddof=1)
     assert theory.error[0] == pytest.approx(mean[0], rel=1e-10)     # same initial state
@@ -39,4 +39,12 @@ def test_equations_are_the_large_D_limit_of_sgd(name, K):
     small, _ = gap(name, K, 250)
     large, spread = gap(name, K, 1000)
     # O(1/D) would give large ~ small / 4; allow half, plus three standard errors of the mean
+    assert large < 0.5 * small + 3 * spread / np.sqrt(6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["erf", "relu", "linear"])
+def test_truncated_equations_are_the_large_D_limit_of_sgd(name):
+    small, _ = gap(name, 2, 250, rule="truncated")
+    large, spread = gap(name, 2, 1000, rule="truncated")
     assert large < 0.5 * small + 3 * spread / np.sqrt(6)
