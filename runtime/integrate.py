@@ -15,6 +15,10 @@ unit can learn a spike) the phantom rank grows as if the spike were degenerate. 
 model with an equal bulk costs M vectors and one matrix at any D, and D distinct eigenvalues
 cost D vectors. The order parameters are Q = sum rho_hat q, R = sum rho_hat r,
 T = sum rho_hat t, T0 = sum t over vectors and matrices alike.
+
+At finite D (finite_size=True, and always for tied weights) (A, B) is the exact expected drift
+and each matrix gains the second-order terms N_j (derive.finite); with V tied to W, theta_tau =
+omega_tau (K numbers). A trained bias appends b (K numbers) to the state (_BiasSystem).
 """
 from __future__ import annotations
 
