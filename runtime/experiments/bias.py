@@ -60,7 +60,7 @@ def run(out, small=False):
                                                "b": None if res.b is None else res.b[-1]}
         for (act, b), res in theo.items()})
     for (act, b), res in theo.items():
-        job.fixed_point_if_supported(f"{act}/{'bias' if b else 'no bias'}", res)
+        job.fixed_point(f"{act}/{'bias' if b else 'no bias'}", res)
 
     sims, late = {}, {}
     for D, seeds in zip(cfg["D"], cfg["seeds"]):

@@ -67,21 +67,6 @@ class Run:
         self.save()
         return fp
 
-    def fixed_point_if_supported(self, label, result, **kwargs):
-        """fixed_point(result) where runtime.fixed_points can analyse the state; where it cannot
-        (it fails on the state's layout, e.g. a trained bias or tied weights), record that
-        instead, with the failure, as {"supported": False, "message": ...}. Returns the
-        FixedPoint or None."""
-        try:
-            return self.fixed_point(label, result, **kwargs)
-        except (AttributeError, IndexError, ValueError) as err:
-            self.summary.setdefault("fixed_points", {})[label] = {
-                "supported": False, "found": None,
-                "message": f"runtime.fixed_points does not support this state ({result.rule} rule"
-                           f"{', trained bias' if result.b is not None else ''}): {type(err).__name__}: {err}"}
-            self.save()
-            return None
-
     def record(self, **items):
         self.summary.update(_jsonable(items))
         self.save()

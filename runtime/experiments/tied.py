@@ -9,7 +9,7 @@ late-time spike projections |omega_tau| = (sum_k (w_k.u_tau)^2)^(1/2), Q_kk and 
 several D, with fitted exponents (quantity ~ D^p).
 
 Writes tied.png, tied.csv (error curves at the main D) and tied.json (late-time errors of theory
-and SGD, the scan over D with its exponents, the long-time analysis where supported).
+and SGD, the scan over D with its exponents, the long-time analysis).
 """
 import numpy as np
 
@@ -105,7 +105,7 @@ def run(out, small=False):
                                                   excess_over_pca_K_relative=(res.error[-1] - pca[-1]) / pca[-1])
                             for (act, rule), res in theo.items()})
     for (act, rule), res in theo.items():
-        job.fixed_point_if_supported(f"{act}/{rule}", res)
+        job.fixed_point(f"{act}/{rule}", res)
 
     sims, scan = {}, {}
     eigvals, W0, V0 = problem(cfg)
