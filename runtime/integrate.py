@@ -110,12 +110,13 @@ class _System:
         """(Q, R, T, T0, WW), each (m, K, K); R, T, T0 are None for tied weights."""
         K = self.K
         th, S = self.parts(Y)
-        G = np.einsum("mja,mjb,j->mab", th, th, self.rho_vec) + np.einsum("j,mjab->mab", self.rho_mat, S)
-        WW = None if self.D is None else (np.einsum("mja,mjb->mab", th[..., :K], th[..., :K])
-                                          + S[:, :, :K, :K].sum(axis=1)) / self.D
+        thT = th.transpose(0, 2, 1)
+        G = (thT * self.rho_vec) @ th + np.einsum("j,mjab->mab", self.rho_mat, S)
+        total = thT @ th + S.sum(axis=1)                  # sum over every direction of theta theta^T
+        WW = None if self.D is None else total[:, :K, :K] / self.D
         if self.tied:
             return G, None, None, None, WW
-        T0 = np.einsum("mja,mjb->mab", th[..., K:], th[..., K:]) + S[:, :, K:, K:].sum(axis=1)
+        T0 = total[:, K:, K:]
         return G[:, :K, :K], G[:, K:, :K], G[:, K:, K:], T0, WW
 
     def order_parameters(self, Y):
