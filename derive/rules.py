@@ -130,6 +130,7 @@ def _vanilla(truncated=False):
 
 
 def _tied():
+    """w_k += (eta/D)[g(lambda_k) e + (w_k.e) g'(lambda_k) x/sqrt(D)], V = W (SPEC section 1, tied)."""
     e = X - sum_over(l, W[l] * act(l))
     dw = (e * act(k) + scalar_times(dot(W[k], e), X) * (act(k, 1) / sp.sqrt(D))) * (eta / D)
     return dw, None
