@@ -73,8 +73,8 @@ def derive_all(activation: Activation) -> Derivation:
     d.drifts = {name: drift for name, drift in d.drifts.items() if drift is not None}
     d.error = drift_engine.derive_error(rules.get("vanilla"))
     finite = {name: _derived_finite(name) for name in rules.RULES}
-    needed = max(int(c) for drift, noise in finite.values()
-                 for n in drift_engine.multi_names(noise.monomials()) for c in n[len("multi_"):] if c != "_")
+    needed = max(a for _, noise in finite.values() for n in drift_engine.multi_names(noise.monomials())
+                 for unit in drift_engine.multi_orders(n) for a in unit)
     if needed < len(d.derivatives):
         d.finite = finite
         d.error_tied = drift_engine.derive_error(rules.get("tied"), finite=True)
@@ -308,7 +308,7 @@ def _kernel_arrays(monomials, zero):
         lines.append(f"    {n}_ = {call}")
     multi = sorted(drift_engine.multi_names(monomials))
     if multi:
-        orders = tuple(tuple(tuple(int(c) for c in part) for part in n[len("multi_"):].split("_")) for n in multi)
+        orders = tuple(drift_engine.multi_orders(n) for n in multi)
         lines.append(f"    {', '.join(n + '_' for n in multi)}, = _quadrature.expect_units(DERIVATIVES, {orders!r}, Q)")
     return lines
 

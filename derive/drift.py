@@ -78,6 +78,11 @@ def multi_names(monomials):
     return {n for m in monomials for n, _ in m.factors if n.startswith("multi_")}
 
 
+def multi_orders(name):
+    """Inverse of the multi_* naming: 'multi_21_0_0' -> ((2, 1), (0,), (0,)), one tuple per unit."""
+    return tuple(tuple(int(c) for c in part) for part in name[len("multi_"):].split("_"))
+
+
 def families(rule: Rule):
     """The weight families of theta: ('w', 'v'), or ('w',) when V is tied to W."""
     return ("w", "v") if rule.dv is not None else ("w",)

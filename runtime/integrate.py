@@ -288,7 +288,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         K = omega.shape[0]
         members = [np.flatnonzero(atom_of == j) for j in range(spectrum.J)]
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
-            spectrum, K, K if tied else 2 * K, lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
+            spectrum, K, theta.shape[1], lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
     else:
         if init is None:
             raise ValueError("spectrum= needs init=(q, r, t), the initial per-atom matrices")
@@ -299,7 +299,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         if tied:
             S_all = S_all[:, :K, :K]
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
-            spectrum, K, K if tied else 2 * K, lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
+            spectrum, K, S_all.shape[-1], lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
     if finite_size and K > quadrature.MAX_UNITS:
         raise ValueError(f"the finite-D equations are implemented for K <= {quadrature.MAX_UNITS} "
                          f"(their averages over {K} units have no kernel here); got K = {K}")

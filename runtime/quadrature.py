@@ -140,17 +140,17 @@ def expect_units(derivatives, orders_list, Q):
             needed.setdefault(units, set()).add(signature)
         plan.append((len(orders), entries))
     values = {}
+    Qf = Q.reshape((-1, K, K))
+    zero = np.zeros(Qf.shape[0])
     for units, signatures in needed.items():
-        Qf = Q.reshape((-1, K, K))
         if len(units) == 1:
             (u,) = units
-            x, w = _one_rule(Qf[:, u, u], np.zeros(Qf.shape[0]))
+            x, w = _one_rule(Qf[:, u, u], zero)
             at = {a: derivatives[a](x) for a in {a for sig in signatures for a in sig[0]}}
             for sig in signatures:
                 values[units, sig] = np.sum(w * np.prod([at[a] for a in sig[0]], axis=0), axis=-1).reshape(batch)
         else:
             u1, u2 = units
-            zero = np.zeros(Qf.shape[0])
             x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], zero, zero)
             at1 = {a: derivatives[a](x1) for a in {a for sig in signatures for a in sig[0]}}
             at2 = {a: derivatives[a](y) for a in {a for sig in signatures for a in sig[1]}}
