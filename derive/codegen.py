@@ -34,7 +34,7 @@ class Derivation:
     derivatives: list = field(default_factory=list)   # printable g, g', g'', ...
     drifts: dict = field(default_factory=dict)        # rule name -> drift_engine.Drift
     error: list = field(default_factory=list)         # monomials of the population error
-    finite: dict = field(default_factory=dict)        # rule name -> (finite Drift, Noise)
+    finite: dict = field(default_factory=dict)        # rule name -> (finite Drift, Noise, spike Noise)
     finite_missing: str = ""                          # why there are no finite-D equations
     error_tied: list = field(default_factory=list)    # population error of the tied network
     shifted: dict = field(default_factory=dict)       # Kernel -> closed form over N(m, C) or None
@@ -73,8 +73,8 @@ def derive_all(activation: Activation) -> Derivation:
     d.drifts = {name: drift for name, drift in d.drifts.items() if drift is not None}
     d.error = drift_engine.derive_error(rules.get("vanilla"))
     finite = {name: _derived_finite(name) for name in rules.RULES}
-    needed = max(a for _, noise in finite.values() for n in drift_engine.multi_names(noise.monomials())
-                 for unit in drift_engine.multi_orders(n) for a in unit)
+    needed = max(a for _, *noises in finite.values() for noise in noises
+                 for n in drift_engine.multi_names(noise.monomials()) for unit in drift_engine.multi_orders(n) for a in unit)
     if needed < len(d.derivatives):
         d.finite = finite
         d.error_tied = drift_engine.derive_error(rules.get("tied"), finite=True)
@@ -83,8 +83,9 @@ def derive_all(activation: Activation) -> Derivation:
                             f"numerically, but g^({len(d.derivatives)}) is not a function")
     for drift in d.drifts.values():
         wanted |= set(drift.kernels())
-    for drift, noise in d.finite.values():
-        wanted |= set(drift.kernels()) | {from_name(n) for n in drift_engine.kernel_names(noise.monomials())}
+    for drift, *noises in d.finite.values():
+        wanted |= set(drift.kernels())
+        wanted |= {from_name(n) for noise in noises for n in drift_engine.kernel_names(noise.monomials())}
     wanted |= {from_name(name) for name in drift_engine.kernel_names(d.error_tied)}
     wanted |= {from_name(name) for name in drift_engine.kernel_names(d.error)}
     for kernel in sorted(wanted):
@@ -131,11 +132,13 @@ def _derived_drift(name):
 
 
 def _derived_finite(name):
-    """(finite-D drift, second-order noise) of a rule, activation-independent, derived once."""
+    """(finite-D drift, second-order noise, noise between spikes) of a rule, activation-independent,
+    derived once."""
     key = ("finite", name)
     if key not in _DRIFT_CACHE:
         rule = rules.get(name)
-        _DRIFT_CACHE[key] = (drift_engine.derive_drift(rule, finite=True), finite_engine.derive_noise(rule))
+        _DRIFT_CACHE[key] = (drift_engine.derive_drift(rule, finite=True), finite_engine.derive_noise(rule),
+                             finite_engine.derive_noise(rule, cross=True))
     return _DRIFT_CACHE[key]
 
 
@@ -255,11 +258,13 @@ def module_source(d: Derivation) -> str:
     ]
     if d.finite:
         out += _error_function(d, tied=True)
-    for name, (drift, noise) in d.finite.items():
-        out += _drift_function(d, name, drift) + _noise_function(d, name, noise)
+    for name, (drift, noise, spike_noise) in d.finite.items():
+        out += _drift_function(d, name, drift) + _noise_function(d, name, noise) + _noise_function(d, name, spike_noise)
     out += [
         "#: rule -> (finite-D drift, second-order noise): the exact expected drift at dimension D",
         f"FINITE = {{{', '.join(f'{n!r}: (finite_drift_{n}, noise_{n})' for n in d.finite)}}}",
+        "#: rule -> the noise between spikes, D E[d theta_j d theta_j2^T] (runtime.fluctuations)",
+        f"SPIKE_NOISE = {{{', '.join(f'{n!r}: spike_noise_{n}' for n in d.finite)}}}",
         f"FINITE_MISSING = {d.finite_missing!r}",
         "",
         "",
@@ -274,7 +279,7 @@ def _zero_kernels(d):
     return {k.name for k, e in d.kernels.items() if e is not None and e == 0}
 
 
-_CONSTANT_OPERANDS = ("eye", "tril", "rho_hat", "m_rho")   # no leading (batch) axes
+_CONSTANT_OPERANDS = ("eye", "tril", "rho_hat", "m_rho", "rho_eye")   # no leading (batch) axes
 
 
 def _einsum_lines(monomials, zero, output, batched=False, free=None):
@@ -391,24 +396,36 @@ def _block_lines(drift, zero):
 
 
 def _noise_function(d, name, noise):
+    """noise_<rule> (per atom, from S_j) or spike_noise_<rule> (per pair of spikes, from theta)."""
     zero = _zero_kernels(d)
     monomials = noise.monomials()
     fams = drift_engine.families(noise.rule)
     F = "2 * K" if len(fams) == 2 else "K"
-    lines = [
-        f"def noise_{name}(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho):",
-        *_doc(f"Rule {name!r}: N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], the second-order (lr^2)\n"
-              "terms of dS_j/dt = M_j S_j + S_j M_j^T + N_j (derive.finite). S (..., J, F, F): per-atom matrices;\n"
-              f"rho_hat (J,): rho_j/D; m_rho (J,): multiplicity times rho_j. Returns (..., J, {F}, {F})."),
-        *_preamble(monomials, zero),
-    ]
     slot = _slots(fams)
-    for f in fams:
-        for h in fams:
-            lines.append(f"    S_{f}{h} = S[..., {slot[f]}, {slot[h]}]")
-    lines.append(f"    N = numpy.zeros(S.shape[:-2] + ({F}, {F}))")
+    if noise.cross:
+        head = [f"def spike_noise_{name}(Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye):",
+                *_doc(f"Rule {name!r}: N_jj2 = D E[d theta_j d theta_j2^T] per unit of time for two spikes j, j2 "
+                      "(derive.finite, cross=True),\n"
+                      "whose covariance, N_jj2 minus (d theta_j/dt)(d theta_j2/dt)^T / D, drives their fluctuations.\n"
+                      "theta (..., J, F): "
+                      f"the spikes' direction vectors; rho_hat (J,): rho_j/D; rho_eye (J, J): diag(rho_j). "
+                      f"Returns (..., J, J, {F}, {F})."),
+                *_preamble(monomials, zero)]
+        head += [f"    theta_{f} = theta[..., {slot[f]}]" for f in fams]
+        head.append(f"    N = numpy.zeros(theta.shape[:-1] + theta.shape[-2:-1] + ({F}, {F}))")
+        output, free = "jikl", finite_engine.FREE_CROSS
+    else:
+        head = [f"def noise_{name}(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho):",
+                *_doc(f"Rule {name!r}: N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], the second-order (lr^2)\n"
+                      "terms of dS_j/dt = M_j S_j + S_j M_j^T + N_j (derive.finite). S (..., J, F, F): per-atom matrices;\n"
+                      f"rho_hat (J,): rho_j/D; m_rho (J,): multiplicity times rho_j. Returns (..., J, {F}, {F})."),
+                *_preamble(monomials, zero)]
+        head += [f"    S_{f}{h} = S[..., {slot[f]}, {slot[h]}]" for f in fams for h in fams]
+        head.append(f"    N = numpy.zeros(S.shape[:-2] + ({F}, {F}))")
+        output, free = "jkl", finite_engine.FREE
+    lines = head
     for (f, h), ms in sorted(noise.N.items()):
-        expr = _einsum_lines(ms, zero, "jkl", batched=True, free=finite_engine.FREE)
+        expr = _einsum_lines(ms, zero, output, batched=True, free=free)
         if expr != "0.0":
             lines.append(f"    N[..., {slot[f]}, {slot[h]}] = {expr}")
     lines += ["    return lr**2 * N", "", ""]

@@ -17,7 +17,10 @@ the fields (lambda, nu) (Gaussian integration by parts, once or twice):
     sum_tau E[x_tau F] theta_c,tau    = rho_hat_j sqrt(D) sum_b S_j[b, c] E[d_b F]
     sum_tau E[F] theta_b,tau theta_c,tau = S_j[b, c] E[F]
 
-and the remaining averages over the fields reduce to kernels as in derive.drift. Averages over
+and the remaining averages over the fields reduce to kernels as in derive.drift. Between two
+spikes j, j2 (cross=True) the same steps give D E[d theta_j d theta_j2^T]: each S_j[b, c] becomes
+theta_b,j theta_c,j2, with rho_hat of the spike whose x it came from, and m_j rho_j becomes
+rho_j delta_(j j2); runtime.fluctuations drives the spikes' fluctuations with it. Averages over
 three or more units have no kernel; they are left as multi_* factors, evaluated numerically
 (runtime.quadrature.expect_units, for K <= 2).
 """
@@ -32,13 +35,16 @@ from derive.drift import Monomial, _average, families
 from derive.rules import D, Rule, k, lam, nu
 
 j = sp.Symbol("j", integer=True)            # the atom
+j2 = sp.Symbol("j2", integer=True)          # the second spike (cross noise)
 k2 = sp.Symbol("k2", integer=True)          # the unit of the second factor
 rho_hat, m_rho = sp.IndexedBase("rho_hat"), sp.IndexedBase("m_rho")   # rho_j/D and m_j rho_j
+rho_eye = sp.IndexedBase("rho_eye")         # rho_j delta_(j j2)
 FIELD = {"w": lam, "v": nu}
 _fresh = (sp.Symbol(f"s{n}", integer=True) for n in count())
 
-#: einsum letters of the free indices of N_j[(f, k), (h, k2)]
+#: einsum letters of the free indices of N_j[(f, k), (h, k2)] (and of j2 in the cross noise)
 FREE = {j: "j", k: "k", k2: "l"}
+FREE_CROSS = {j: "j", j2: "i", k: "k", k2: "l"}
 
 
 def S(f, h):
@@ -46,11 +52,17 @@ def S(f, h):
     return sp.IndexedBase(f"S_{f}{h}")
 
 
+def theta(f):
+    """The part theta_(f, .) of a spike's direction vector (omega, or upsilon/sqrt(D))."""
+    return sp.IndexedBase(f"theta_{f}")
+
+
 @dataclass
 class Noise:
-    """N_j blocks: N[(f, h)] = monomials with free indices (j, k, k2)."""
+    """N_j blocks: N[(f, h)] = monomials with free indices (j, k, k2), or (j, j2, k, k2) if cross."""
 
     rule: Rule
+    cross: bool = False       # between two spikes: free indices (j, j2, k, k2)
     N: dict = field(default_factory=dict)
 
     def monomials(self):
@@ -87,41 +99,51 @@ def _d(expr, f, b):
     return sp.diff(expr, FIELD[f][b])
 
 
-def _wick(b1, b2, c, fams):
-    """sum_{tau in j} E_x_tau[ (basis b1)(basis b2) c ], as an expression in S_j and the
-    fields, with the new summation indices."""
+def _factor(f1, b1, f2, b2, x1, x2, cross):
+    """sum_{tau in j} (Cov(x_tau, field_(f1,b1)) or theta_(f1,b1),tau) (the same for f2, b2), the
+    covariance where x1 (x2) says that factor came from x_tau; rho_hat sqrt(D) theta per covariance,
+    the sqrt(D) left to the caller. For a pair of spikes (cross) the factors are theta_j and theta_j2."""
+    if not cross:
+        return rho_hat[j] ** (x1 + x2) * S(f1, f2)[j, b1, b2]
+    return rho_hat[j] ** x1 * theta(f1)[j, b1] * rho_hat[j2] ** x2 * theta(f2)[j2, b2]
+
+
+def _wick(b1, b2, c, fams, cross=False):
+    """sum_{tau in j} E_x_tau[ (basis b1)(basis b2) c ] (or, cross, E[(basis b1 on spike j)(basis b2
+    on spike j2) c]), as an expression in S_j (theta) and the fields, with the new summation indices."""
     if b1 == ("x",) and b2 == ("x",):
-        expr, new = m_rho[j] * c, []
+        expr, new = (rho_eye[j, j2] if cross else m_rho[j]) * c, []
         for f1 in fams:
             for f2 in fams:
                 b, cc = next(_fresh), next(_fresh)
-                expr += rho_hat[j] ** 2 * D * S(f1, f2)[j, b, cc] * _d(_d(c, f1, b), f2, cc)
+                expr += D * _factor(f1, b, f2, cc, 1, 1, cross) * _d(_d(c, f1, b), f2, cc)
                 new += [b, cc]
         return expr, new
     if b1 == ("x",) or b2 == ("x",):
-        (h, i), first = (b2, True) if b1 == ("x",) else (b1, False)
         expr, new = sp.S.Zero, []
         for f1 in fams:
             b = next(_fresh)
-            block = S(f1, h)[j, b, i] if first else S(h, f1)[j, i, b]
-            expr += rho_hat[j] * sp.sqrt(D) * block * _d(c, f1, b)
+            pair = (f1, b, *b2, 1, 0) if b1 == ("x",) else (*b1, f1, b, 0, 1)
+            expr += sp.sqrt(D) * _factor(*pair, cross) * _d(c, f1, b)
             new.append(b)
         return expr, new
-    (h1, i1), (h2, i2) = b1, b2
-    return S(h1, h2)[j, i1, i2] * c, []
+    return _factor(*b1, *b2, 0, 0, cross) * c, []
 
 
-def derive_noise(rule: Rule) -> Noise:
-    """N_j = D sum_{tau in j} E[d theta_tau d theta_tau^T] per unit of time, exact at finite D."""
+def derive_noise(rule: Rule, cross=False) -> Noise:
+    """N_j = D sum_{tau in j} E[d theta_tau d theta_tau^T] per unit of time, exact at finite D.
+    cross: N_jj2 = D E[d theta_j d theta_j2^T] between two spikes (atoms of multiplicity one, j2 = j
+    included), in terms of their direction vectors theta_j, theta_j2; with m_j rho_j replaced by
+    rho_eye[j, j2] = rho_j delta_(j j2)."""
     fams = families(rule)
-    noise = Noise(rule)
+    noise = Noise(rule, cross)
     proj = {f: _projected(rule, f) for f in fams}
     for f in fams:
         for h in fams:
             monomials = noise.N.setdefault((f, h), [])
             for b1, c1, s1 in proj[f]:
                 for b2, c2, s2 in _second_copy(proj[h]):
-                    expr, new = _wick(b1, b2, sp.expand(c1 * c2), fams)
+                    expr, new = _wick(b1, b2, sp.expand(c1 * c2), fams, cross)
                     for coeff, factors in _average(sp.expand(D * expr), set(s1) | set(s2) | set(new)):
                         monomials.append(Monomial(sp.powsimp(coeff), tuple(factors)))
     return noise

@@ -482,6 +482,8 @@ BIAS_DRIFTS = {'vanilla': drift_vanilla_bias}
 
 #: rule -> (finite-D drift, second-order noise): the exact expected drift at dimension D
 FINITE = {}
+#: rule -> the noise between spikes, D E[d theta_j d theta_j2^T] (runtime.fluctuations)
+SPIKE_NOISE = {}
 FINITE_MISSING = 'the finite-D equations average g^(4) over several units numerically, but g^(2) is not a function'
 
 

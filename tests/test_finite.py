@@ -93,6 +93,46 @@ def test_finite_equations_are_the_expected_sgd_step(name, rule, K):
     assert np.max(np.abs(N) / se) > 50            # the second-order terms are resolved
 
 
+def monte_carlo_spikes(act, rule, W, V, seed=1):
+    """Mean and standard error of D d theta_s d theta_s'^T per step for the spikes s, s' (directions
+    0 and 1), shape (2, 2, F, F)."""
+    rng = np.random.default_rng(seed)
+    tied = rule == "tied"
+    total = total2 = 0.0
+    for _ in range(SAMPLES // CHUNK):
+        x = rng.standard_normal((CHUNK, D)) * np.sqrt(RHO)
+        dW, dV = _sgd_step(act, rule, W, V, x)
+        dth = (dW.transpose(0, 2, 1) if tied else np.concatenate([dW, dV / np.sqrt(D)], axis=1).transpose(0, 2, 1))[:, :2]
+        outer = D * np.einsum("niF,njG->nijFG", dth, dth)
+        total, total2 = total + outer.sum(0), total2 + (outer**2).sum(0)
+    mean = total / SAMPLES
+    return mean, np.sqrt(np.maximum(total2 / SAMPLES - mean**2, 0) / SAMPLES)
+
+
+@pytest.mark.parametrize("name, rule, K", [
+    ("erf", "vanilla", 2), ("linear", "vanilla", 1), ("erf", "truncated", 2), ("erf", "tied", 2),
+])
+def test_noise_between_spikes_is_the_second_moment_of_one_sgd_step(name, rule, K):
+    """spike_noise_<rule>: D E[d theta_s d theta_s'^T] for every pair of spikes, cross terms included;
+    on the diagonal it is the atom noise of a rank-one S_j = theta theta^T."""
+    act = load(name)
+    rng = np.random.default_rng(K + 10)
+    W, V = 1.2 * rng.standard_normal((K, D)), 1.2 * rng.standard_normal((K, D))
+    if rule == "tied":
+        V = W
+    theta = _theta(W, V, rule == "tied")
+    mean, se = monte_carlo_spikes(act, rule, W, V)
+    S = _matrices(theta)
+    order = _System(act.FINITE[rule][0], LR, np.zeros(0), SPECTRUM.rho_hat, K, D=D,
+                    tied=rule == "tied")._globals(S.ravel()[None])
+    rho = SPECTRUM.rho[:2]
+    N = act.SPIKE_NOISE[rule](*order, LR, D, theta[None, :2], rho / D, np.diag(rho))[0]
+    assert np.all(np.abs(N - mean) <= 5 * se + 1e-12), np.max(np.abs(N - mean) / se)
+    assert np.max(np.abs(N[0, 1]) / se[0, 1]) > 20           # the cross terms are resolved
+    atom = act.FINITE[rule][1](*order, LR, D, S[None, :2], rho / D, rho)[0]
+    np.testing.assert_allclose(N[[0, 1], [0, 1]], atom, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["erf", "linear", "tanh", "sin"])
 @pytest.mark.parametrize("rule", ["vanilla", "truncated"])
 def test_finite_drift_tends_to_the_large_D_limit(name, rule):
