@@ -29,6 +29,7 @@ from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
 from runtime import quadrature
 from runtime import spectrum as spec
+from runtime.fluctuations import FluctuationSystem
 from runtime.progress import Progress
 
 
@@ -63,6 +64,7 @@ class IntegrationResult:
     state: np.ndarray | None = field(default=None, repr=False)   # raw states at t (keep_atoms=True)
     system: object = field(default=None, repr=False)
     b: np.ndarray | None = None   # encoder biases (n, K) when trained (b0 given), else None
+    error_spread: np.ndarray | None = None   # predicted seed-to-seed std of error (fluctuations=True)
 
     @property
     def success(self):
@@ -233,7 +235,8 @@ def _factor(S, m, j):
 
 def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(0.0, 1.0, 10.0),
               rule="vanilla", b0=None, *, spectrum=None, init=None, rtol=1e-6, atol=1e-9,
-              method="auto", progress=False, keep_atoms=False, raise_on_failure=True, finite_size=None):
+              method="auto", progress=False, keep_atoms=False, raise_on_failure=True, finite_size=None,
+              fluctuations=False):
     """Integrate the equations of motion of `act` (a generated module) for `rule`.
 
     Either eigvals (D,), eigvecs (D, D) and W0, V0 (K, D) (SPEC section 6), or `spectrum`
@@ -254,12 +257,25 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     D -> infinity limit: the exact expected drift of every per-atom matrix, second-order (lr^2)
     terms included for the atoms kept as matrices (derive.finite). Rules without an O(1) limit
     (tied) have only these; finite_size=None picks them for such rules and the limit otherwise.
+
+    fluctuations=True (implies finite_size) adds the spikes' O(1/sqrt(D)) fluctuations to that
+    order (runtime.fluctuations): `error` and the order parameters become averages over SGD runs
+    from the same weights, and `error_spread` their predicted seed-to-seed standard deviation.
     """
     known = sorted(set(act.DRIFTS) | set(getattr(act, "FINITE", {})))
     if rule not in known:
         missing = getattr(act, "FINITE_MISSING", "")
         raise ValueError(f"unknown rule {rule!r} for activation {act.NAME}; known: {', '.join(known)}"
                          + (f" ({missing})" if missing else ""))
+    if fluctuations:
+        if finite_size is False:
+            raise ValueError("fluctuations=True needs the finite-D equations (finite_size=True)")
+        if rule not in act.DRIFTS:
+            raise ValueError(f"fluctuations: rule {rule!r} has no O(1) limit to expand around "
+                             "(its spikes move by O(1) per step)")
+        if b0 is not None:
+            raise ValueError("fluctuations are not implemented with a trained bias (b0)")
+        finite_size = True
     if finite_size is None:
         finite_size = rule not in act.DRIFTS
     if finite_size and rule not in getattr(act, "FINITE", {}):
@@ -314,8 +330,13 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     else:
         y0 = np.concatenate([y0, _biases(b0, K)])
         system = _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K)
+    if fluctuations:
+        limit = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
+        system = FluctuationSystem(system, limit, act.SPIKE_NOISE[rule])
+        y0 = system.initial_state(y0)
     if method == "auto":
-        method = "BDF" if y0.size <= AUTO_IMPLICIT_SIZE else "RK45"
+        # with fluctuations each evaluation costs 2 n + 1 of the core's: no finite-difference Jacobian
+        method = "BDF" if y0.size <= AUTO_IMPLICIT_SIZE and not fluctuations else "RK45"
     ts, ys, message, nfev = _solve(system, y0, times, method, rtol, atol,
                                    Progress(times[-1], f"integrate {act.NAME}/{rule}", enabled=progress))
     status = 0 if message == "ok" else -1
@@ -324,8 +345,10 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
     b = None if b0 is None else system.biases(Y).copy()
     error = system.error(act, Y, half_trace)
+    spread = system.error_spread(act, Y, half_trace) if fluctuations else None
     result = IntegrationResult(ts, error, Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
-                               status, message, nfev, ys if keep_atoms else None, system, b=b)
+                               status, message, nfev, ys if keep_atoms else None, system, b=b,
+                               error_spread=spread)
     if status != 0 and raise_on_failure:
         raise IntegrationError(f"integration of {act.NAME}/{rule} failed at t = "
                                f"{ts[-1] if ts.size else 0:.6g}: {message}", result)

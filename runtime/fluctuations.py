@@ -1,0 +1,122 @@
+"""Fluctuations of the spikes at finite D: the linear-noise (system-size) expansion.
+
+In one SGD run a spike's direction vector theta_s moves by O(1/D) per step with a random part of
+the same size, so over a unit of time it fluctuates by O(1/sqrt(D)) around the mean path. The
+error is not linear in theta_s, so the seed-averaged error differs from the error of the mean
+state by O(1/D), with a large prefactor when the spikes are strong (rho_s = s D). Van Kampen's
+expansion to that order, on the state y of the finite-D equations (spike vectors and bulk
+matrices, runtime.integrate) with C = Cov(y):
+
+    d<y>/dt = F(<y>) + 1/2 F'':C,        dC/dt = J C + C J^T + Sigma,
+    Sigma = N_spikes - (d theta/dt)(d theta/dt)^T / D   (spike block; derive.finite, cross=True),
+
+J = dF/dy, F the finite-D drift. The bulk matrices are sums over ~D directions: their own noise is
+O(D^-3/2) and left out, but they respond to the spikes' fluctuations through J. F'':C and J C
+are read off F at the points <y> +- sqrt(lambda_i) e_i along the eigenvectors of C (exact for
+quadratic F), one vectorised call. F differs from its D -> infinity limit F_inf by O(1/D), so to
+this order F'':C and J C are those of F_inf, whose averages are kernels in closed form, and only
+F(<y>) and the spikes' noise need the finite-D equations' numerical averages. The same points give the mean error, <eps> = eps(<y>) + 1/2 eps'':C, and (with
+the points <y> + d_i + d_j) the predicted seed-to-seed spread of the error.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: eigenvalues of C below this fraction of the largest are dropped from the points
+RELATIVE_CUTOFF = 1e-12
+
+
+class FluctuationSystem:
+    """The state z = (<y>, C) of a finite-D `runtime.integrate._System` (`core`) with spike vectors;
+    `limit`: the same system with the D -> infinity drift; `spike_noise`: spike_noise_<rule>."""
+
+    def __init__(self, core, limit, spike_noise):
+        self.core, self.limit, self.spike_noise = core, limit, spike_noise
+        self.n = None                 # size of y, set by initial_state
+        self.extra = 0
+
+    @property
+    def failed(self):
+        return self.core.failed or self.limit.failed
+
+    @failed.setter
+    def failed(self, value):
+        self.core.failed = value
+
+    def initial_state(self, y0):
+        """z0 = (y0, 0): every seed starts from the same weights."""
+        self.n = y0.size
+        return np.concatenate([y0, np.zeros(self.n * self.n)])
+
+    def _split(self, z):
+        y, C = z[:self.n], z[self.n:].reshape(self.n, self.n)
+        return y, 0.5 * (C + C.T)
+
+    def points(self, z):
+        """<y> followed by <y> + d_i and <y> - d_i, d_i = sqrt(lambda_i) e_i: shape (1 + 2m, n)."""
+        y, C = self._split(z)
+        lam, vec = np.linalg.eigh(C)
+        keep = lam > RELATIVE_CUTOFF * max(lam[-1], 0.0) if lam[-1] > 0 else np.zeros(lam.size, bool)
+        d = (vec[:, keep] * np.sqrt(lam[keep])).T
+        return np.concatenate([y[None], y + d, y - d]), d
+
+    @staticmethod
+    def mean(values):
+        """From f at points(): <f> = f(<y>) + 1/2 sum_i (f_i+ + f_i- - 2 f(<y>)), over the leading axis."""
+        m = (values.shape[0] - 1) // 2
+        f0, fp, fm = values[0], values[1:m + 1], values[m + 1:]
+        return f0 + 0.5 * np.sum(fp + fm - 2 * f0, axis=0)
+
+    def __call__(self, t, z):
+        if z.ndim == 2:               # columns (a finite-difference Jacobian)
+            return np.stack([self(t, col) for col in z.T], axis=1)
+        Y, d = self.points(z)
+        f = self.limit(t, Y.T).T                                  # (1 + 2m, n)
+        m = d.shape[0]
+        drift = self.core(t, Y[0])
+        dy = drift + self.mean(f) - f[0]
+        JC = ((f[1:m + 1] - f[m + 1:]) / 2).T @ d                  # sum_i (J d_i) d_i^T
+        dC = JC + JC.T
+        split = self.core.split
+        if split:
+            order = self.core._globals(Y[:1])
+            th = self.core.parts(Y[:1])[0]
+            rho = self.core.rho_vec
+            N = self.spike_noise(*order, self.core.lr, self.core.D, th, rho, np.diag(rho * self.core.D))[0]
+            N = N.transpose(0, 2, 1, 3).reshape(split, split)
+            dC[:split, :split] += N - np.outer(drift[:split], drift[:split]) / self.core.D
+        return np.concatenate([dy, dC.ravel()])
+
+    # the read-outs integrate() takes from a system, as seed averages
+
+    def parts(self, Z):
+        return self.core.parts(Z[:, :self.n])
+
+    def _averaged(self, Z, fn):
+        """Seed averages of fn(states (m, n)) -> (m, ...) at each state z in Z."""
+        return np.array([self.mean(fn(self.points(z)[0])) for z in Z])
+
+    def order_parameters(self, Z):
+        stacked = self._averaged(Z, lambda Y: np.stack(self.core.order_parameters(Y), axis=1))
+        return tuple(stacked[:, i] for i in range(4))
+
+    def error(self, act, Z, half_trace):
+        return self._averaged(Z, lambda Y: self.core.error(act, Y, half_trace))
+
+    def error_spread(self, act, Z, half_trace):
+        """The predicted seed-to-seed standard deviation of the error, to second order: with
+        y = <y> + sum_i z_i d_i (z ~ N(0, 1)), Var eps = sum_i g_i^2 + 1/2 sum_ij H_ij^2, g_i and
+        H_ij the first and second differences of eps along d_i, d_j. Near a minimum of the
+        error g -> 0 and the spread is the quadratic term, O(1/D) like the mean correction."""
+        out = []
+        for z in Z:
+            Y, d = self.points(z)
+            m = d.shape[0]
+            i, j = np.triu_indices(m, 1)
+            pairs = Y[0] + d[i] + d[j]
+            eps = self.core.error(act, np.concatenate([Y, pairs]), half_trace)
+            e0, ep, em, eij = eps[0], eps[1:m + 1], eps[m + 1:2 * m + 1], eps[2 * m + 1:]
+            H = np.diag(ep + em - 2 * e0)
+            H[i, j] = H[j, i] = eij - ep[i] - ep[j] + e0
+            out.append(np.sqrt(np.sum(((ep - em) / 2) ** 2) + 0.5 * np.sum(H ** 2)))
+        return np.array(out)
