@@ -22,7 +22,7 @@ spikes j, j2 (cross=True) the same steps give D E[d theta_j d theta_j2^T]: each 
 theta_b,j theta_c,j2, with rho_hat of the spike whose x it came from, and m_j rho_j becomes
 rho_j delta_(j j2); runtime.fluctuations drives the spikes' fluctuations with it. Averages over
 three or more units have no kernel; they are left as multi_* factors, evaluated numerically
-(runtime.quadrature.expect_units, for K <= 2).
+(runtime.quadrature.expect_units, for K <= 3).
 """
 from __future__ import annotations
 

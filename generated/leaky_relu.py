@@ -23,6 +23,7 @@ NAME = 'leaky_relu'
 EXPRESSION = 'x*Heaviside(-x)/100 + x*Heaviside(x)'
 PARAMS = {'slope': '1/100'}
 CLOSED_FORM = True
+POLYNOMIAL_DEGREE = None
 NUMERIC_KERNELS = ()
 LITERATURE = ('J2', 'I2', 'I21', 'I22', 'I3')
 SHIFTED_NUMERIC_KERNELS = ()

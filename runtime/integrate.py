@@ -316,9 +316,9 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
             S_all = S_all[:, :K, :K]
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
             spectrum, K, S_all.shape[-1], lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
-    if finite_size and K > quadrature.MAX_UNITS:
+    if finite_size and K > quadrature.MAX_UNITS and act.POLYNOMIAL_DEGREE is None:
         raise ValueError(f"the finite-D equations are implemented for K <= {quadrature.MAX_UNITS} "
-                         f"(their averages over {K} units have no kernel here); got K = {K}")
+                         f"unless g is a polynomial (their averages over {K} units have no kernel here); got K = {K}")
     y0 = np.concatenate([th.ravel(), S.ravel()])
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")

@@ -17,6 +17,7 @@ Every rule is truncated at 9 standard deviations (Gaussian weight < 1e-17). The 
 below keep the error under 1e-10 for tanh and sigmoid at variances 1e-2 ... 1e2 and any
 correlation (tests/test_quadrature.py checks them against mpmath at 30 digits).
 """
+import functools
 import itertools
 
 import numpy as np
@@ -77,9 +78,9 @@ def expect2(derivatives, orders1, orders2, c11, c12, c22, m1=0.0, m2=0.0):
     return out.reshape(shape)
 
 
-def _pair_rule(c11, c12, c22, m1, m2):
-    """Outer nodes x1 (M, N_OUTER) with weights w1, and for each the inner nodes x2
-    (M, N_OUTER, N_INNER) with weights w of E[. | x1] (see the module docstring)."""
+def _pair_rule(c11, c12, c22, m1, m2, n_outer=N_OUTER, n_inner=N_INNER):
+    """Outer nodes x1 (M, n_outer) with weights w1, and for each the inner nodes x2
+    (M, n_outer, n_inner) with weights w of E[. | x1] (see the module docstring)."""
     sigma1 = np.sqrt(c11)
     positive = c11 > 0
     kappa = np.where(positive, c12 / np.where(positive, c11, 1.0), 0.0)
@@ -87,19 +88,19 @@ def _pair_rule(c11, c12, c22, m1, m2):
     with np.errstate(divide="ignore", over="ignore"):     # 1/0 and 1/subnormal: +inf, as meant
         b1 = np.minimum(np.minimum(1.0, 1.0 / sigma1), np.maximum(1.0, s) / np.abs(kappa * sigma1))
     U1 = np.arcsinh(_TAIL / b1)
-    u1, h1 = _nodes(U1, N_OUTER)                                    # (M, N_OUTER)
+    u1, h1 = _nodes(U1, n_outer)                                    # (M, n_outer)
     z1 = b1[:, None] * np.sinh(u1)
     w1 = np.exp(-0.5 * z1 * z1) / _SQRT_2PI * b1[:, None] * np.cosh(u1) * h1[:, None]
     dx1 = sigma1[:, None] * z1
-    y, w = _conditional_rule(m2[:, None] + kappa[:, None] * dx1, np.broadcast_to(s[:, None], dx1.shape))
+    y, w = _conditional_rule(m2[:, None] + kappa[:, None] * dx1, np.broadcast_to(s[:, None], dx1.shape), n_inner)
     return m1[:, None] + dx1, w1, y, w
 
 
-def _conditional_rule(m, s):
-    """Nodes y (..., N_INNER) and weights for E[f(m + s z)], z ~ N(0, 1), elementwise over m, s."""
+def _conditional_rule(m, s, n=N_INNER):
+    """Nodes y (..., n) and weights for E[f(m + s z)], z ~ N(0, 1), elementwise over m, s."""
     centred = (s <= 1.0) | (np.abs(m) > _FAR * s)
     U = np.where(centred, np.arcsinh(_TAIL), np.arcsinh(np.abs(m) + _TAIL * s))
-    u, h = _nodes(U, N_INNER)
+    u, h = _nodes(U, n)
     sinh, cosh = np.sinh(u), np.cosh(u)
     safe_s = np.where(centred, 1.0, s)[..., None]
     # centred: y = m + s sinh(u), z = sinh(u);  otherwise: y = sinh(u), z = (y - m)/s
@@ -109,24 +110,58 @@ def _conditional_rule(m, s):
     return y, np.exp(-0.5 * z * z) / _SQRT_2PI * dz * h[..., None]
 
 
+#: nodes per level of the three-unit rule (N_TRIPLE^3 nodes per triple of units), and its relative
+#: accuracy, measured on the four-point moments of a linear g at variances up to 16 (1.3e-5; 61
+#: nodes give 8e-8 at 2.5 times the cost). These averages enter only the finite-D equations' O(1/D)
+#: terms for K = 3 (tests/test_quadrature_units.py).
+N_TRIPLE = 45
+THREE_UNIT_ACCURACY = 2e-5
+
+
+def _triple_rule(C):
+    """Nodes and weights for (x1, x2, x3) ~ N(0, C), C (M, 3, 3), by the same rule one level
+    deeper with N_TRIPLE nodes per level: x1, x2 | x1 as in _pair_rule, x3 | (x1, x2) by
+    _conditional_rule with the regression on (x1, x2) (a pseudo-inverse where they are degenerate).
+    Returns x1 (M, n) with w1, x2 (M, n, n) with w2, x3 (M, n, n, n) with w3."""
+    zero = np.zeros(C.shape[0])
+    x1, w1, x2, w2 = _pair_rule(C[:, 0, 0], C[:, 0, 1], C[:, 1, 1], zero, zero, N_TRIPLE, N_TRIPLE)
+    k = np.einsum("mab,mb->ma", np.linalg.pinv(C[:, :2, :2], hermitian=True), C[:, :2, 2])
+    s = np.sqrt(np.maximum(C[:, 2, 2] - np.einsum("ma,ma->m", k, C[:, :2, 2]), 0.0))
+    mean = k[:, 0, None, None] * x1[:, :, None] + k[:, 1, None, None] * x2
+    x3, w3 = _conditional_rule(mean, np.broadcast_to(s[:, None, None], mean.shape), N_TRIPLE)
+    return x1, w1, x2, w2, x3, w3
+
+
 #: largest number of units K whose averages `expect_units` evaluates (K^n index tuples)
-MAX_UNITS = 2
+MAX_UNITS = 3
 
 
-def expect_units(derivatives, orders_list, Q):
-    """For each `orders` of orders_list, E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))]
-    for every tuple of units (k_1, ..., k_n), lambda ~ N(0, Q), Q of shape (..., K, K): a list
-    of arrays (..., K, ..., K).
-
-    The averages over several units of the finite-D equations (multi_* factors). With K <= 2
-    every tuple involves one or two distinct units: its factors are grouped by unit, and the
-    average is a one- or two-point one by the double-exponential rule above, built once per
-    unit or pair of units and shared by every average on it. Three or more distinct units would
-    need a three-dimensional rule, which is not here: K > 2 raises ValueError."""
-    Q = np.asarray(Q, dtype=float)
+def _polynomial_units(derivatives, orders_list, Q, degree):
+    """expect_units for a polynomial g: lambda = L z on the tensor Gauss-Hermite grid of z ~ N(0, I),
+    L L^T = Q (eigen-square root, so a singular Q is fine)."""
     K, batch = Q.shape[-1], Q.shape[:-2]
-    if K > MAX_UNITS:
-        raise ValueError(f"averages over {K} units: the finite-D equations are implemented for K <= {MAX_UNITS}")
+    z, w = np.polynomial.hermite_e.hermegauss(2 * degree + 1)
+    grid = np.stack(np.meshgrid(*[z] * K, indexing="ij"), axis=-1).reshape(-1, K)      # (nodes, K)
+    weight = np.prod(np.meshgrid(*[w / np.sqrt(2 * np.pi)] * K, indexing="ij"), axis=0).ravel()
+    lam_, vec = np.linalg.eigh(Q)
+    lam = np.einsum("...ab,nb->...na", vec * np.sqrt(np.maximum(lam_, 0.0))[..., None, :], grid)
+    at = {a: derivatives[a](lam) for a in {a for orders in orders_list for o in orders for a in o}}
+    letters = "abcdefgh"
+    outs = []
+    for orders in orders_list:
+        factors = [np.prod([at[a] for a in o], axis=0) for o in orders]                 # (..., nodes, K)
+        subscripts = ",".join(f"...n{letters[i]}" for i in range(len(orders)))
+        outs.append(np.einsum(f"n,{subscripts}->...{letters[:len(orders)]}", weight, *factors))
+    return outs
+
+
+_LAST = [None, {}]      # (derivatives, Q) of the last call and its averages
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(K, orders_list):
+    """Per orders: [(tuple of units, its distinct units, their derivative orders)], and the
+    signatures needed per set of distinct units."""
     plan, needed = [], {}
     for orders in orders_list:
         entries = []
@@ -134,21 +169,60 @@ def expect_units(derivatives, orders_list, Q):
             by_unit = {}
             for unit, o in zip(idx, orders):
                 by_unit.setdefault(unit, []).extend(o)
-            units = tuple(sorted(by_unit, key=lambda u: (sorted(by_unit[u], reverse=True), u), reverse=True))
+            units = tuple(sorted(by_unit, key=lambda u: (sorted(by_unit[u], reverse=True), u), reverse=True)
+                          if len(by_unit) < 3 else sorted(by_unit))     # one rule for every triple's averages
             signature = tuple(tuple(sorted(by_unit[u], reverse=True)) for u in units)
             entries.append((idx, units, signature))
             needed.setdefault(units, set()).add(signature)
         plan.append((len(orders), entries))
-    values = {}
+    return plan, needed
+
+
+def expect_units(derivatives, orders_list, Q, degree=None):
+    """For each `orders` of orders_list, E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))]
+    for every tuple of units (k_1, ..., k_n), lambda ~ N(0, Q), Q of shape (..., K, K): a list
+    of arrays (..., K, ..., K).
+
+    The averages over several units of the finite-D equations (multi_* factors). Each tuple's
+    factors are grouped by unit, and the average over its one, two or three distinct units is by
+    the double-exponential rule above (_one_rule, _pair_rule, _triple_rule), built once per unit,
+    pair or triple of units and shared by every average on it. Four distinct units would need a
+    four-dimensional rule, which is not here: K > 3 raises ValueError.
+
+    For a polynomial g of `degree` p every average is a polynomial moment of degree <= 4p, exact
+    by Gauss-Hermite quadrature with 2p + 1 nodes per unit in whitened coordinates, for any K."""
+    Q = np.asarray(Q, dtype=float)
+    K, batch = Q.shape[-1], Q.shape[:-2]
+    if degree is not None:
+        return _polynomial_units(derivatives, orders_list, Q, degree)
+    if K > MAX_UNITS:
+        raise ValueError(f"averages over {K} units: the finite-D equations are implemented for K <= {MAX_UNITS}")
+    plan, needed = _plan(K, tuple(orders_list))
     Qf = Q.reshape((-1, K, K))
+    key = (derivatives, Q.shape, Q.tobytes())
+    if _LAST[0] != key:            # the noise of the atoms and of the spikes average at the same Q
+        _LAST[:] = [key, {}]
+    values = _LAST[1]
     zero = np.zeros(Qf.shape[0])
     for units, signatures in needed.items():
+        signatures = [sig for sig in signatures if (units, sig) not in values]
+        if not signatures:
+            continue
         if len(units) == 1:
             (u,) = units
             x, w = _one_rule(Qf[:, u, u], zero)
             at = {a: derivatives[a](x) for a in {a for sig in signatures for a in sig[0]}}
             for sig in signatures:
                 values[units, sig] = np.sum(w * np.prod([at[a] for a in sig[0]], axis=0), axis=-1).reshape(batch)
+        elif len(units) == 3:
+            x1, w1, x2, w2, x3, w3 = _triple_rule(Qf[:, units][:, :, units])
+            at = [{a: derivatives[a](x) for a in {a for sig in signatures for a in sig[i]}}
+                  for i, x in enumerate((x1, x2, x3))]
+            for sig in signatures:
+                inner = np.sum(w3 * np.prod([at[2][a] for a in sig[2]], axis=0), axis=-1)
+                inner = np.sum(w2 * np.prod([at[1][a] for a in sig[1]], axis=0) * inner, axis=-1)
+                values[units, sig] = np.sum(w1 * np.prod([at[0][a] for a in sig[0]], axis=0) * inner,
+                                            axis=-1).reshape(batch)
         else:
             u1, u2 = units
             x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], zero, zero)

@@ -172,5 +172,5 @@ def test_finite_size_needs_smooth_activations():
         act.integrate(eigvals, np.eye(6), W, W, finite_size=True)
     with pytest.raises(ValueError, match="tied"):
         act.integrate(eigvals, np.eye(6), W, None, rule="tied")
-    with pytest.raises(ValueError, match="K <= 2"):
-        load("erf").integrate(eigvals, np.eye(6), np.ones((3, 6)), None, rule="tied")
+    with pytest.raises(ValueError, match="K <= 3"):
+        load("erf").integrate(eigvals, np.eye(6), np.ones((4, 6)), None, rule="tied")
