@@ -1,0 +1,54 @@
+"""The fluctuation equations (runtime.fluctuations) without simulation: their corrections are
+O(1/D), they start from zero, and bad requests raise. The comparison with SGD at D = 500 is in
+tests/test_theory_vs_simulation.py."""
+import numpy as np
+import pytest
+
+from generated import load
+from runtime import spectrum as spec
+
+TIMES = np.linspace(0, 20, 5)
+
+
+def _run(name, D, **kw):
+    spectrum = spec.Spectrum.spiked(D, [3.0, 2.0])
+    init = spec.random_init_matrices(spectrum, 2, sigma_w=0.5, sigma_v=0.5, seed=1)
+    return load(name).integrate(spectrum=spectrum, init=init, times=TIMES, **kw)
+
+
+@pytest.mark.parametrize("name", ["erf", "linear"])
+def test_corrections_fall_like_one_over_D(name):
+    """The change of the error and the predicted spread: x4 in D gives /4 and /2."""
+    change, spread = {}, {}
+    for D in (2000, 8000):
+        finite, fluct = _run(name, D, finite_size=True), _run(name, D, fluctuations=True)
+        assert fluct.error_spread[0] == 0 and fluct.error[0] == finite.error[0]    # same weights, no spread yet
+        change[D] = np.max(np.abs(fluct.error - finite.error))
+        spread[D] = np.max(fluct.error_spread)
+    assert change[2000] > 0
+    assert change[2000] / change[8000] == pytest.approx(4, rel=0.1)
+    assert spread[2000] / spread[8000] == pytest.approx(2, rel=0.15)
+
+
+def test_order_parameters_are_seed_averages():
+    """<Q> = Q(<y>) + (C's share): the averaged Q differs from that of the mean state by O(1/D)
+    and stays symmetric."""
+    res = _run("erf", 500, fluctuations=True, keep_atoms=True)
+    mean_state_Q = res.system.core.order_parameters(res.state[:, :res.system.n])[0]
+    assert np.allclose(res.Q, np.swapaxes(res.Q, 1, 2))
+    assert 0 < np.max(np.abs(res.Q - mean_state_Q)) < 0.1 * np.max(np.abs(res.Q))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rule": "tied"}, "no O\\(1\\) limit"),
+    ({"finite_size": False}, "needs the finite-D equations"),
+    ({"b0": np.zeros(2)}, "bias"),
+])
+def test_unsupported_requests_are_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _run("erf", 100, fluctuations=True, **kwargs)
+
+
+def test_relu_has_no_fluctuation_equations():
+    with pytest.raises(ValueError, match="g\\^\\(2\\) is not a function"):
+        _run("relu", 100, fluctuations=True)
