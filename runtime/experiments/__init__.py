@@ -7,7 +7,7 @@ run(out, small), and add its name to EXPERIMENTS.
 """
 import importlib
 
-EXPERIMENTS = ("sequential", "truncated", "tied", "bias")
+EXPERIMENTS = ("sequential", "truncated", "tied", "bias", "fluctuations")
 
 
 def load(name):

@@ -28,11 +28,14 @@ def theory_overlaps(result):
     return np.swapaxes(omega, 1, 2) / np.sqrt(norm2)[..., None]
 
 
-def integrate(activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, progress=False, b0=None):
+def integrate(activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, progress=False, b0=None,
+              fluctuations=False):
     """The equations of motion from weights given in the eigenbasis (U = I), atoms kept (b0: a
-    trained encoder bias; rule "tied": the finite-D equations, V0 ignored)."""
+    trained encoder bias; rule "tied": the finite-D equations, V0 ignored; fluctuations: the
+    seed average and spread at the spectrum's D)."""
     return generated.load(activation).integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times,
-                                                rule=rule, b0=b0, keep_atoms=True, progress=progress)
+                                                rule=rule, b0=b0, keep_atoms=True, progress=progress,
+                                                fluctuations=fluctuations)
 
 
 class Run:
@@ -44,9 +47,11 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self.summary = {"experiment": name, "config": config, "seconds": {}}
 
-    def integrate(self, label, activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, b0=None):
+    def integrate(self, label, activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, b0=None,
+                  fluctuations=False):
         tic = time.perf_counter()
-        res = integrate(activation, eigvals, W0, V0, times, rule=rule, lr=lr, progress=True, b0=b0)
+        res = integrate(activation, eigvals, W0, V0, times, rule=rule, lr=lr, progress=True, b0=b0,
+                        fluctuations=fluctuations)
         self.summary["seconds"][f"integrate {label}"] = round(time.perf_counter() - tic, 3)
         return res
 
