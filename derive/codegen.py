@@ -199,7 +199,7 @@ def module_source(d: Derivation) -> str:
         f"# Kernels: {status}.",
         "# Finite-D equations: " + ("averages over several units (multi_*) NUMERICAL, by double-exponential "
                                     "quadrature per unit, pair or triple of units (runtime/quadrature.py, "
-                                    "expect_units; K <= 3, relative accuracy 2e-5 over three units)."
+                                    "expect_units; K <= 3, relative accuracy 2e-4 over three units)."
                                     if d.finite else
                                     f"none ({d.finite_missing})."),
         f"# Shifted kernels (trained bias): {_shifted_status(d)}.",
