@@ -14,7 +14,7 @@ from sympy.core.function import AppliedUndef
 from derive import drift as drift_engine
 from derive import finite as finite_engine
 from derive import gaussian as G
-from derive import rules, shifted, stein
+from derive import rules, shifted, smoothing, stein
 from derive.activations import Activation, x
 from derive.kernels import BASE, derive_kernel, from_name
 from derive.printer import NumpyPrinter, distribute, guard, rewrite_asin
@@ -39,6 +39,7 @@ class Derivation:
     error_tied: list = field(default_factory=list)    # population error of the tied network
     shifted: dict = field(default_factory=dict)       # Kernel -> closed form over N(m, C) or None
     bias_drifts: dict = field(default_factory=dict)   # rule name -> drift_engine.BiasDrift
+    smoothed: list = field(default_factory=list)      # g_eps, g_eps', ... where g'' is a delta
 
     @property
     def closed_form(self) -> bool:
@@ -83,13 +84,18 @@ def derive_all(activation: Activation) -> Derivation:
                  for n in drift_engine.multi_names(noise.monomials()) for unit in drift_engine.multi_orders(n) for a in unit)
     if needed < len(d.derivatives):
         d.finite = finite
-        d.error_tied = drift_engine.derive_error(rules.get("tied"), finite=True)
+    elif smoothing.kinks(g):
+        g_eps = smoothing.smoothed(g)
+        d.smoothed = [sp.diff(g_eps, x, order) for order in range(MAX_DERIVATIVE + 1)]
+        d.finite = finite
     else:
         d.finite_missing = (f"the finite-D equations average g^({needed}) over several units "
                             f"numerically, but g^({len(d.derivatives)}) is not a function")
+    if d.finite:
+        d.error_tied = drift_engine.derive_error(rules.get("tied"), finite=True)
     for drift in d.drifts.values():
         wanted |= set(drift.kernels())
-    for drift, *noises in d.finite.values():
+    for drift, *noises in ([] if d.smoothed else d.finite.values()):
         wanted |= set(drift.kernels())
         wanted |= {from_name(n) for noise in noises for n in drift_engine.kernel_names(noise.monomials())}
     wanted |= {from_name(name) for name in drift_engine.kernel_names(d.error_tied)}
@@ -202,6 +208,10 @@ def module_source(d: Derivation) -> str:
                                     "expect_units; K <= 3, relative accuracy 2e-4 over three units)."
                                     if d.finite else
                                     f"none ({d.finite_missing})."),
+        *([f"# Finite-D equations: g'' is a delta, so their O(1/D) terms and second-order noise are NUMERICAL "
+           f"averages over the Gaussian-smoothed g_eps (SMOOTHED, eps = SMOOTHING = {smoothing.EPSILON}, "
+           "Richardson-extrapolated to eps -> 0, O(eps^2); derive/smoothing.py); their D^0 terms are the exact "
+           "drift_<rule>."] if d.smoothed else []),
         f"# Shifted kernels (trained bias): {_shifted_status(d)}.",
         f'"""Gaussian averages of g(x) = {sp.sstr(d.g)} ({act.description}).',
         "",
@@ -238,6 +248,12 @@ def module_source(d: Derivation) -> str:
         name = _DERIVATIVE_NAMES[order]
         out += _function(name, ["x"], f"g^({order})(x) = {sp.sstr(gd)}", gd, printer)
     out += [f"DERIVATIVES = ({', '.join(_DERIVATIVE_NAMES[:len(d.derivatives)])},)", "", ""]
+    if d.smoothed:
+        names = [n + "_smoothed" for n in _DERIVATIVE_NAMES[:len(d.smoothed)]]
+        for order, (name, gd) in enumerate(zip(names, d.smoothed)):
+            out += _function(name, ["x", "epsilon"], f"g_eps^({order})(x), g smoothed over N(0, epsilon^2) "
+                             "(derive/smoothing.py)", gd, printer)
+        out += [f"SMOOTHED = ({', '.join(names)},)", f"SMOOTHING = {float(smoothing.EPSILON)!r}", "", ""]
     for kernel, expr in d.kernels.items():
         args = [str(a) for a in kernel.args]
         if expr is None:
@@ -327,6 +343,20 @@ def _kernel_arrays(monomials, zero):
     return lines
 
 
+def _smoothed_kernel_arrays(monomials, zero):
+    """Kernel arrays of the finite-D functions when g'' is a delta: every average numerical, over
+    the smoothed activation (SMOOTHED at width SMOOTHING, extrapolated to 0), in one expect_units
+    call that shares its rules among them: mean_o(q_k) is the average over unit k, pair_a_b(q_k,
+    Q_kl, q_l) over units (k, l), multi_* over tuples of units."""
+    names = sorted(drift_engine.kernel_names(monomials)) + sorted(drift_engine.multi_names(monomials))
+    if not names:
+        return []
+    orders = tuple(from_name(n).orders if n.startswith(("mean_", "pair_")) else drift_engine.multi_orders(n)
+                   for n in names)
+    return [f"    {', '.join(n + '_' for n in names)}, = _quadrature.smoothed(_quadrature.expect_units, "
+            f"SMOOTHED, SMOOTHING, {orders!r}, Q)"]
+
+
 def _error_function(d, tied=False):
     """population_error (untied, optionally with an encoder bias) or population_error_tied (finite D)."""
     zero = _zero_kernels(d)
@@ -368,8 +398,20 @@ def _preamble(monomials, zero, kernel_arrays=None):
     return lines + (kernel_arrays or _kernel_arrays)(monomials, zero)
 
 
+def _corrections(drift):
+    """The finite-D Drift's terms of negative D-order: what it adds to the D -> infinity drift."""
+    def below(ms):
+        return [m for m in ms if sp.powsimp(m.coeff).as_coeff_exponent(rules.D)[1] < 0]
+    return drift_engine.Drift(drift.rule, True, {key: below(ms) for key, ms in drift.A.items()},
+                              {key: below(ms) for key, ms in drift.B.items()})
+
+
 def _drift_function(d, name, drift):
-    zero = _zero_kernels(d)
+    smoothed = drift.finite and bool(d.smoothed)
+    exact_limit = smoothed and name in d.drifts       # D^0 terms exact, O(1/D) terms smoothed
+    if exact_limit:
+        drift = _corrections(drift)
+    zero = set() if smoothed else _zero_kernels(d)
     monomials = drift.monomials()
     fams = drift_engine.families(drift.rule)
     F = "2 * K" if len(fams) == 2 else "K"
@@ -385,11 +427,15 @@ def _drift_function(d, name, drift):
         *_doc(f"Rule {name!r}: {drift.rule.description}.\n\n"
               f"d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = {theta}, {what};\n"
               f"derived by derive.drift. Order parameters of shape (..., K, K); returns (A, B) of shape (..., {F}, {F})."),
-        *_preamble(monomials, zero),
+        *_preamble(monomials, zero, _smoothed_kernel_arrays if smoothed else None),
         f"    A = numpy.zeros(Q.shape[:-2] + ({F}, {F}))", f"    B = numpy.zeros(Q.shape[:-2] + ({F}, {F}))",
     ]
     lines += _block_lines(drift, zero)
-    lines += ["    return lr * A, lr * B", "", ""]
+    if exact_limit:
+        lines += [f"    A_limit, B_limit = drift_{name}(Q, R, T, T0, lr)",
+                  "    return A_limit + lr * A, B_limit + lr * B", "", ""]
+    else:
+        lines += ["    return lr * A, lr * B", "", ""]
     return lines
 
 
@@ -406,7 +452,8 @@ def _block_lines(drift, zero):
 
 def _noise_function(d, name, noise):
     """noise_<rule> (per atom, from S_j) or spike_noise_<rule> (per pair of spikes, from theta)."""
-    zero = _zero_kernels(d)
+    zero = set() if d.smoothed else _zero_kernels(d)
+    arrays = _smoothed_kernel_arrays if d.smoothed else None
     monomials = noise.monomials()
     fams = drift_engine.families(noise.rule)
     F = "2 * K" if len(fams) == 2 else "K"
@@ -419,7 +466,7 @@ def _noise_function(d, name, noise):
                       "theta (..., J, F): "
                       f"the spikes' direction vectors; rho_hat (J,): rho_j/D; rho_eye (J, J): diag(rho_j). "
                       f"Returns (..., J, J, {F}, {F})."),
-                *_preamble(monomials, zero)]
+                *_preamble(monomials, zero, arrays)]
         head += [f"    theta_{f} = theta[..., {slot[f]}]" for f in fams]
         head.append(f"    N = numpy.zeros(theta.shape[:-1] + theta.shape[-2:-1] + ({F}, {F}))")
         output, free = "jikl", finite_engine.FREE_CROSS
@@ -428,7 +475,7 @@ def _noise_function(d, name, noise):
                 *_doc(f"Rule {name!r}: N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], the second-order (lr^2)\n"
                       "terms of dS_j/dt = M_j S_j + S_j M_j^T + N_j (derive.finite). S (..., J, F, F): per-atom matrices;\n"
                       f"rho_hat (J,): rho_j/D; m_rho (J,): multiplicity times rho_j. Returns (..., J, {F}, {F})."),
-                *_preamble(monomials, zero)]
+                *_preamble(monomials, zero, arrays)]
         head += [f"    S_{f}{h} = S[..., {slot[f]}, {slot[h]}]" for f in fams for h in fams]
         head.append(f"    N = numpy.zeros(S.shape[:-2] + ({F}, {F}))")
         output, free = "jkl", finite_engine.FREE

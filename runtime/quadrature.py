@@ -158,6 +158,22 @@ def _polynomial_units(derivatives, orders_list, Q, degree):
     return outs
 
 
+@functools.lru_cache(maxsize=16)
+def _at_width(family, eps):
+    """The derivatives g_eps^(n)(x) = family[n](x, epsilon=eps) at one width."""
+    return tuple(functools.partial(f, epsilon=eps) for f in family)
+
+
+def smoothed(average, family, eps, *args):
+    """An average (expect1, expect2 or expect_units with their arguments after `derivatives`) over
+    a smoothed activation, extrapolated to width 0: 2 f(eps) - f(2 eps), error O(eps^2)
+    (derive/smoothing.py). `family`: the smoothed derivatives as functions of (x, epsilon)."""
+    near, far = (average(_at_width(family, e), *args, scale=e) for e in (eps, 2 * eps))
+    if isinstance(near, list):
+        return [2 * a - b for a, b in zip(near, far)]
+    return 2 * near - far
+
+
 _LAST = [None, {}]      # (derivatives, Q) of the last call and its averages
 
 

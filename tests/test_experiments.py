@@ -36,14 +36,14 @@ def test_experiment_runs_end_to_end(name, small_run):
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_tied_reports_missing_equations_and_scaling(small_run):
-    """ReLU tied has no equations (the integrator's refusal is the recorded reason); the D scan
+def test_tied_reports_equations_and_scaling(small_run):
+    """Every tied activation has equations (ReLU's through the smoothed activation); the D scan
     has every tied activation at every D with finite exponents; the tied states are analysed by
     runtime.fixed_points like the others."""
     _, summary = small_run("tied")
     cfg = summary["config"]
-    assert "relu" in summary["no_equations"] and "g^(2) is not a function" in summary["no_equations"]["relu"]
-    assert set(summary["theory_late"]) == {"erf/vanilla", "erf/tied", "linear/tied"}
+    assert summary["no_equations"] == {}
+    assert set(summary["theory_late"]) == {"erf/vanilla", "erf/tied", "linear/tied", "relu/tied"}
     for act in cfg["tied_activations"]:
         scan = summary["scan"][act]
         assert set(scan) == {str(d) for d in cfg["scan_D"]} | {"exponents"}

@@ -77,7 +77,7 @@ def equations(act, rule, S, K):
 @pytest.mark.parametrize("name, rule, K", [
     ("erf", "vanilla", 2), ("erf", "truncated", 2), ("erf", "tied", 2), ("linear", "vanilla", 1),
     ("linear", "tied", 2), ("sin", "vanilla", 2), ("tanh", "tied", 2), ("sigmoid", "vanilla", 1),
-    ("quadratic", "truncated", 2),
+    ("quadratic", "truncated", 2), ("relu", "vanilla", 2), ("relu", "tied", 2), ("leaky_relu", "truncated", 2),
 ])
 def test_finite_equations_are_the_expected_sgd_step(name, rule, K):
     act = load(name)
@@ -111,6 +111,7 @@ def monte_carlo_spikes(act, rule, W, V, seed=1):
 
 @pytest.mark.parametrize("name, rule, K", [
     ("erf", "vanilla", 2), ("linear", "vanilla", 1), ("erf", "truncated", 2), ("erf", "tied", 2),
+    ("relu", "vanilla", 2),
 ])
 def test_noise_between_spikes_is_the_second_moment_of_one_sgd_step(name, rule, K):
     """spike_noise_<rule>: D E[d theta_s d theta_s'^T] for every pair of spikes, cross terms included;
@@ -164,13 +165,7 @@ def test_tied_error_at_the_initial_weights_is_exact():
     assert res.status == 0 and np.all(np.isfinite(res.error))
 
 
-def test_finite_size_needs_smooth_activations():
-    act = load("relu")
+def test_finite_size_limits_are_value_errors():
     eigvals = np.array([20.0, 1.0, 1.0, 1.0, 1.0, 1.0])
-    W = np.ones((1, 6))
-    with pytest.raises(ValueError, match="g\\^\\(2\\) is not a function"):
-        act.integrate(eigvals, np.eye(6), W, W, finite_size=True)
-    with pytest.raises(ValueError, match="tied"):
-        act.integrate(eigvals, np.eye(6), W, None, rule="tied")
     with pytest.raises(ValueError, match="K <= 3"):
         load("erf").integrate(eigvals, np.eye(6), np.ones((4, 6)), None, rule="tied")

@@ -16,7 +16,7 @@ def _run(name, D, **kw):
     return load(name).integrate(spectrum=spectrum, init=init, times=TIMES, **kw)
 
 
-@pytest.mark.parametrize("name", ["erf", "linear"])
+@pytest.mark.parametrize("name", ["erf", "linear", "relu"])
 def test_corrections_fall_like_one_over_D(name):
     """The change of the error and the predicted spread: x4 in D gives /4 and /2."""
     change, spread = {}, {}
@@ -48,7 +48,3 @@ def test_unsupported_requests_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _run("erf", 100, fluctuations=True, **kwargs)
 
-
-def test_relu_has_no_fluctuation_equations():
-    with pytest.raises(ValueError, match="g\\^\\(2\\) is not a function"):
-        _run("relu", 100, fluctuations=True)

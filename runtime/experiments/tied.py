@@ -2,9 +2,8 @@
 init 0.5 N(0, 1). An erf autoencoder with tied weights (V = W) stalls well above the PCA error;
 untied it approaches eps_PCA(K) (slowly). Untied: the D -> infinity equations; tied: the finite-D
 equations at the given D (the tied rule has no O(1) limit, SPEC section 5), each with SGD points.
-Also linear tied (equations and SGD) and ReLU tied (SGD only: the finite-D equations need
-g'' and higher derivatives as functions, and ReLU's g'' is a delta; the reason recorded is the
-integrator's own refusal). Finally, how the tied order parameters scale with D in SGD: the
+Also linear and ReLU tied (equations and SGD; ReLU's through the smoothed activation of
+derive/smoothing.py; an activation the integrator refuses is recorded with its reason). Finally, how the tied order parameters scale with D in SGD: the
 late-time spike projections |omega_tau| = (sum_k (w_k.u_tau)^2)^(1/2), Q_kk and |w_k|^2/D at
 several D, with fitted exponents (quantity ~ D^p).
 
@@ -160,7 +159,7 @@ def plot(cfg, theo, refused, sims, scan, pca):
             ax.plot(res.t[1:], res.error[1:], color=f"C{i + 2}", lw=2, label=f"{act} tied: finite-D equations")
         sim_points(ax, sim.t[1:], sim.error[:, 1:], f"C{i + 2}", f"{act} tied: SGD, D = {D}")
     pca_levels(ax, pca, 0.1)
-    note = "\n".join(f"{act}: no tied equations (g'' is not a function)" for act in refused)
+    note = "\n".join(f"{act}: no tied equations" for act in refused)
     if note:
         ax.text(0.98, 0.6, note, transform=ax.transAxes, fontsize=7, ha="right", va="center")
     ax.set(xscale="log", xlabel="t = steps / D", ylabel="reconstruction error", title="tied weights")
