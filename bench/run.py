@@ -91,7 +91,7 @@ def bench_integrator(rng):
                      "seconds": best_of(finite_run, 2), "nfev": res["f"].nfev, "method": "auto (BDF)"})
     # fluctuation equations (mean and covariance of the finite-D state), the D = 500 tests' setting
     spectrum = spec.Spectrum.spiked(500, [3.0, 2.0, 1.5])
-    for name, K in (("erf", 2), ("erf", 3), ("linear", 2)):
+    for name, K in (("erf", 2), ("erf", 3), ("linear", 2), ("relu", 2)):
         init = spec.random_init_matrices(spectrum, K, sigma_w=0.5, sigma_v=0.5, seed=0)
 
         def fluctuating():
