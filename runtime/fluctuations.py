@@ -24,6 +24,12 @@ import numpy as np
 
 #: eigenvalues of C below this fraction of the largest are dropped from the points
 RELATIVE_CUTOFF = 1e-12
+#: the expansion assumes small fluctuations: it stops (status -1) once the spikes' spread,
+#: sqrt(tr C_spikes), exceeds this fraction of their mean |theta_spikes|. Measured: 0.05-0.1
+#: where it matches SGD (tests/test_theory_vs_simulation.py); near a saddle, where runs escape
+#: at different times, it grows without bound (erf, K = 2, spikes started at overlaps ~0.06:
+#: 0.2, 0.34, 0.51, 0.67 at t = 5, 10, 15, 20).
+MAX_RELATIVE_SPREAD = 0.5
 
 
 class FluctuationSystem:
@@ -71,13 +77,22 @@ class FluctuationSystem:
         if z.ndim == 2:               # columns (a finite-difference Jacobian)
             return np.stack([self(t, col) for col in z.T], axis=1)
         Y, d = self.points(z)
+        split = self.core.split
+        if split:
+            y, C = self._split(z)
+            spread = np.sqrt(max(np.trace(C[:split, :split]), 0.0)) / max(np.linalg.norm(y[:split]), 1e-300)
+            if spread > MAX_RELATIVE_SPREAD:
+                self.failed = self.failed or (
+                    f"fluctuations no longer small at t = {t:.6g}: the spikes' spread is {spread:.2f} of their "
+                    f"size (limit {MAX_RELATIVE_SPREAD}); SGD runs leave this state at different times (a saddle "
+                    "or plateau), which the linear-noise expansion does not describe")
+                return np.zeros_like(z)
         f = self.limit(t, Y.T).T                                  # (1 + 2m, n)
         m = d.shape[0]
         drift = self.core(t, Y[0])
         dy = drift + self.mean(f) - f[0]
         JC = ((f[1:m + 1] - f[m + 1:]) / 2).T @ d                  # sum_i (J d_i) d_i^T
         dC = JC + JC.T
-        split = self.core.split
         if split:
             order = self.core._globals(Y[:1])
             th = self.core.parts(Y[:1])[0]
