@@ -174,6 +174,21 @@ def smoothed(average, family, eps, *args):
     return 2 * near - far
 
 
+def _levels(Qf, units, scale):
+    """The nested rule over one, two or three distinct units of lambda ~ N(0, Qf): [(nodes,
+    weights)], outermost unit first, each level's arrays one axis deeper than the one before."""
+    if len(units) == 3:
+        x1, w1, x2, w2, x3, w3 = _triple_rule(Qf[:, units][:, :, units], scale)
+        return [(x1, w1), (x2, w2), (x3, w3)]
+    zero = np.zeros(Qf.shape[0])
+    if len(units) == 2:
+        u1, u2 = units
+        x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], zero, zero, scale=scale)
+        return [(x1, w1), (y, w)]
+    (u,) = units
+    return [_one_rule(Qf[:, u, u], zero, scale)]
+
+
 _LAST = [None, {}]      # (derivatives, Q) of the last call and its averages
 
 
@@ -223,35 +238,18 @@ def expect_units(derivatives, orders_list, Q, degree=None, scale=1.0):
     if _LAST[0] != key:            # the noise of the atoms and of the spikes average at the same Q
         _LAST[:] = [key, {}]
     values = _LAST[1]
-    zero = np.zeros(Qf.shape[0])
     for units, signatures in needed.items():
         signatures = [sig for sig in signatures if (units, sig) not in values]
         if not signatures:
             continue
-        if len(units) == 1:
-            (u,) = units
-            x, w = _one_rule(Qf[:, u, u], zero, scale)
-            at = {a: derivatives[a](x) for a in {a for sig in signatures for a in sig[0]}}
-            for sig in signatures:
-                values[units, sig] = np.sum(w * np.prod([at[a] for a in sig[0]], axis=0), axis=-1).reshape(batch)
-        elif len(units) == 3:
-            x1, w1, x2, w2, x3, w3 = _triple_rule(Qf[:, units][:, :, units], scale)
-            at = [{a: derivatives[a](x) for a in {a for sig in signatures for a in sig[i]}}
-                  for i, x in enumerate((x1, x2, x3))]
-            for sig in signatures:
-                inner = np.sum(w3 * np.prod([at[2][a] for a in sig[2]], axis=0), axis=-1)
-                inner = np.sum(w2 * np.prod([at[1][a] for a in sig[1]], axis=0) * inner, axis=-1)
-                values[units, sig] = np.sum(w1 * np.prod([at[0][a] for a in sig[0]], axis=0) * inner,
-                                            axis=-1).reshape(batch)
-        else:
-            u1, u2 = units
-            x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], zero, zero, scale=scale)
-            at1 = {a: derivatives[a](x1) for a in {a for sig in signatures for a in sig[0]}}
-            at2 = {a: derivatives[a](y) for a in {a for sig in signatures for a in sig[1]}}
-            for sig in signatures:
-                inner = np.sum(w * np.prod([at2[a] for a in sig[1]], axis=0), axis=-1)
-                values[units, sig] = np.sum(w1 * np.prod([at1[a] for a in sig[0]], axis=0) * inner,
-                                            axis=-1).reshape(batch)
+        levels = _levels(Qf, units, scale)
+        at = [{a: derivatives[a](x) for a in {a for sig in signatures for a in sig[i]}}
+              for i, (x, _) in enumerate(levels)]
+        for sig in signatures:
+            inner = 1.0           # innermost level first: each sum leaves the next level's shape
+            for (_, w), at_level, orders in reversed(list(zip(levels, at, sig))):
+                inner = np.sum(w * np.prod([at_level[a] for a in orders], axis=0) * inner, axis=-1)
+            values[units, sig] = inner.reshape(batch)
     outs = []
     for n, entries in plan:
         out = np.empty(batch + (K,) * n)
