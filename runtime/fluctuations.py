@@ -15,8 +15,9 @@ O(D^-3/2) and left out, but they respond to the spikes' fluctuations through J. 
 are read off F at the points <y> +- sqrt(lambda_i) e_i along the eigenvectors of C (exact for
 quadratic F), one vectorised call. F differs from its D -> infinity limit F_inf by O(1/D), so to
 this order F'':C and J C are those of F_inf, whose averages are kernels in closed form, and only
-F(<y>) and the spikes' noise need the finite-D equations' numerical averages. The same points give the mean error, <eps> = eps(<y>) + 1/2 eps'':C, and (with
-the points <y> + d_i + d_j) the predicted seed-to-seed spread of the error.
+F(<y>) and the spikes' noise need the finite-D equations' numerical averages. The same points
+give the mean error, <eps> = eps(<y>) + 1/2 eps'':C, and (with the points <y> + d_i + d_j) the
+predicted seed-to-seed spread of the error.
 """
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ class FluctuationSystem:
     def __init__(self, core, limit, spike_noise):
         self.core, self.limit, self.spike_noise = core, limit, spike_noise
         self.n = None                 # size of y, set by initial_state
-        self.extra = 0
 
     @property
     def failed(self):
@@ -60,7 +60,10 @@ class FluctuationSystem:
 
     def points(self, z):
         """<y> followed by <y> + d_i and <y> - d_i, d_i = sqrt(lambda_i) e_i: shape (1 + 2m, n)."""
-        y, C = self._split(z)
+        return self._points(*self._split(z))
+
+    @staticmethod
+    def _points(y, C):
         lam, vec = np.linalg.eigh(C)
         keep = lam > RELATIVE_CUTOFF * max(lam[-1], 0.0) if lam[-1] > 0 else np.zeros(lam.size, bool)
         d = (vec[:, keep] * np.sqrt(lam[keep])).T
@@ -76,10 +79,9 @@ class FluctuationSystem:
     def __call__(self, t, z):
         if z.ndim == 2:               # columns (a finite-difference Jacobian)
             return np.stack([self(t, col) for col in z.T], axis=1)
-        Y, d = self.points(z)
+        y, C = self._split(z)
         split = self.core.split
         if split:
-            y, C = self._split(z)
             spread = np.sqrt(max(np.trace(C[:split, :split]), 0.0)) / max(np.linalg.norm(y[:split]), 1e-300)
             if spread > MAX_RELATIVE_SPREAD:
                 self.failed = self.failed or (
@@ -87,6 +89,7 @@ class FluctuationSystem:
                     f"size (limit {MAX_RELATIVE_SPREAD}); SGD runs leave this state at different times (a saddle "
                     "or plateau), which the linear-noise expansion does not describe")
                 return np.zeros_like(z)
+        Y, d = self._points(y, C)
         f = self.limit(t, Y.T).T                                  # (1 + 2m, n)
         m = d.shape[0]
         drift = self.core(t, Y[0])
