@@ -6,7 +6,8 @@ of 6e-3. Instead the averages use the double-exponential ("sinh") trapezoidal ru
 nodes resolve both scales of the integrand -- the Gaussian (width sigma) and the activation's
 own structure (width ~1 around x = 0) -- and converge exponentially for analytic g:
 
-* one point: E[f(x)], x = m + sigma z, z = b sinh(u), b = min(1, 1/sigma);
+* one point: E[f(x)], x = m + sigma z, z = b sinh(u), b = min(1, 1/sigma) (with a mean m off
+  the activation's structure at 0, the nodes are centred on x = 0 instead: _sinh_rule);
 * two points, conditioning x2 on x1 (x2 = m2 + kappa (x1 - m1) + s z):
   the outer integral over x1 as above (its scale also resolves the inner average, which
   varies on the scale max(1, s)/|kappa|), the inner one centred on the Gaussian when s <= 1
@@ -44,17 +45,27 @@ def _nodes(U, n):
     return U[..., None] * t, 2.0 * U / (n - 1)
 
 
+def _sinh_rule(m, sigma, b, n):
+    """Nodes x (..., n) and weights for E[f(x)], x = m + sigma z ~ N(m, sigma^2), resolving the
+    width b sigma (b <= 1): z = b sinh(u) - c, centred on x = m (c = 0), or on x = 0, where the
+    activation's structure is, when the mean is off it by up to _FAR standard deviations and the
+    rule is finer than the Gaussian (c = m/sigma: a bias)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where((b < 1) & (np.abs(m) <= _FAR * sigma), m / np.where(sigma > 0, sigma, 1.0), 0.0)
+    U = np.arcsinh((np.abs(c) + _TAIL) / b)
+    u, h = _nodes(U, n)
+    z = b[..., None] * np.sinh(u) - c[..., None]
+    w = np.exp(-0.5 * z * z) / _SQRT_2PI * b[..., None] * np.cosh(u) * h[..., None]
+    return m[..., None] + sigma[..., None] * z, w
+
+
 def _one_rule(v, m, scale=1.0):
     """Nodes x (..., N_ONE) and weights of the rule for x ~ N(m, v); `scale`: the width of the
     activation's structure around x = 0."""
     sigma = np.sqrt(v)
     with np.errstate(divide="ignore"):
         b = np.minimum(1.0, scale / sigma)
-    U = np.arcsinh(_TAIL / b)
-    u, h = _nodes(U, N_ONE)
-    z = b[..., None] * np.sinh(u)
-    w = np.exp(-0.5 * z * z) / _SQRT_2PI * b[..., None] * np.cosh(u) * h[..., None]
-    return m[..., None] + sigma[..., None] * z, w
+    return _sinh_rule(m, sigma, b, N_ONE)
 
 
 def expect1(derivatives, orders, v, m=0.0, scale=1.0):
@@ -88,14 +99,11 @@ def _pair_rule(c11, c12, c22, m1, m2, n_outer=N_OUTER, n_inner=N_INNER, scale=1.
     s = np.sqrt(np.maximum(c22 - kappa * c12, 0.0))
     with np.errstate(divide="ignore", over="ignore"):     # 1/0 and 1/subnormal: +inf, as meant
         b1 = np.minimum(np.minimum(1.0, scale / sigma1), np.maximum(scale, s) / np.abs(kappa * sigma1))
-    U1 = np.arcsinh(_TAIL / b1)
-    u1, h1 = _nodes(U1, n_outer)                                    # (M, n_outer)
-    z1 = b1[:, None] * np.sinh(u1)
-    w1 = np.exp(-0.5 * z1 * z1) / _SQRT_2PI * b1[:, None] * np.cosh(u1) * h1[:, None]
-    dx1 = sigma1[:, None] * z1
+    x1, w1 = _sinh_rule(m1, sigma1, b1, n_outer)                 # (M, n_outer)
+    dx1 = x1 - m1[:, None]
     y, w = _conditional_rule(m2[:, None] + kappa[:, None] * dx1, np.broadcast_to(s[:, None], dx1.shape), n_inner,
                              scale)
-    return m1[:, None] + dx1, w1, y, w
+    return x1, w1, y, w
 
 
 def _conditional_rule(m, s, n=N_INNER, scale=1.0):
@@ -121,16 +129,16 @@ N_TRIPLE = 45
 THREE_UNIT_ACCURACY = 2e-4
 
 
-def _triple_rule(C, scale=1.0):
-    """Nodes and weights for (x1, x2, x3) ~ N(0, C), C (M, 3, 3), by the same rule one level
-    deeper with N_TRIPLE nodes per level: x1, x2 | x1 as in _pair_rule, x3 | (x1, x2) by
+def _triple_rule(C, m, scale=1.0):
+    """Nodes and weights for (x1, x2, x3) ~ N(m, C), C (M, 3, 3), m (M, 3), by the same rule one
+    level deeper with N_TRIPLE nodes per level: x1, x2 | x1 as in _pair_rule, x3 | (x1, x2) by
     _conditional_rule with the regression on (x1, x2) (a pseudo-inverse where they are degenerate).
     Returns x1 (M, n) with w1, x2 (M, n, n) with w2, x3 (M, n, n, n) with w3."""
-    zero = np.zeros(C.shape[0])
-    x1, w1, x2, w2 = _pair_rule(C[:, 0, 0], C[:, 0, 1], C[:, 1, 1], zero, zero, N_TRIPLE, N_TRIPLE, scale)
+    x1, w1, x2, w2 = _pair_rule(C[:, 0, 0], C[:, 0, 1], C[:, 1, 1], m[:, 0], m[:, 1], N_TRIPLE, N_TRIPLE, scale)
     k = np.einsum("mab,mb->ma", np.linalg.pinv(C[:, :2, :2], hermitian=True), C[:, :2, 2])
     s = np.sqrt(np.maximum(C[:, 2, 2] - np.einsum("ma,ma->m", k, C[:, :2, 2]), 0.0))
-    mean = k[:, 0, None, None] * x1[:, :, None] + k[:, 1, None, None] * x2
+    mean = m[:, 2, None, None] + k[:, 0, None, None] * (x1 - m[:, :1])[:, :, None] \
+        + k[:, 1, None, None] * (x2 - m[:, 1, None, None])
     x3, w3 = _conditional_rule(mean, np.broadcast_to(s[:, None, None], mean.shape), N_TRIPLE, scale)
     return x1, w1, x2, w2, x3, w3
 
@@ -139,15 +147,17 @@ def _triple_rule(C, scale=1.0):
 MAX_UNITS = 3
 
 
-def _polynomial_units(derivatives, orders_list, Q, degree):
-    """expect_units for a polynomial g: lambda = L z on the tensor Gauss-Hermite grid of z ~ N(0, I),
-    L L^T = Q (eigen-square root, so a singular Q is fine)."""
+def _polynomial_units(derivatives, orders_list, Q, degree, means):
+    """expect_units for a polynomial g: lambda = m + L z on the tensor Gauss-Hermite grid of
+    z ~ N(0, I), L L^T = Q (eigen-square root, so a singular Q is fine)."""
     K, batch = Q.shape[-1], Q.shape[:-2]
     z, w = np.polynomial.hermite_e.hermegauss(2 * degree + 1)
     grid = np.stack(np.meshgrid(*[z] * K, indexing="ij"), axis=-1).reshape(-1, K)      # (nodes, K)
     weight = np.prod(np.meshgrid(*[w / np.sqrt(2 * np.pi)] * K, indexing="ij"), axis=0).ravel()
     lam_, vec = np.linalg.eigh(Q)
     lam = np.einsum("...ab,nb->...na", vec * np.sqrt(np.maximum(lam_, 0.0))[..., None, :], grid)
+    if means is not None:
+        lam = lam + means[..., None, :]
     at = {a: derivatives[a](lam) for a in {a for orders in orders_list for o in orders for a in o}}
     letters = "abcdefgh"
     outs = []
@@ -174,22 +184,21 @@ def smoothed(average, family, eps, *args):
     return 2 * near - far
 
 
-def _levels(Qf, units, scale):
-    """The nested rule over one, two or three distinct units of lambda ~ N(0, Qf): [(nodes,
+def _levels(Qf, mf, units, scale):
+    """The nested rule over one, two or three distinct units of lambda ~ N(mf, Qf): [(nodes,
     weights)], outermost unit first, each level's arrays one axis deeper than the one before."""
     if len(units) == 3:
-        x1, w1, x2, w2, x3, w3 = _triple_rule(Qf[:, units][:, :, units], scale)
+        x1, w1, x2, w2, x3, w3 = _triple_rule(Qf[:, units][:, :, units], mf[:, units], scale)
         return [(x1, w1), (x2, w2), (x3, w3)]
-    zero = np.zeros(Qf.shape[0])
     if len(units) == 2:
         u1, u2 = units
-        x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], zero, zero, scale=scale)
+        x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], mf[:, u1], mf[:, u2], scale=scale)
         return [(x1, w1), (y, w)]
     (u,) = units
-    return [_one_rule(Qf[:, u, u], zero, scale)]
+    return [_one_rule(Qf[:, u, u], mf[:, u], scale)]
 
 
-_LAST = [None, {}]      # (derivatives, Q) of the last call and its averages
+_LAST = [None, {}]      # (derivatives, Q, means) of the last call and its averages
 
 
 @functools.lru_cache(maxsize=64)
@@ -212,10 +221,10 @@ def _plan(K, orders_list):
     return plan, needed
 
 
-def expect_units(derivatives, orders_list, Q, degree=None, scale=1.0):
+def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0):
     """For each `orders` of orders_list, E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))]
-    for every tuple of units (k_1, ..., k_n), lambda ~ N(0, Q), Q of shape (..., K, K): a list
-    of arrays (..., K, ..., K).
+    for every tuple of units (k_1, ..., k_n), lambda ~ N(means, Q), Q of shape (..., K, K),
+    means (..., K) or None (zero: no bias): a list of arrays (..., K, ..., K).
 
     The averages over several units of the finite-D equations (multi_* factors). Each tuple's
     factors are grouped by unit, and the average over its one, two or three distinct units is by
@@ -228,13 +237,16 @@ def expect_units(derivatives, orders_list, Q, degree=None, scale=1.0):
     `scale`: the width of g's structure around 0 (a smoothed kink: derive.smoothing)."""
     Q = np.asarray(Q, dtype=float)
     K, batch = Q.shape[-1], Q.shape[:-2]
+    if means is not None:
+        means = np.broadcast_to(np.asarray(means, dtype=float), batch + (K,))
     if degree is not None:
-        return _polynomial_units(derivatives, orders_list, Q, degree)
+        return _polynomial_units(derivatives, orders_list, Q, degree, means)
     if K > MAX_UNITS:
         raise ValueError(f"averages over {K} units: the finite-D equations are implemented for K <= {MAX_UNITS}")
     plan, needed = _plan(K, tuple(orders_list))
     Qf = Q.reshape((-1, K, K))
-    key = (derivatives, scale, Q.shape, Q.tobytes())
+    mf = np.zeros(Qf.shape[:2]) if means is None else means.reshape((-1, K))
+    key = (derivatives, scale, Q.shape, Q.tobytes(), None if means is None else means.tobytes())
     if _LAST[0] != key:            # the noise of the atoms and of the spikes average at the same Q
         _LAST[:] = [key, {}]
     values = _LAST[1]
@@ -242,7 +254,7 @@ def expect_units(derivatives, orders_list, Q, degree=None, scale=1.0):
         signatures = [sig for sig in signatures if (units, sig) not in values]
         if not signatures:
             continue
-        levels = _levels(Qf, units, scale)
+        levels = _levels(Qf, mf, units, scale)
         at = [{a: derivatives[a](x) for a in {a for sig in signatures for a in sig[i]}}
               for i, (x, _) in enumerate(levels)]
         for sig in signatures:

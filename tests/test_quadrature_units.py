@@ -43,14 +43,14 @@ def test_linear_four_point_averages_are_isserlis(seed, scale, rank_one):
         assert abs(out[idx] - _isserlis(Q, idx)) <= accuracy * np.trace(Q) ** 2, idx
 
 
-def _monte_carlo(act, Q, orders, samples=2_000_000, chunk=250_000, seed=0):
-    """Mean and standard error of prod g^(a)(lambda_k) for every tuple of units."""
+def _monte_carlo(act, Q, orders, samples=2_000_000, chunk=250_000, seed=0, means=0.0):
+    """Mean and standard error of prod g^(a)(lambda_k) for every tuple of units, lambda ~ N(means, Q)."""
     rng = np.random.default_rng(seed)
     L = np.linalg.cholesky(Q)
     n = len(orders)
     total = total2 = 0.0
     for _ in range(samples // chunk):
-        lam = rng.standard_normal((chunk, 3)) @ L.T
+        lam = rng.standard_normal((chunk, 3)) @ L.T + means
         factors = [np.prod([act.DERIVATIVES[a](lam) for a in o], axis=0) for o in orders]   # (chunk, 3) each
         prod = factors[0]
         for f in factors[1:]:
@@ -87,6 +87,24 @@ def test_polynomial_activations_are_exact_for_any_number_of_units(seed, scale):
     for exact, rule in zip(expect_units(quadratic.DERIVATIVES, ORDERS, Q[:2, :2], 2),
                            expect_units(quadratic.DERIVATIVES, ORDERS, Q[:2, :2])):
         np.testing.assert_allclose(exact, rule, rtol=1e-9, atol=1e-9 * np.trace(Q) ** 4)
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10**6), scale=st.floats(0.3, 2.0), shift=st.floats(0.2, 2.0))
+def test_averages_over_shifted_fields_match_monte_carlo(seed, scale, shift):
+    """lambda ~ N(means, Q), the fields of a network with an encoder bias: the one-, two- and
+    three-unit rules against a Monte Carlo, and the exact polynomial rule against the others."""
+    Q = _covariance(seed, scale)
+    means = shift * np.random.default_rng(seed + 2).standard_normal(3)
+    for name in ("erf", "tanh", "sin"):
+        act = load(name)
+        for orders, value in zip(ORDERS, expect_units(act.DERIVATIVES, ORDERS, Q, means=means)):
+            mean, se = _monte_carlo(act, Q, orders, means=means)
+            assert np.all(np.abs(value - mean) <= 5 * se + 1e-12), (name, orders, np.max(np.abs(value - mean) / se))
+    quadratic = load("quadratic")
+    for exact, rule in zip(expect_units(quadratic.DERIVATIVES, ORDERS, Q[:2, :2], 2, means[:2]),
+                           expect_units(quadratic.DERIVATIVES, ORDERS, Q[:2, :2], means=means[:2])):
+        np.testing.assert_allclose(exact, rule, rtol=1e-9, atol=1e-9 * (np.trace(Q) + means @ means) ** 4)
 
 
 def test_more_than_three_units_is_a_value_error():
