@@ -39,6 +39,8 @@ class Derivation:
     error_tied: list = field(default_factory=list)    # population error of the tied network
     shifted: dict = field(default_factory=dict)       # Kernel -> closed form over N(m, C) or None
     bias_drifts: dict = field(default_factory=dict)   # rule name -> drift_engine.BiasDrift
+    bias_noises: dict = field(default_factory=dict)   # rule name -> finite_engine.BiasNoise (finite D)
+    bias_noise_missing: str = ""                      # why there are no finite-D equations with a bias
     smoothed: list = field(default_factory=list)      # g_eps, g_eps', ... where g'' is a delta
 
     @property
@@ -115,6 +117,10 @@ def _derive_bias(d: Derivation):
         wanted |= set(drift.kernels())
     for kernel in sorted(wanted):
         d.shifted[kernel] = shifted.derive_kernel(d.g, kernel)
+    if not d.finite:
+        d.bias_noise_missing = f"no finite-D equations ({d.finite_missing})"
+    else:
+        d.bias_noises = {name: _derived_bias_noise(name) for name in d.bias_drifts}
 
 
 def _at_zero_variance(g, kernel, expr):
@@ -151,6 +157,17 @@ def _derived_finite(name):
         rule = rules.get(name)
         _DRIFT_CACHE[key] = (drift_engine.derive_drift(rule, finite=True), finite_engine.derive_noise(rule),
                              finite_engine.derive_noise(rule, cross=True))
+    return _DRIFT_CACHE[key]
+
+
+def _derived_bias_noise(name):
+    """The second moments of a trained bias (derive.finite.derive_bias_noise), derived once. The
+    finite-D bias equations reuse drift_<rule>_bias, so the rule's drift must be exact at any D."""
+    key = ("bias noise", name)
+    if key not in _DRIFT_CACHE:
+        if _corrections(_derived_finite(name)[0]).monomials():
+            raise G.NoClosedForm(f"rule {name!r}: its drift has O(1/D) terms the bias drift does not carry")
+        _DRIFT_CACHE[key] = finite_engine.derive_bias_noise(rules.get(name))
     return _DRIFT_CACHE[key]
 
 
@@ -213,6 +230,11 @@ def module_source(d: Derivation) -> str:
            "Richardson-extrapolated to eps -> 0, O(eps^2); derive/smoothing.py); their D^0 terms are the exact "
            "drift_<rule>."] if d.smoothed else []),
         f"# Shifted kernels (trained bias): {_shifted_status(d)}.",
+        *(["# Finite-D equations with a trained bias (BIAS_NOISE): their second-order noise averages over "
+           "lambda ~ N(b, Q) are NUMERICAL (expect_units with means" + (", over the smoothed g_eps" if d.smoothed else
+                                                                        "; exact Gauss-Hermite for a polynomial g") + "); "
+           "the drift is the exact drift_<rule>_bias."] if d.bias_noises else
+          [f"# Finite-D equations with a trained bias: none ({d.bias_noise_missing})."]),
         f'"""Gaussian averages of g(x) = {sp.sstr(d.g)} ({act.description}).',
         "",
         "Kernels (mean_*, pair_*) take arrays that broadcast and are not validated (hot path);",
@@ -284,11 +306,19 @@ def module_source(d: Derivation) -> str:
         out += _error_function(d, tied=True)
     for name, (drift, noise, spike_noise) in d.finite.items():
         out += _drift_function(d, name, drift) + _noise_function(d, name, noise) + _noise_function(d, name, spike_noise)
+    for name, bias_noise in d.bias_noises.items():
+        _, noise, spike_noise = d.finite[name]
+        out += (_noise_function(d, name, noise, bias=True) + _noise_function(d, name, spike_noise, bias=True)
+                + _bias_noise_function(d, name, bias_noise))
     out += [
         "#: rule -> (finite-D drift, second-order noise): the exact expected drift at dimension D",
         f"FINITE = {{{', '.join(f'{n!r}: (finite_drift_{n}, noise_{n})' for n in d.finite)}}}",
         "#: rule -> the noise between spikes, D E[d theta_j d theta_j2^T] (runtime.fluctuations)",
         f"SPIKE_NOISE = {{{', '.join(f'{n!r}: spike_noise_{n}' for n in d.finite)}}}",
+        "#: rule -> (noise_<rule>_bias, spike_noise_<rule>_bias, bias_noise_<rule>): the finite-D noise with a",
+        "#: trained encoder bias b, the drift being drift_<rule>_bias (exact at any D)",
+        f"BIAS_NOISE = {{{', '.join(f'{n!r}: (noise_{n}_bias, spike_noise_{n}_bias, bias_noise_{n})' for n in d.bias_noises)}}}",
+        f"BIAS_NOISE_MISSING = {d.bias_noise_missing!r}",
         f"FINITE_MISSING = {d.finite_missing!r}",
         "",
         "",
@@ -355,6 +385,21 @@ def _smoothed_kernel_arrays(monomials, zero):
                    for n in names)
     return [f"    {', '.join(n + '_' for n in names)}, = _quadrature.smoothed(_quadrature.expect_units, "
             f"SMOOTHED, SMOOTHING, {orders!r}, Q)"]
+
+
+def _shifted_numeric_arrays(smoothed):
+    """Kernel arrays over lambda ~ N(b, Q), every one numerical in one expect_units call (over the
+    smoothed activation when g'' is a delta), as _smoothed_kernel_arrays: mean_o over unit k,
+    pair_a_b over units (k, l), multi_* over tuples of units."""
+    def arrays(monomials, zero):
+        names = sorted(drift_engine.kernel_names(monomials)) + sorted(drift_engine.multi_names(monomials))
+        orders = tuple(from_name(n).orders if n.startswith(("mean_", "pair_")) else drift_engine.multi_orders(n)
+                       for n in names)
+        call = ("_quadrature.smoothed(_quadrature.expect_units, SMOOTHED, SMOOTHING, " if smoothed else
+                "_quadrature.expect_units(DERIVATIVES, ")
+        return [f"    {', '.join(n + '_' for n in names)}, = {call}{orders!r}, Q, "
+                f"{'None' if smoothed else 'POLYNOMIAL_DEGREE'}, b)"]
+    return arrays
 
 
 def _error_function(d, tied=False):
@@ -450,31 +495,34 @@ def _block_lines(drift, zero):
     return lines
 
 
-def _noise_function(d, name, noise):
-    """noise_<rule> (per atom, from S_j) or spike_noise_<rule> (per pair of spikes, from theta)."""
-    zero = set() if d.smoothed else _zero_kernels(d)
-    arrays = _smoothed_kernel_arrays if d.smoothed else None
+def _noise_function(d, name, noise, bias=False):
+    """noise_<rule> (per atom, from S_j) or spike_noise_<rule> (per pair of spikes, from theta);
+    bias=True: the same with a trained encoder bias b (averages over N(b, Q), named *_bias)."""
+    zero = set() if d.smoothed or bias else _zero_kernels(d)
+    arrays = _shifted_numeric_arrays(bool(d.smoothed)) if bias else _smoothed_kernel_arrays if d.smoothed else None
+    suffix, bias_arg, bias_doc = ("_bias", ", b", "\nb (..., K): the encoder bias (fields lambda ~ N(b, Q)).") if bias \
+        else ("", "", "")
     monomials = noise.monomials()
     fams = drift_engine.families(noise.rule)
     F = "2 * K" if len(fams) == 2 else "K"
     slot = _slots(fams)
     if noise.cross:
-        head = [f"def spike_noise_{name}(Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye):",
+        head = [f"def spike_noise_{name}{suffix}(Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye{bias_arg}):",
                 *_doc(f"Rule {name!r}: N_jj2 = D E[d theta_j d theta_j2^T] per unit of time for two spikes j, j2 "
                       "(derive.finite, cross=True),\n"
                       "whose covariance, N_jj2 minus (d theta_j/dt)(d theta_j2/dt)^T / D, drives their fluctuations.\n"
                       "theta (..., J, F): "
                       f"the spikes' direction vectors; rho_hat (J,): rho_j/D; rho_eye (J, J): diag(rho_j). "
-                      f"Returns (..., J, J, {F}, {F})."),
+                      f"Returns (..., J, J, {F}, {F}).{bias_doc}"),
                 *_preamble(monomials, zero, arrays)]
         head += [f"    theta_{f} = theta[..., {slot[f]}]" for f in fams]
         head.append(f"    N = numpy.zeros(theta.shape[:-1] + theta.shape[-2:-1] + ({F}, {F}))")
         output, free = "jikl", finite_engine.FREE_CROSS
     else:
-        head = [f"def noise_{name}(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho):",
+        head = [f"def noise_{name}{suffix}(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho{bias_arg}):",
                 *_doc(f"Rule {name!r}: N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], the second-order (lr^2)\n"
                       "terms of dS_j/dt = M_j S_j + S_j M_j^T + N_j (derive.finite). S (..., J, F, F): per-atom matrices;\n"
-                      f"rho_hat (J,): rho_j/D; m_rho (J,): multiplicity times rho_j. Returns (..., J, {F}, {F})."),
+                      f"rho_hat (J,): rho_j/D; m_rho (J,): multiplicity times rho_j. Returns (..., J, {F}, {F}).{bias_doc}"),
                 *_preamble(monomials, zero, arrays)]
         head += [f"    S_{f}{h} = S[..., {slot[f]}, {slot[h]}]" for f in fams for h in fams]
         head.append(f"    N = numpy.zeros(S.shape[:-2] + ({F}, {F}))")
@@ -485,6 +533,28 @@ def _noise_function(d, name, noise):
         if expr != "0.0":
             lines.append(f"    N[..., {slot[f]}, {slot[h]}] = {expr}")
     lines += ["    return lr**2 * N", "", ""]
+    return lines
+
+
+def _bias_noise_function(d, name, noise):
+    """bias_noise_<rule>: D E[db db^T] and D E[db d theta_j^T] for the spikes j (derive.finite)."""
+    fams = drift_engine.families(noise.rule)
+    F = "2 * K" if len(fams) == 2 else "K"
+    slot = _slots(fams)
+    lines = [f"def bias_noise_{name}(Q, R, T, T0, WW, lr, D, b, theta, rho_hat):",
+             *_doc(f"Rule {name!r} with a trained encoder bias b (..., K): Nbb = D E[db_k db_l] (..., K, K) and\n"
+                   "Nbt = D E[db_k d theta_j^T] (..., J, K, F) per unit of time for the spikes' direction vectors\n"
+                   "theta (..., J, F), rho_hat (J,) = rho_j/D (derive.finite.derive_bias_noise). Their covariance,\n"
+                   "minus the product of the drifts over D, drives the fluctuations of b (runtime.fluctuations)."),
+             *_preamble(noise.monomials(), set(), _shifted_numeric_arrays(bool(d.smoothed)))]
+    lines += [f"    theta_{f} = theta[..., {slot[f]}]" for f in fams]
+    lines += [f"    Nbb = {_einsum_lines(noise.bb, set(), 'kl', batched=True, free=finite_engine.FREE)} + numpy.zeros(Q.shape)",
+              f"    Nbt = numpy.zeros(theta.shape[:-1] + (K, {F}))"]
+    for h, ms in sorted(noise.btheta.items()):
+        expr = _einsum_lines(ms, set(), "jkl", batched=True, free=finite_engine.FREE)
+        if expr != "0.0":
+            lines.append(f"    Nbt[..., {slot[h]}] = {expr}")
+    lines += ["    return lr**2 * Nbb, lr**2 * Nbt", "", ""]
     return lines
 
 

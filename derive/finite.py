@@ -20,7 +20,10 @@ the fields (lambda, nu) (Gaussian integration by parts, once or twice):
 and the remaining averages over the fields reduce to kernels as in derive.drift. Between two
 spikes j, j2 (cross=True) the same steps give D E[d theta_j d theta_j2^T]: each S_j[b, c] becomes
 theta_b,j theta_c,j2, with rho_hat of the spike whose x it came from, and m_j rho_j becomes
-rho_j delta_(j j2); runtime.fluctuations drives the spikes' fluctuations with it. Averages over
+rho_j delta_(j j2); runtime.fluctuations drives the spikes' fluctuations with it. A trained
+encoder bias (derive_bias_noise) has an update db_k that is a function of the fields alone, so
+D E[db_k db_k2] is a field average, and D E[db_k d theta_j] needs Stein's lemma once on x_j.
+With a bias every field average is over lambda ~ N(b, Q): the steps above are unchanged. Averages over
 three or more units have no kernel; they are left as multi_* factors, evaluated numerically
 (runtime.quadrature.expect_units, for K <= 3).
 """
@@ -128,6 +131,62 @@ def _wick(b1, b2, c, fams, cross=False):
             new.append(b)
         return expr, new
     return _factor(*b1, *b2, 0, 0, cross) * c, []
+
+
+def _bias_and_spike(b2, c, fams):
+    """E_x_j[ db (basis b2 on spike j) ] for db = c(fields) alone: Stein's lemma once on x_j when b2
+    is x_j, else theta_b2,j times the field average; returns (expression, new summation indices)."""
+    if b2 != ("x",):
+        return theta(b2[0])[j, b2[1]] * c, []
+    expr, new = sp.S.Zero, []
+    for f in fams:
+        b = next(_fresh)
+        expr += sp.sqrt(D) * rho_hat[j] * theta(f)[j, b] * _d(c, f, b)
+        new.append(b)
+    return expr, new
+
+
+@dataclass
+class BiasNoise:
+    """Second moments of a trained encoder bias per unit of time: bb = D E[db_k db_k2] (free
+    indices k, k2) and, per block h of a spike's theta, btheta[h] = D E[db_k d theta_(h,k2),j]
+    (free indices j, k, k2)."""
+
+    rule: Rule
+    bb: list = field(default_factory=list)
+    btheta: dict = field(default_factory=dict)
+
+    def monomials(self):
+        return self.bb + [m for ms in self.btheta.values() for m in ms]
+
+
+def _bias_copy(db, unit):
+    """The bias update of `unit` as [(coefficient, summed)] with fresh summation indices."""
+    out = []
+    for c, summed in db:
+        ren = {s: next(_fresh) for s in summed}
+        ren[k] = unit
+        out.append((c.xreplace(ren), tuple(ren[s] for s in summed)))
+    return out
+
+
+def derive_bias_noise(rule: Rule) -> BiasNoise:
+    """D E[db_k db_k2] and D E[db_k d theta_(h,k2),j] for a spike j (rule.db, SPEC section 1)."""
+    fams = families(rule)
+    noise = BiasNoise(rule)
+    first = _bias_copy(rule.db, k)
+    for c1, s1 in first:
+        for c2, s2 in _bias_copy(rule.db, k2):
+            for coeff, factors in _average(sp.expand(D * c1 * c2), set(s1) | set(s2)):
+                noise.bb.append(Monomial(sp.powsimp(coeff), tuple(factors)))
+    for h in fams:
+        monomials = noise.btheta.setdefault(h, [])
+        for c1, s1 in first:
+            for b2, c2, s2 in _second_copy(_projected(rule, h)):
+                expr, new = _bias_and_spike(b2, sp.expand(c1 * c2), fams)
+                for coeff, factors in _average(sp.expand(D * expr), set(s1) | set(s2) | set(new)):
+                    monomials.append(Monomial(sp.powsimp(coeff), tuple(factors)))
+    return noise
 
 
 def derive_noise(rule: Rule, cross=False) -> Noise:

@@ -30,10 +30,11 @@ def _matrices(theta):
     return np.array([theta[a].T @ theta[a] for a in ATOMS])
 
 
-def _sgd_step(act, rule, W, V, x):
-    """The updates (dW, dV) of SPEC section 1 for each sample of x (n, D)."""
+def _sgd_step(act, rule, W, V, x, b=None):
+    """The updates (dW, dV) of SPEC section 1 for each sample of x (n, D); with an encoder bias b
+    (rule vanilla) also db, as (dW, dV, db)."""
     g, dg = act.DERIVATIVES[0], act.DERIVATIVES[1]
-    lam = x @ W.T / np.sqrt(D)
+    lam = x @ W.T / np.sqrt(D) + (0.0 if b is None else b)
     G, Gp = g(lam), dg(lam)
     if rule == "tied":
         e = x - G @ W
@@ -43,7 +44,8 @@ def _sgd_step(act, rule, W, V, x):
     mask = np.tril(np.ones((K, K))) if rule == "truncated" else np.ones((K, K))
     e = x[:, None, :] - np.einsum("kl,nl,ld->nkd", mask, G, V)              # e_k (n, K, D)
     ve = np.einsum("kd,nkd->nk", V, e)
-    return LR / D**2 * (ve * Gp)[:, :, None] * x[:, None, :] / np.sqrt(D), LR / D * G[:, :, None] * e
+    dW, dV = LR / D**2 * (ve * Gp)[:, :, None] * x[:, None, :] / np.sqrt(D), LR / D * G[:, :, None] * e
+    return (dW, dV) if b is None else (dW, dV, LR / D**2 * ve * Gp)
 
 
 def monte_carlo(act, rule, W, V, seed=0):
@@ -132,6 +134,54 @@ def test_noise_between_spikes_is_the_second_moment_of_one_sgd_step(name, rule, K
     assert np.max(np.abs(N[0, 1]) / se[0, 1]) > 20           # the cross terms are resolved
     atom = act.FINITE[rule][1](*order, LR, D, S[None, :2], rho / D, rho)[0]
     np.testing.assert_allclose(N[[0, 1], [0, 1]], atom, rtol=1e-10, atol=1e-12)
+
+
+def monte_carlo_bias(act, W, V, b, seed=2):
+    """Means and standard errors of D d theta_s d theta_s'^T, D db db^T and D db d theta_s^T per
+    step of rule vanilla with encoder bias b, for the spikes s, s' (directions 0 and 1)."""
+    rng = np.random.default_rng(seed)
+    sums = {}
+    for _ in range(SAMPLES // CHUNK):
+        x = rng.standard_normal((CHUNK, D)) * np.sqrt(RHO)
+        dW, dV, db = _sgd_step(act, "vanilla", W, V, x, b)
+        dth = np.concatenate([dW, dV / np.sqrt(D)], axis=1).transpose(0, 2, 1)[:, :2]
+        for key, value in (("tt", np.einsum("niF,njG->nijFG", dth, dth)), ("bb", np.einsum("nk,nl->nkl", db, db)),
+                           ("bt", np.einsum("nk,njF->njkF", db, dth))):
+            total, total2 = sums.get(key, (0.0, 0.0))
+            sums[key] = (total + D * value.sum(0), total2 + ((D * value) ** 2).sum(0))
+    out = {}
+    for key, (total, total2) in sums.items():
+        mean = total / SAMPLES
+        out[key] = mean, np.sqrt(np.maximum(total2 / SAMPLES - mean**2, 0) / SAMPLES)
+    return out
+
+
+@pytest.mark.parametrize("name", ["erf", "linear", "relu", "tanh"])
+def test_noise_with_a_bias_is_the_second_moment_of_one_sgd_step(name):
+    """BIAS_NOISE: the spikes' noise with the fields shifted by b, the bias's own second moment
+    D E[db db^T] and its cross moment with the spikes D E[db d theta_s^T], against one SGD step;
+    on the diagonal the spikes' noise is the atom noise (with b) of a rank-one S_j."""
+    act = load(name)
+    K = 2
+    rng = np.random.default_rng(21)
+    W, V = 1.2 * rng.standard_normal((K, D)), 1.2 * rng.standard_normal((K, D))
+    b = np.array([0.7, -0.5])
+    theta = _theta(W, V, False)
+    mc = monte_carlo_bias(act, W, V, b)
+    S = _matrices(theta)
+    order = _System(act.FINITE["vanilla"][0], LR, np.zeros(0), SPECTRUM.rho_hat, K, D=D)._globals(S.ravel()[None])
+    rho = SPECTRUM.rho[:2]
+    atom_noise, spike_noise, bias_noise = act.BIAS_NOISE["vanilla"]
+    N = spike_noise(*order, LR, D, theta[None, :2], rho / D, np.diag(rho), b[None])[0]
+    Nbb, Nbt = bias_noise(*order, LR, D, b[None], theta[None, :2], rho / D)
+    for key, value in (("tt", N), ("bb", Nbb[0]), ("bt", Nbt[0])):
+        mean, se = mc[key]
+        assert np.all(np.abs(value - mean) <= 5 * se + 1e-12), (key, np.max(np.abs(value - mean) / se))
+        assert np.max(np.abs(value) / se) > 20, key                # resolved
+    atom = atom_noise(*order, LR, D, S[None, :2], rho / D, rho, b[None])[0]
+    np.testing.assert_allclose(N[[0, 1], [0, 1]], atom, rtol=1e-10, atol=1e-12)
+    unbiased = act.SPIKE_NOISE["vanilla"](*order, LR, D, theta[None, :2], rho / D, np.diag(rho))[0]
+    assert np.max(np.abs(unbiased - mc["tt"][0]) / mc["tt"][1]) > 5   # the shift matters
 
 
 @pytest.mark.parametrize("name", ["erf", "linear", "tanh", "sin"])
