@@ -17,7 +17,9 @@ quadratic F), one vectorised call. F differs from its D -> infinity limit F_inf 
 this order F'':C and J C are those of F_inf, whose averages are kernels in closed form, and only
 F(<y>) and the spikes' noise need the finite-D equations' numerical averages. The same points
 give the mean error, <eps> = eps(<y>) + 1/2 eps'':C, and (with the points <y> + d_i + d_j) the
-predicted seed-to-seed spread of the error.
+predicted seed-to-seed spread of the error. With a trained encoder bias b (runtime.integrate's
+_BiasSystem) b fluctuates by O(1/sqrt(D)) too, driven by its own noise and its cross moments with
+the spikes (BIAS_NOISE of the activation, derive.finite.derive_bias_noise).
 """
 from __future__ import annotations
 
@@ -34,11 +36,12 @@ MAX_RELATIVE_SPREAD = 0.5
 
 
 class FluctuationSystem:
-    """The state z = (<y>, C) of a finite-D `runtime.integrate._System` (`core`) with spike vectors;
-    `limit`: the same system with the D -> infinity drift; `spike_noise`: spike_noise_<rule>."""
+    """The state z = (<y>, C) of a finite-D system of runtime.integrate (`core`) with spike vectors;
+    `limit`: the same system with the D -> infinity drift; `noises`: what core.step_noise takes
+    (spike_noise_<rule>, or with a bias its spike and bias noise)."""
 
-    def __init__(self, core, limit, spike_noise):
-        self.core, self.limit, self.spike_noise = core, limit, spike_noise
+    def __init__(self, core, limit, noises):
+        self.core, self.limit, self.noises = core, limit, noises
         self.n = None                 # size of y, set by initial_state
 
     @property
@@ -96,13 +99,9 @@ class FluctuationSystem:
         dy = drift + self.mean(f) - f[0]
         JC = ((f[1:m + 1] - f[m + 1:]) / 2).T @ d                  # sum_i (J d_i) d_i^T
         dC = JC + JC.T
-        if split:
-            order = self.core._globals(Y[:1])
-            th = self.core.parts(Y[:1])[0]
-            rho = self.core.rho_vec
-            N = self.spike_noise(*order, self.core.lr, self.core.D, th, rho, np.diag(rho * self.core.D))[0]
-            N = N.transpose(0, 2, 1, 3).reshape(split, split)
-            dC[:split, :split] += N - np.outer(drift[:split], drift[:split]) / self.core.D
+        idx, N = self.core.step_noise(Y[0], self.noises)
+        if idx.size:
+            dC[np.ix_(idx, idx)] += N - np.outer(drift[idx], drift[idx]) / self.core.D
         return np.concatenate([dy, dC.ravel()])
 
     # the read-outs integrate() takes from a system, as seed averages
@@ -117,6 +116,9 @@ class FluctuationSystem:
     def order_parameters(self, Z):
         stacked = self._averaged(Z, lambda Y: np.stack(self.core.order_parameters(Y), axis=1))
         return tuple(stacked[:, i] for i in range(4))
+
+    def biases(self, Z):
+        return self._averaged(Z, self.core.biases)
 
     def error(self, act, Z, half_trace):
         return self._averaged(Z, lambda Y: self.core.error(act, Y, half_trace))

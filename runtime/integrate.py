@@ -18,7 +18,8 @@ T = sum rho_hat t, T0 = sum t over vectors and matrices alike.
 
 At finite D (finite_size=True, and always for tied weights) (A, B) is the exact expected drift
 and each matrix gains the second-order terms N_j (derive.finite); with V tied to W, theta_tau =
-omega_tau (K numbers). A trained bias appends b (K numbers) to the state (_BiasSystem).
+omega_tau (K numbers). A trained bias appends b (K numbers) to the state (_BiasSystem); at
+finite D its N_j average over the shifted fields (BIAS_NOISE of the activation).
 """
 from __future__ import annotations
 
@@ -121,6 +122,17 @@ class _System:
         T0 = total[:, K:, K:]
         return G[:, :K, :K], G[:, K:, :K], G[:, K:, K:], T0, WW
 
+    def step_noise(self, y, spike_noise, *bias):
+        """D E[d y_i d y_i'] per unit of time for the numbers of the state y with noise of their own
+        (the spikes' direction vectors, the first `split`): (their indices, the (split, split) matrix).
+        `bias`: the encoder bias, for the shifted spike_noise_<rule>_bias."""
+        if not self.split:
+            return np.arange(0), np.zeros((0, 0))
+        Y = y[None]
+        rho = self.rho_vec
+        N = spike_noise(*self._globals(Y), self.lr, self.D, self.parts(Y)[0], rho, np.diag(rho * self.D), *bias)[0]
+        return np.arange(self.split), N.transpose(0, 2, 1, 3).reshape(self.split, self.split)
+
     def order_parameters(self, Y):
         """(Q, R, T, T0), each (m, K, K); with V = W, nu = lambda/sqrt(D) gives R = Q/sqrt(D),
         T = Q/D and T0 = w.w/D."""
@@ -158,11 +170,18 @@ class _System:
 
 class _BiasSystem:
     """_System with a trained encoder bias: the state is the weights' state followed by b (K),
-    the drift `drift_<rule>_bias(Q, R, T, T0, b, lr)` returns (A, B, db/dt)."""
+    the drift `drift_<rule>_bias(Q, R, T, T0, b, lr)` returns (A, B, db/dt). It is exact at any D,
+    so at finite D (`noise` = noise_<rule>_bias, with m_rho and D) only the matrices' second-order
+    terms are added, averaged over the shifted fields."""
 
-    def __init__(self, bias_drift, lr, rho_vec, rho_mat, K):
-        self.bias_drift, self.K = bias_drift, K
-        self.core = _System(self._weights_drift, lr, rho_vec, rho_mat, K)
+    def __init__(self, bias_drift, lr, rho_vec, rho_mat, K, *, noise=None, m_rho=None, D=None):
+        self.bias_drift, self.K, self.lr, self.D = bias_drift, K, lr, D
+        if noise is None:
+            self.core = _System(self._weights_drift, lr, rho_vec, rho_mat, K)
+        else:
+            self.bias_noise = noise
+            self.core = _System(lambda Q, R, T, T0, WW, lr, D: self._weights_drift(Q, R, T, T0, lr), lr, rho_vec,
+                                rho_mat, K, noise=self._noise, m_rho=m_rho, D=D)
         self.split, self.rho_vec, self.rho_mat, self.F = self.core.split, rho_vec, rho_mat, self.core.F
         self.extra = K                # the biases follow the atoms in the state
 
@@ -186,9 +205,24 @@ class _BiasSystem:
     def error(self, act, Y, half_trace):
         return act.population_error(*self.order_parameters(Y), half_trace, b=self.biases(Y))
 
+    def step_noise(self, y, noises):
+        """As _System.step_noise, for the spikes and the biases (the last K numbers), their cross
+        moments included; noises = (spike_noise_<rule>_bias, bias_noise_<rule>)."""
+        spike_noise, bias_noise = noises
+        K, split = self.K, self.split
+        weights, b = y[:-K], y[None, -K:]
+        idx, Ntt = self.core.step_noise(weights, spike_noise, b)
+        W = weights[None]
+        Nbb, Nbt = bias_noise(*self.core._globals(W), self.lr, self.D, b, self.core.parts(W)[0], self.rho_vec)
+        Nbt = Nbt[0].transpose(1, 0, 2).reshape(K, split)             # (J, K, F) -> (K, J F)
+        return np.concatenate([idx, np.arange(y.size - K, y.size)]), np.block([[Ntt, Nbt.T], [Nbt, Nbb[0]]])
+
     def _weights_drift(self, Q, R, T, T0, lr):
         A, B, self._db = self.bias_drift(Q, R, T, T0, self._b, lr)
         return A, B
+
+    def _noise(self, *args):
+        return self.bias_noise(*args, self._b)
 
     def __call__(self, t, y):
         self._b = (y[None] if y.ndim == 1 else y.T)[:, -self.K:]
@@ -261,6 +295,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     fluctuations=True (implies finite_size) adds the spikes' O(1/sqrt(D)) fluctuations to that
     order (runtime.fluctuations): `error` and the order parameters become averages over SGD runs
     from the same weights, and `error_spread` their predicted seed-to-seed standard deviation.
+    With b0 the biases fluctuate with the spikes (the activation's BIAS_NOISE).
     """
     known = sorted(set(act.DRIFTS) | set(getattr(act, "FINITE", {})))
     if rule not in known:
@@ -273,8 +308,6 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         if rule not in act.DRIFTS:
             raise ValueError(f"fluctuations: rule {rule!r} has no O(1) limit to expand around "
                              "(its spikes move by O(1) per step)")
-        if b0 is not None:
-            raise ValueError("fluctuations are not implemented with a trained bias (b0)")
         finite_size = True
     if finite_size is None:
         finite_size = rule not in act.DRIFTS
@@ -283,9 +316,12 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if not finite_size and rule not in act.DRIFTS:
         raise ValueError(f"rule {rule!r} has no D -> infinity limit; integrate it with finite_size=True")
     tied = rule == "tied"
-    if b0 is not None and (finite_size or rule not in getattr(act, "BIAS_DRIFTS", {})):
+    if b0 is not None and rule not in getattr(act, "BIAS_DRIFTS", {}):
         raise ValueError(f"rule {rule!r} trains no bias (b0 given) in these equations; rules with a bias: "
-                         f"{', '.join(getattr(act, 'BIAS_DRIFTS', {})) or 'none'} (D -> infinity only)")
+                         f"{', '.join(getattr(act, 'BIAS_DRIFTS', {})) or 'none'}")
+    if b0 is not None and finite_size and rule not in getattr(act, "BIAS_NOISE", {}):
+        raise ValueError(f"no finite-D equations with a trained bias (b0) for {act.NAME}: "
+                         f"{getattr(act, 'BIAS_NOISE_MISSING', '')}")
     lr = float(lr)
     if not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive number, got {lr}")
@@ -322,17 +358,20 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     y0 = np.concatenate([th.ravel(), S.ravel()])
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")
-    if finite_size:
-        drift, noise = act.FINITE[rule]
-        system = _System(drift, lr, rho_vec, rho_mat, K, noise=noise, m_rho=m_rho, D=spectrum.D, tied=tied)
-    elif b0 is None:
-        system = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
+    finite = dict(m_rho=m_rho, D=spectrum.D)
+    if b0 is None:
+        system = (_System(act.FINITE[rule][0], lr, rho_vec, rho_mat, K, noise=act.FINITE[rule][1], tied=tied, **finite)
+                  if finite_size else _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K))
     else:
         y0 = np.concatenate([y0, _biases(b0, K)])
-        system = _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K)
+        system = _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K,
+                             **(dict(noise=act.BIAS_NOISE[rule][0], **finite) if finite_size else {}))
     if fluctuations:
-        limit = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
-        system = FluctuationSystem(system, limit, act.SPIKE_NOISE[rule])
+        if b0 is None:
+            limit, noises = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K), act.SPIKE_NOISE[rule]
+        else:
+            limit, noises = _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K), act.BIAS_NOISE[rule][1:]
+        system = FluctuationSystem(system, limit, noises)
         y0 = system.initial_state(y0)
     if method == "auto":
         # with fluctuations each evaluation costs 2 n + 1 of the core's: no finite-difference Jacobian

@@ -18,18 +18,33 @@ def _run(name, D, **kw):
     return load(name).integrate(spectrum=spectrum, init=init, times=TIMES, **kw)
 
 
-@pytest.mark.parametrize("name", ["erf", "linear", "relu"])
-def test_corrections_fall_like_one_over_D(name):
-    """The change of the error and the predicted spread: x4 in D gives /4 and /2."""
+@pytest.mark.parametrize("name, b0", [("erf", None), ("linear", None), ("relu", None),
+                                      ("erf", (0.3, -0.2)), ("relu", (0.3, -0.2))])
+def test_corrections_fall_like_one_over_D(name, b0):
+    """The change of the error and the predicted spread: x4 in D gives /4 and /2 (with a trained
+    bias b0 too, whose fluctuations are included)."""
     change, spread = {}, {}
     for D in (2000, 8000):
-        finite, fluct = _run(name, D, finite_size=True), _run(name, D, fluctuations=True)
+        finite, fluct = _run(name, D, finite_size=True, b0=b0), _run(name, D, fluctuations=True, b0=b0)
         assert fluct.error_spread[0] == 0 and fluct.error[0] == finite.error[0]    # same weights, no spread yet
         change[D] = np.max(np.abs(fluct.error - finite.error))
         spread[D] = np.max(fluct.error_spread)
     assert change[2000] > 0
     assert change[2000] / change[8000] == pytest.approx(4, rel=0.1)
     assert spread[2000] / spread[8000] == pytest.approx(2, rel=0.15)
+
+
+def test_finite_equations_with_a_bias_tend_to_the_large_D_limit():
+    """integrate(finite_size=True, b0=...): the second-order terms averaged over the shifted fields;
+    their gap to the D -> infinity equations falls like 1/D, and the biases stay trained."""
+    b0 = np.array([0.3, -0.2])
+    gap = {}
+    for D in (500, 2000):
+        finite, limit = _run("erf", D, finite_size=True, b0=b0), _run("erf", D, b0=b0)
+        assert finite.b.shape == (TIMES.size, 2) and np.all(finite.b[0] == b0)
+        gap[D] = np.max(np.abs(finite.error - limit.error))
+    assert gap[500] > 0
+    assert gap[500] / gap[2000] == pytest.approx(4, rel=0.1)
 
 
 def test_order_parameters_are_seed_averages():
@@ -44,7 +59,7 @@ def test_order_parameters_are_seed_averages():
 @pytest.mark.parametrize("kwargs, match", [
     ({"rule": "tied"}, "no O\\(1\\) limit"),
     ({"finite_size": False}, "needs the finite-D equations"),
-    ({"b0": np.zeros(2)}, "bias"),
+    ({"rule": "truncated", "b0": np.zeros(2)}, "trains no bias"),
 ])
 def test_unsupported_requests_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

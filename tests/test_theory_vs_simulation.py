@@ -26,8 +26,8 @@ def problem(K, D):
     return eigvals, eigvecs, 0.5 * rng.normal(size=(K, D)), 0.5 * rng.normal(size=(K, D))
 
 
-def sgd(act, args, times, seeds, rule):
-    sim = simulate(act, *args, times=times, seeds=seeds, test_samples=0, rule=rule)
+def sgd(act, args, times, seeds, rule, b0=None):
+    sim = simulate(act, *args, times=times, seeds=seeds, test_samples=0, rule=rule, b0=b0)
     assert sim.status == 0, sim.message
     return sim.error.mean(axis=0), sim.error.std(axis=0, ddof=1)
 
@@ -41,22 +41,30 @@ def gap(name, K, D, seeds=6, rule="vanilla"):
     return np.mean(np.abs(mean - theory.error)[1:]), np.mean(spread[1:])
 
 
+#: the initial encoder biases of the cases with a trained bias (rule vanilla with b0)
+BIAS = np.array([0.3, -0.2])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, K, rule", [
     ("erf", 1, "vanilla"), ("erf", 2, "vanilla"), ("erf", 3, "vanilla"),
     ("relu", 1, "vanilla"), ("relu", 2, "vanilla"), ("relu", 3, "vanilla"),
     ("linear", 1, "vanilla"), ("linear", 2, "vanilla"), ("linear", 3, "vanilla"),
     ("erf", 2, "truncated"), ("relu", 2, "truncated"), ("linear", 2, "truncated"),
+    ("erf", 1, "bias"), ("erf", 2, "bias"), ("relu", 1, "bias"), ("linear", 1, "bias"), ("linear", 2, "bias"),
 ])
 def test_equations_with_fluctuations_match_sgd_at_D_500(name, K, rule):
     """Over t in [0, 50], 24 seeds: |theory - SGD mean| within the seed-to-seed spread at every
     time and within three standard errors on average over time; the predicted spread within a
-    factor 1.6 of the measured one on average. The D -> infinity equations fail the first test."""
+    factor 1.6 of the measured one on average. The D -> infinity equations fail the first test.
+    rule "bias": vanilla with a trained encoder bias from BIAS, whose fluctuations are included."""
     times, seeds = np.linspace(0, 50, 26), 24
     act, args = generated.load(name), problem(K, 500)
-    theory = act.integrate(*args, times=times, rule=rule, fluctuations=True)
-    limit = act.integrate(*args, times=times, rule=rule)
-    mean, spread = sgd(act, args, times, seeds, rule)
+    b0 = BIAS[:K] if rule == "bias" else None
+    rule = "vanilla" if rule == "bias" else rule
+    theory = act.integrate(*args, times=times, rule=rule, b0=b0, fluctuations=True)
+    limit = act.integrate(*args, times=times, rule=rule, b0=b0)
+    mean, spread = sgd(act, args, times, seeds, rule, b0)
     gap, se = np.abs(theory.error - mean)[1:], spread[1:] / np.sqrt(seeds)
     assert np.all(gap <= spread[1:]), np.max(gap / spread[1:])
     assert np.mean(gap) <= 3 * np.mean(se)
