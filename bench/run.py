@@ -91,16 +91,19 @@ def bench_integrator(rng):
                      "seconds": best_of(finite_run, 2), "nfev": res["f"].nfev, "method": "auto (BDF)"})
     # fluctuation equations (mean and covariance of the finite-D state), the D = 500 tests' setting
     eigvals = np.concatenate([np.array([3.0, 2.0, 1.5]) * 500, np.ones(497)])
-    for name, K in (("erf", 2), ("erf", 3), ("linear", 2), ("relu", 2)):
+    for name, K, b0 in (("erf", 2, None), ("erf", 3, None), ("linear", 2, None), ("relu", 2, None),
+                        ("linear", 2, (0.3, -0.2)), ("relu", 1, (0.3,))):
         rng_k = np.random.default_rng(K)
         eigvecs = np.linalg.qr(rng_k.normal(size=(500, 500)))[0]
         W0, V0 = 0.5 * rng_k.normal(size=(K, 500)), 0.5 * rng_k.normal(size=(K, 500))
 
         def fluctuating():
             res["x"] = generated.load(name).integrate(eigvals, eigvecs, W0, V0, times=np.linspace(0, 50, 11),
-                                                      fluctuations=True)
-        rows.append({"case": f"{name} K={K} vanilla, fluctuations, spikes (3, 2, 1.5)D + bulk, D=500, t<=50 (tests' init)",
-                     "seconds": best_of(fluctuating, 1), "nfev": res["x"].nfev, "method": "auto (RK45)"})
+                                                      b0=b0, fluctuations=True)
+        bias = "" if b0 is None else f" + bias b0={b0}"
+        rows.append({"case": f"{name} K={K} vanilla{bias}, fluctuations, spikes (3, 2, 1.5)D + bulk, D=500, t<=50 "
+                             "(tests' init)", "seconds": best_of(fluctuating, 1), "nfev": res["x"].nfev,
+                     "method": "auto (RK45)"})
     for r in rows:
         print(f"| {r['case']} | {r['seconds']:.3f} | {r['nfev']} | {r['method']} |", flush=True)
     return rows
