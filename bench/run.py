@@ -90,12 +90,9 @@ def bench_integrator(rng):
         rows.append({"case": f"erf K=2 {rule}, finite-D equations, spikes (2, 1)D + bulk, D=400, t<=50",
                      "seconds": best_of(finite_run, 2), "nfev": res["f"].nfev, "method": "auto (BDF)"})
     # fluctuation equations (mean and covariance of the finite-D state), the D = 500 tests' setting
-    eigvals = np.concatenate([np.array([3.0, 2.0, 1.5]) * 500, np.ones(497)])
     for name, K, b0 in (("erf", 2, None), ("erf", 3, None), ("linear", 2, None), ("relu", 2, None),
                         ("linear", 2, (0.3, -0.2)), ("relu", 1, (0.3,))):
-        rng_k = np.random.default_rng(K)
-        eigvecs = np.linalg.qr(rng_k.normal(size=(500, 500)))[0]
-        W0, V0 = 0.5 * rng_k.normal(size=(K, 500)), 0.5 * rng_k.normal(size=(K, 500))
+        eigvals, eigvecs, W0, V0 = spec.spiked_problem(500, K, (3.0, 2.0, 1.5), seed=K)
 
         def fluctuating():
             res["x"] = generated.load(name).integrate(eigvals, eigvecs, W0, V0, times=np.linspace(0, 50, 11),

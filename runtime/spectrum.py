@@ -342,6 +342,16 @@ def atom_matrices(spectrum, atom_of, W0, V0, eigvecs):
     return grouped(o, o), grouped(u, o), grouped(u, u)
 
 
+def spiked_problem(D, K, strengths, seed=0, scale_w=0.5, scale_v=0.5):
+    """A spiked model in the interface of SPEC section 6: eigenvalues s_m D for the spikes and 1
+    for the bulk, Haar-random eigenvectors, W0 and V0 with i.i.d. N(0, scale^2) entries, all from
+    one seeded generator. Returns (eigvals (D,), eigvecs (D, D), W0 (K, D), V0 (K, D))."""
+    rng = np.random.default_rng(seed)
+    eigvals = np.concatenate([np.asarray(strengths, float) * D, np.ones(D - len(strengths))])
+    eigvecs, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    return eigvals, eigvecs, scale_w * rng.normal(size=(K, D)), scale_v * rng.normal(size=(K, D))
+
+
 def random_init_matrices(spectrum, K, sigma_w=1.0, sigma_v=1.0, seed=0, sample_up_to=1):
     """(q, r, t), each (J, K, K), for W0, V0 with i.i.d. N(0, sigma_w^2), N(0, sigma_v^2) entries.
 

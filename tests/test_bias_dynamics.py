@@ -14,6 +14,9 @@ import pytest
 import generated
 from conftest import assert_mc
 from runtime.simulate import simulate
+from runtime.spectrum import spiked_problem
+
+SPIKES = (3.0, 2.0, 1.5)
 
 ACTS = ["relu", "erf", "linear", "tanh"]
 
@@ -49,16 +52,9 @@ def test_bias_drift_matches_the_expected_sgd_update(name):
             assert_mc(flow[K + k, tau] * np.sqrt(D), lr * g[:, k] * E[:, tau], f"{name} dV[{k},{tau}]")
 
 
-def _spiked(D, K, seed, scale=0.5):
-    rng = np.random.default_rng(seed)
-    eigvals = np.concatenate([np.array([3.0, 2.0, 1.5]) * D, np.ones(D - 3)])
-    eigvecs = np.linalg.qr(rng.normal(size=(D, D)))[0]
-    return eigvals, eigvecs, scale * rng.normal(size=(K, D)), scale * rng.normal(size=(K, D))
-
-
 def test_integrate_checks_the_bias():
     relu = generated.load("relu")
-    eigvals, eigvecs, W0, V0 = _spiked(20, 2, 0)
+    eigvals, eigvecs, W0, V0 = spiked_problem(20, 2, SPIKES, seed=0)
     for bad in (np.zeros(3), np.zeros((2, 1)), np.array([0.1, np.nan]), "ab"):
         with pytest.raises(ValueError, match="b0"):
             relu.integrate(eigvals, eigvecs, W0, V0, times=[0, 1], b0=bad)
@@ -68,7 +64,7 @@ def test_integrate_checks_the_bias():
 
 def test_integrate_with_bias_starts_where_the_simulator_does():
     relu = generated.load("relu")
-    eigvals, eigvecs, W0, V0 = _spiked(40, 2, 1)
+    eigvals, eigvecs, W0, V0 = spiked_problem(40, 2, SPIKES, seed=1)
     b0 = np.array([0.4, -0.6])
     res = relu.integrate(eigvals, eigvecs, W0, V0, times=[0, 0.5, 2], b0=b0)
     assert res.b.shape == (3, 2) and np.array_equal(res.b[0], b0)
@@ -84,7 +80,7 @@ TIMES = np.linspace(0, 20, 11)
 
 def gap(name, K, D, seeds=6):
     """Time-averaged |theory - seed mean of SGD| (error and biases) and the mean seed spread."""
-    eigvals, eigvecs, W0, V0 = _spiked(D, K, K)
+    eigvals, eigvecs, W0, V0 = spiked_problem(D, K, SPIKES, seed=K)
     b0 = np.array([0.3, -0.2])[:K]
     act = generated.load(name)
     theory = act.integrate(eigvals, eigvecs, W0, V0, times=TIMES, b0=b0)

@@ -5,15 +5,7 @@ import pytest
 import generated
 from runtime import spectrum as spec
 from runtime.integrate import IntegrationError
-
-
-def spiked_problem(D, K, strengths, seed, scale_w=0.5, scale_v=0.5):
-    rng = np.random.default_rng(seed)
-    eigvals = np.concatenate([np.asarray(strengths, float) * D, np.ones(D - len(strengths))])
-    eigvecs, _ = np.linalg.qr(rng.normal(size=(D, D)))
-    W0 = scale_w * rng.normal(size=(K, D))
-    V0 = scale_v * rng.normal(size=(K, D))
-    return eigvals, eigvecs, W0, V0
+from runtime.spectrum import spiked_problem
 
 
 @pytest.mark.parametrize("name", ["erf", "relu", "linear"])

@@ -14,16 +14,14 @@ import pytest
 
 import generated
 from runtime.simulate import simulate
+from runtime.spectrum import spiked_problem
 
 TIMES = np.linspace(0, 20, 11)
 
 
 def problem(K, D):
-    """Spikes 3D, 2D, 1.5D over a unit bulk, random eigenvectors and initial weights."""
-    rng = np.random.default_rng(K)
-    eigvals = np.concatenate([np.array([3.0, 2.0, 1.5]) * D, np.ones(D - 3)])
-    eigvecs = np.linalg.qr(rng.normal(size=(D, D)))[0]
-    return eigvals, eigvecs, 0.5 * rng.normal(size=(K, D)), 0.5 * rng.normal(size=(K, D))
+    """Spikes 3D, 2D, 1.5D over a unit bulk, random eigenvectors and initial weights 0.5 N(0, 1)."""
+    return spiked_problem(D, K, (3.0, 2.0, 1.5), seed=K)
 
 
 def sgd(act, args, times, seeds, rule, b0=None):
