@@ -30,7 +30,7 @@ figures: derive
 
 ## test: the whole test suite
 test: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n auto
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --maxprocesses 4
 
 ## bench: kernel and integrator speed (numbers go into the README)
 bench: $(STAMP)
