@@ -222,7 +222,7 @@ def module_source(d: Derivation) -> str:
         f"# Kernels: {status}.",
         "# Finite-D equations: " + ("averages over several units (multi_*) NUMERICAL, by double-exponential "
                                     "quadrature per unit, pair or triple of units (runtime/quadrature.py, "
-                                    "expect_units; K <= 3, relative accuracy 2e-4 over three units)."
+                                    "expect_units; K <= 3; three-unit accuracy in runtime/quadrature.py at N_TRIPLE)."
                                     if d.finite else
                                     f"none ({d.finite_missing})."),
         *([f"# Finite-D equations: g'' is a delta, so their O(1/D) terms and second-order noise are NUMERICAL "
