@@ -373,32 +373,22 @@ def _kernel_arrays(monomials, zero):
     return lines
 
 
-def _smoothed_kernel_arrays(monomials, zero):
-    """Kernel arrays of the finite-D functions when g'' is a delta: every average numerical, over
-    the smoothed activation (SMOOTHED at width SMOOTHING, extrapolated to 0), in one expect_units
+def _numeric_kernel_arrays(smoothed, shifted=False):
+    """Kernel arrays of the finite-D functions with every average numerical, in one expect_units
     call that shares its rules among them: mean_o(q_k) is the average over unit k, pair_a_b(q_k,
-    Q_kl, q_l) over units (k, l), multi_* over tuples of units."""
-    names = sorted(drift_engine.kernel_names(monomials)) + sorted(drift_engine.multi_names(monomials))
-    if not names:
-        return []
-    orders = tuple(from_name(n).orders if n.startswith(("mean_", "pair_")) else drift_engine.multi_orders(n)
-                   for n in names)
-    return [f"    {', '.join(n + '_' for n in names)}, = _quadrature.smoothed(_quadrature.expect_units, "
-            f"SMOOTHED, SMOOTHING, {orders!r}, Q)"]
-
-
-def _shifted_numeric_arrays(smoothed):
-    """Kernel arrays over lambda ~ N(b, Q), every one numerical in one expect_units call (over the
-    smoothed activation when g'' is a delta), as _smoothed_kernel_arrays: mean_o over unit k,
-    pair_a_b over units (k, l), multi_* over tuples of units."""
+    Q_kl, q_l) over units (k, l), multi_* over tuples of units. `smoothed`: g'' is a delta, so over
+    the smoothed activation (SMOOTHED at width SMOOTHING, extrapolated to 0); `shifted`: over
+    lambda ~ N(b, Q), a trained encoder bias."""
     def arrays(monomials, zero):
         names = sorted(drift_engine.kernel_names(monomials)) + sorted(drift_engine.multi_names(monomials))
+        if not names:
+            return []
         orders = tuple(from_name(n).orders if n.startswith(("mean_", "pair_")) else drift_engine.multi_orders(n)
                        for n in names)
         call = ("_quadrature.smoothed(_quadrature.expect_units, SMOOTHED, SMOOTHING, " if smoothed else
                 "_quadrature.expect_units(DERIVATIVES, ")
-        return [f"    {', '.join(n + '_' for n in names)}, = {call}{orders!r}, Q, "
-                f"{'None' if smoothed else 'POLYNOMIAL_DEGREE'}, b)"]
+        means = f", {'None' if smoothed else 'POLYNOMIAL_DEGREE'}, b" if shifted else ""
+        return [f"    {', '.join(n + '_' for n in names)}, = {call}{orders!r}, Q{means})"]
     return arrays
 
 
@@ -472,7 +462,7 @@ def _drift_function(d, name, drift):
         *_doc(f"Rule {name!r}: {drift.rule.description}.\n\n"
               f"d theta_tau/dt = (rho_hat_tau A + B) theta_tau with theta_tau = {theta}, {what};\n"
               f"derived by derive.drift. Order parameters of shape (..., K, K); returns (A, B) of shape (..., {F}, {F})."),
-        *_preamble(monomials, zero, _smoothed_kernel_arrays if smoothed else None),
+        *_preamble(monomials, zero, _numeric_kernel_arrays(smoothed=True) if smoothed else None),
         f"    A = numpy.zeros(Q.shape[:-2] + ({F}, {F}))", f"    B = numpy.zeros(Q.shape[:-2] + ({F}, {F}))",
     ]
     lines += _block_lines(drift, zero)
@@ -499,7 +489,8 @@ def _noise_function(d, name, noise, bias=False):
     """noise_<rule> (per atom, from S_j) or spike_noise_<rule> (per pair of spikes, from theta);
     bias=True: the same with a trained encoder bias b (averages over N(b, Q), named *_bias)."""
     zero = set() if d.smoothed or bias else _zero_kernels(d)
-    arrays = _shifted_numeric_arrays(bool(d.smoothed)) if bias else _smoothed_kernel_arrays if d.smoothed else None
+    arrays = _numeric_kernel_arrays(bool(d.smoothed), shifted=True) if bias else \
+        _numeric_kernel_arrays(smoothed=True) if d.smoothed else None
     suffix, bias_arg, bias_doc = ("_bias", ", b", "\nb (..., K): the encoder bias (fields lambda ~ N(b, Q)).") if bias \
         else ("", "", "")
     monomials = noise.monomials()
@@ -546,7 +537,7 @@ def _bias_noise_function(d, name, noise):
                    "Nbt = D E[db_k d theta_j^T] (..., J, K, F) per unit of time for the spikes' direction vectors\n"
                    "theta (..., J, F), rho_hat (J,) = rho_j/D (derive.finite.derive_bias_noise). Their covariance,\n"
                    "minus the product of the drifts over D, drives the fluctuations of b (runtime.fluctuations)."),
-             *_preamble(noise.monomials(), set(), _shifted_numeric_arrays(bool(d.smoothed)))]
+             *_preamble(noise.monomials(), set(), _numeric_kernel_arrays(bool(d.smoothed), shifted=True))]
     lines += [f"    theta_{f} = theta[..., {slot[f]}]" for f in fams]
     lines += [f"    Nbb = {_einsum_lines(noise.bb, set(), 'kl', batched=True, free=finite_engine.FREE)} + numpy.zeros(Q.shape)",
               f"    Nbt = numpy.zeros(theta.shape[:-1] + (K, {F}))"]

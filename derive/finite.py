@@ -87,14 +87,19 @@ def _projected(rule: Rule, f):
     return out
 
 
+def _renamed(c, summed, unit):
+    """A coefficient for unit `unit` (k renamed) with fresh summation indices: (c, summed, renaming)."""
+    ren = {s: next(_fresh) for s in summed}
+    ren[k] = unit
+    return c.xreplace(ren), tuple(ren[s] for s in summed), ren
+
+
 def _second_copy(terms):
     """The same update for unit k2, with fresh summation indices."""
     out = []
     for basis, c, summed in terms:
-        ren = {s: next(_fresh) for s in summed}
-        ren[k] = k2
-        basis = basis if basis == ("x",) else (basis[0], ren.get(basis[1], basis[1]))
-        out.append((basis, c.xreplace(ren), tuple(ren[s] for s in summed)))
+        c, summed, ren = _renamed(c, summed, k2)
+        out.append((basis if basis == ("x",) else (basis[0], ren.get(basis[1], basis[1])), c, summed))
     return out
 
 
@@ -162,12 +167,7 @@ class BiasNoise:
 
 def _bias_copy(db, unit):
     """The bias update of `unit` as [(coefficient, summed)] with fresh summation indices."""
-    out = []
-    for c, summed in db:
-        ren = {s: next(_fresh) for s in summed}
-        ren[k] = unit
-        out.append((c.xreplace(ren), tuple(ren[s] for s in summed)))
-    return out
+    return [_renamed(c, summed, unit)[:2] for c, summed in db]
 
 
 def derive_bias_noise(rule: Rule) -> BiasNoise:
