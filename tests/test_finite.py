@@ -48,22 +48,35 @@ def _sgd_step(act, rule, W, V, x, b=None):
     return (dW, dV) if b is None else (dW, dV, LR / D**2 * ve * Gp)
 
 
-def monte_carlo(act, rule, W, V, seed=0):
-    """Mean and standard error of D * (change of S_j) per step."""
+def _sample_means(draw, seed):
+    """Mean and standard error over SAMPLES inputs x ~ N(0, Omega), drawn in chunks, of each
+    per-sample quantity of draw(x) -> {name: array (n, ...)}: {name: (mean, standard error)}."""
     rng = np.random.default_rng(seed)
-    tied = rule == "tied"
-    theta = _theta(W, V, tied)
-    total = total2 = 0.0
+    sums = {}
     for _ in range(SAMPLES // CHUNK):
         x = rng.standard_normal((CHUNK, D)) * np.sqrt(RHO)
+        for key, value in draw(x).items():
+            total, total2 = sums.get(key, (0.0, 0.0))
+            sums[key] = total + value.sum(0), total2 + (value**2).sum(0)
+    out = {}
+    for key, (total, total2) in sums.items():
+        mean = total / SAMPLES
+        out[key] = mean, np.sqrt(np.maximum(total2 / SAMPLES - mean**2, 0) / SAMPLES)
+    return out
+
+
+def monte_carlo(act, rule, W, V, seed=0):
+    """Mean and standard error of D * (change of S_j) per step."""
+    tied = rule == "tied"
+    theta = _theta(W, V, tied)
+
+    def draw(x):
         dW, dV = _sgd_step(act, rule, W, V, x)
         dth = _theta(dW.transpose(1, 0, 2), dV.transpose(1, 0, 2), tied).transpose(1, 0, 2) if not tied \
             else dW.transpose(0, 2, 1)
-        dS = np.stack([np.einsum("iF,niG->nFG", theta[a], dth[:, a]) + np.einsum("niF,iG->nFG", dth[:, a], theta[a])
-                       + np.einsum("niF,niG->nFG", dth[:, a], dth[:, a]) for a in ATOMS], axis=1) * D
-        total, total2 = total + dS.sum(0), total2 + (dS**2).sum(0)
-    mean = total / SAMPLES
-    return mean, np.sqrt(np.maximum(total2 / SAMPLES - mean**2, 0) / SAMPLES)
+        return {"dS": np.stack([np.einsum("iF,niG->nFG", theta[a], dth[:, a]) + np.einsum("niF,iG->nFG", dth[:, a], theta[a])
+                                + np.einsum("niF,niG->nFG", dth[:, a], dth[:, a]) for a in ATOMS], axis=1) * D}
+    return _sample_means(draw, seed)["dS"]
 
 
 def equations(act, rule, S, K):
@@ -98,17 +111,13 @@ def test_finite_equations_are_the_expected_sgd_step(name, rule, K):
 def monte_carlo_spikes(act, rule, W, V, seed=1):
     """Mean and standard error of D d theta_s d theta_s'^T per step for the spikes s, s' (directions
     0 and 1), shape (2, 2, F, F)."""
-    rng = np.random.default_rng(seed)
     tied = rule == "tied"
-    total = total2 = 0.0
-    for _ in range(SAMPLES // CHUNK):
-        x = rng.standard_normal((CHUNK, D)) * np.sqrt(RHO)
+
+    def draw(x):
         dW, dV = _sgd_step(act, rule, W, V, x)
         dth = (dW.transpose(0, 2, 1) if tied else np.concatenate([dW, dV / np.sqrt(D)], axis=1).transpose(0, 2, 1))[:, :2]
-        outer = D * np.einsum("niF,njG->nijFG", dth, dth)
-        total, total2 = total + outer.sum(0), total2 + (outer**2).sum(0)
-    mean = total / SAMPLES
-    return mean, np.sqrt(np.maximum(total2 / SAMPLES - mean**2, 0) / SAMPLES)
+        return {"tt": D * np.einsum("niF,njG->nijFG", dth, dth)}
+    return _sample_means(draw, seed)["tt"]
 
 
 @pytest.mark.parametrize("name, rule, K", [
@@ -139,21 +148,12 @@ def test_noise_between_spikes_is_the_second_moment_of_one_sgd_step(name, rule, K
 def monte_carlo_bias(act, W, V, b, seed=2):
     """Means and standard errors of D d theta_s d theta_s'^T, D db db^T and D db d theta_s^T per
     step of rule vanilla with encoder bias b, for the spikes s, s' (directions 0 and 1)."""
-    rng = np.random.default_rng(seed)
-    sums = {}
-    for _ in range(SAMPLES // CHUNK):
-        x = rng.standard_normal((CHUNK, D)) * np.sqrt(RHO)
+    def draw(x):
         dW, dV, db = _sgd_step(act, "vanilla", W, V, x, b)
         dth = np.concatenate([dW, dV / np.sqrt(D)], axis=1).transpose(0, 2, 1)[:, :2]
-        for key, value in (("tt", np.einsum("niF,njG->nijFG", dth, dth)), ("bb", np.einsum("nk,nl->nkl", db, db)),
-                           ("bt", np.einsum("nk,njF->njkF", db, dth))):
-            total, total2 = sums.get(key, (0.0, 0.0))
-            sums[key] = (total + D * value.sum(0), total2 + ((D * value) ** 2).sum(0))
-    out = {}
-    for key, (total, total2) in sums.items():
-        mean = total / SAMPLES
-        out[key] = mean, np.sqrt(np.maximum(total2 / SAMPLES - mean**2, 0) / SAMPLES)
-    return out
+        return {"tt": D * np.einsum("niF,njG->nijFG", dth, dth), "bb": D * np.einsum("nk,nl->nkl", db, db),
+                "bt": D * np.einsum("nk,njF->njkF", db, dth)}
+    return _sample_means(draw, seed)
 
 
 @pytest.mark.parametrize("name", ["erf", "linear", "relu", "tanh"])
