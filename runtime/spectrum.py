@@ -342,14 +342,21 @@ def atom_matrices(spectrum, atom_of, W0, V0, eigvecs):
     return grouped(o, o), grouped(u, o), grouped(u, u)
 
 
-def spiked_problem(D, K, strengths, seed=0, scale_w=0.5, scale_v=0.5):
-    """A spiked model in the interface of SPEC section 6: eigenvalues s_m D for the spikes and 1
-    for the bulk, Haar-random eigenvectors, W0 and V0 with i.i.d. N(0, scale^2) entries, all from
-    one seeded generator. Returns (eigvals (D,), eigvecs (D, D), W0 (K, D), V0 (K, D))."""
+def random_problem(eigvals, K, seed=0, scale_w=0.5, scale_v=0.5):
+    """A problem in the interface of SPEC section 6 for the given eigenvalues (D,): Haar-random
+    eigenvectors, then W0 and V0 with i.i.d. N(0, scale^2) entries, all from one seeded generator.
+    Returns (eigvals (D,), eigvecs (D, D), W0 (K, D), V0 (K, D))."""
+    eigvals = np.asarray(eigvals, float)
     rng = np.random.default_rng(seed)
+    eigvecs, _ = np.linalg.qr(rng.normal(size=(eigvals.size, eigvals.size)))
+    shape = (K, eigvals.size)
+    return eigvals, eigvecs, scale_w * rng.normal(size=shape), scale_v * rng.normal(size=shape)
+
+
+def spiked_problem(D, K, strengths, seed=0, scale_w=0.5, scale_v=0.5):
+    """random_problem for a spiked model: eigenvalues s_m D for the spikes and 1 for the bulk."""
     eigvals = np.concatenate([np.asarray(strengths, float) * D, np.ones(D - len(strengths))])
-    eigvecs, _ = np.linalg.qr(rng.normal(size=(D, D)))
-    return eigvals, eigvecs, scale_w * rng.normal(size=(K, D)), scale_v * rng.normal(size=(K, D))
+    return random_problem(eigvals, K, seed, scale_w, scale_v)
 
 
 def random_init_matrices(spectrum, K, sigma_w=1.0, sigma_v=1.0, seed=0, sample_up_to=1):
