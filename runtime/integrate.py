@@ -92,7 +92,9 @@ class _System:
     derive.finite): (A, B) = drift(Q, R, T, T0, WW, lr, D) is the exact expected drift, and each
     matrix gains the second-order terms N_j = noise(..., S, rho_hat_j, m_j rho_j). A spike keeps
     its direction vector: in one run its matrix has rank one, and the average of its
-    fluctuations (O(1/D), like the spike's share of N_j) is not a state of the equations.
+    fluctuations (the spike's share of N_j: O(1/D) for the untied rules, runtime.fluctuations)
+    is not a state of the equations. For tied weights that share is not small: the runs end in
+    different sign patterns, which no mean state describes (README, tied weights).
     With V tied to W the state is omega alone (F = K), else theta = (omega, upsilon/sqrt(D))."""
 
     def __init__(self, drift, lr, rho_vec, rho_mat, K, *, noise=None, m_rho=None, D=None, tied=False):
