@@ -39,7 +39,7 @@ def test_experiment_runs_end_to_end(name, small_run):
 def test_tied_reports_equations_and_scaling(small_run):
     """Every tied activation has equations (ReLU's through the smoothed activation); the D scan
     has every tied activation at every D with finite exponents; the tied states are analysed by
-    runtime.fixed_points like the others."""
+    runtime.fixed_points like the others; the comparison on macroscopic atoms is recorded."""
     _, summary = small_run("tied")
     cfg = summary["config"]
     assert summary["no_equations"] == {}
@@ -50,6 +50,8 @@ def test_tied_reports_equations_and_scaling(small_run):
         values = [scan["exponents"]["Q_diag"], scan["exponents"]["w2_over_D"], *scan["exponents"]["spike_projection"]]
         assert None not in values and np.all(np.isfinite(values)), (act, scan["exponents"])
     assert "found" in summary["fixed_points"]["erf/tied"] and "found" in summary["fixed_points"]["erf/vanilla"]
+    assert set(summary["macroscopic"]) == set(cfg["tied_activations"])
+    assert all(np.isfinite(list(m.values())).all() for m in summary["macroscopic"].values())
 
 
 def test_bias_reports_seeds_and_biases(small_run):

@@ -5,7 +5,9 @@ equations at the given D (the tied rule has no O(1) limit, SPEC section 5), each
 Also linear and ReLU tied (equations and SGD; ReLU's through the smoothed activation of
 derive/smoothing.py; an activation the integrator refuses is recorded with its reason). Finally, how the tied order parameters scale with D in SGD: the
 late-time spike projections |omega_tau| = (sum_k (w_k.u_tau)^2)^(1/2), Q_kk and |w_k|^2/D at
-several D, with fitted exponents (quantity ~ D^p).
+several D, with fitted exponents (quantity ~ D^p). Last, where the tied equations and SGD agree:
+a spectrum whose atoms are all macroscopic (eigenvalues 4 and 2 with D/10 directions each over a
+unit bulk), where each run's per-atom matrices self-average, unlike spikes of order D (README).
 
 Writes tied.png, tied.csv (error curves at the main D) and tied.json (late-time errors of theory
 and SGD, the scan over D with its exponents, the long-time analysis).
@@ -16,8 +18,10 @@ from runtime.experiments.common import Run, integrate, pca_levels, pyplot, sim_p
 
 NAME = "tied"
 FULL = dict(D=400, K=2, spikes=(2.0, 1.0), init=0.5, lr=1.0, t_max=50.0, untied_t_max=1000.0,
-            n_theory=60, n_sim=14, seeds=2, seed=0, scan_D=(200, 400, 800), tied_activations=("erf", "linear", "relu"))
-SMALL = dict(FULL, D=100, t_max=10.0, untied_t_max=20.0, n_theory=25, n_sim=5, seeds=1, scan_D=(100, 150))
+            n_theory=60, n_sim=14, seeds=2, seed=0, scan_D=(200, 400, 800), tied_activations=("erf", "linear", "relu"),
+            macro_atoms=((4.0, 0.1), (2.0, 0.1)), macro_seeds=24)
+SMALL = dict(FULL, D=100, t_max=10.0, untied_t_max=20.0, n_theory=25, n_sim=5, seeds=1, scan_D=(100, 150),
+             macro_seeds=3)
 #: late-time averages are over the records with t >= LATE * t_max
 LATE = 0.5
 
@@ -30,6 +34,22 @@ def problem(cfg, D=None):
     K = cfg["K"]
     return spiked_eigvals(D, cfg["spikes"]), cfg["init"] * rng.standard_normal((K, D)), \
         cfg["init"] * rng.standard_normal((K, D))
+
+
+def macroscopic_eigvals(D, atoms):
+    """Eigenvalue a for round(f D) directions per (a, f) in `atoms`, 1 for the rest."""
+    sizes = [int(round(f * D)) for _, f in atoms]
+    return np.concatenate([np.full(n, float(a)) for (a, _), n in zip(atoms, sizes)] + [np.ones(D - sum(sizes))])
+
+
+def agreement(res, sim):
+    """Largest and mean |equations - SGD mean| of the error over the records t > 0, in seed
+    spreads and standard errors, and how far the SGD error moves, in spreads."""
+    mean, spread = sim.mean()[1:], sim.std()[1:]
+    ratio = np.abs(res.error[1:] - mean) / spread
+    return {"max_gap_over_spread": float(np.max(ratio)),
+            "mean_gap_over_standard_error": float(np.mean(ratio) * np.sqrt(sim.error.shape[0])),
+            "error_change_over_spread": float(abs(mean[-1] - sim.mean()[0]) / np.mean(spread))}
 
 
 def _grid(t_max, n):
@@ -134,13 +154,21 @@ def run(out, small=False):
             cols.append(np.interp(sim.t, theo[act, rule].t, theo[act, rule].error))
     n = max(len(c) for c in cols)
     job.table(header, [np.pad(c.astype(float), (0, n - len(c)), constant_values=np.nan) for c in cols])
-    job.figure(plot(cfg, theo, refused, sims, scan, pca))
+    eigvals_macro, grid = macroscopic_eigvals(D, cfg["macro_atoms"]), np.linspace(0, cfg["t_max"], cfg["n_sim"] + 1)
+    macro = {}
+    for act in cfg["tied_activations"]:
+        label = f"{act}/tied macroscopic atoms"
+        macro[act] = (job.integrate(label, act, eigvals_macro, W0, None, grid, rule="tied", lr=cfg["lr"]),
+                      job.simulate(label, act, eigvals_macro, W0, None, grid, cfg["macro_seeds"], rule="tied",
+                                   lr=cfg["lr"], n_overlap=0))
+    job.record(macroscopic={act: agreement(*pair) for act, pair in macro.items()})
+    job.figure(plot(cfg, theo, refused, sims, scan, pca, macro))
     return job.summary
 
 
-def plot(cfg, theo, refused, sims, scan, pca):
+def plot(cfg, theo, refused, sims, scan, pca, macro):
     plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(3, 2, figsize=(13, 13))
     D = cfg["D"]
     ax = axes[0, 0]
     for i, (rule, label) in enumerate((("vanilla", "untied (D → ∞ equations)"), ("tied", f"tied (finite-D equations, D = {D})"))):
@@ -179,5 +207,19 @@ def plot(cfg, theo, refused, sims, scan, pca):
         ax.legend(fontsize=7)
     axes[1, 0].set_ylabel("|ω_τ| = (Σ_k (w_k.u_τ)²)^½")
     axes[1, 1].set_ylabel("Q_kk, |w_k|²/D (mean over k)")
+    atoms = " and ".join(f"{a:g} (D/{1 / f:g} directions)" for a, f in cfg["macro_atoms"])
+    for i, act in enumerate(cfg["tied_activations"]):
+        res, sim = macro[act]
+        level = res.pca_errors[-1]
+        axes[2, 0].plot(res.t[1:], res.error[1:] - level, color=f"C{i + 2}", lw=2, label=f"{act} tied: finite-D equations")
+        sim_points(axes[2, 0], sim.t[1:], sim.error[:, 1:] - level, f"C{i + 2}", f"{act} tied: SGD, D = {D}")
+        q = lambda A: np.mean(np.diagonal(A, axis1=-2, axis2=-1), axis=-1)
+        axes[2, 1].plot(res.t, q(res.Q), color=f"C{i + 2}", lw=2, label=f"{act}: equations")
+        sim_points(axes[2, 1], sim.t, q(sim.Q), f"C{i + 2}", f"{act}: SGD")
+    axes[2, 0].set(yscale="log", xlabel="t = steps / D", ylabel="ε − ε_PCA(K)",
+                   title=f"tied, every atom macroscopic: the equations match SGD\n(eigenvalues {atoms}, unit bulk)")
+    axes[2, 1].set(xlabel="t = steps / D", ylabel="Q_kk (mean over k)", title="the same runs: Q")
+    for ax in axes[2]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
