@@ -208,12 +208,12 @@ def plot(cfg, theo, refused, sims, scan, pca, macro):
     axes[1, 0].set_ylabel("|ω_τ| = (Σ_k (w_k.u_τ)²)^½")
     axes[1, 1].set_ylabel("Q_kk, |w_k|²/D (mean over k)")
     atoms = " and ".join(f"{a:g} (D/{1 / f:g} directions)" for a, f in cfg["macro_atoms"])
+    q = lambda A: np.mean(np.diagonal(A, axis1=-2, axis2=-1), axis=-1)       # mean Q_kk
     for i, act in enumerate(cfg["tied_activations"]):
         res, sim = macro[act]
         level = res.pca_errors[-1]
         axes[2, 0].plot(res.t[1:], res.error[1:] - level, color=f"C{i + 2}", lw=2, label=f"{act} tied: finite-D equations")
         sim_points(axes[2, 0], sim.t[1:], sim.error[:, 1:] - level, f"C{i + 2}", f"{act} tied: SGD, D = {D}")
-        q = lambda A: np.mean(np.diagonal(A, axis1=-2, axis2=-1), axis=-1)
         axes[2, 1].plot(res.t, q(res.Q), color=f"C{i + 2}", lw=2, label=f"{act}: equations")
         sim_points(axes[2, 1], sim.t, q(sim.Q), f"C{i + 2}", f"{act}: SGD")
     axes[2, 0].set(yscale="log", xlabel="t = steps / D", ylabel="ε − ε_PCA(K)",
