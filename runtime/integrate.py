@@ -422,11 +422,12 @@ def _solve(system, y0, times, method, rtol, atol, bar):
         if not np.all(np.isfinite(solver.y)):
             message = f"non-finite state at t = {solver.t:.6g} (blow-up)"
             break
-        dense = solver.dense_output()
-        while nxt is not None and nxt <= solver.t:
-            out_t.append(nxt)
-            out_y.append(dense(nxt))
-            nxt = next(pending, None)
+        if nxt is not None and nxt <= solver.t:
+            dense = solver.dense_output()
+            while nxt is not None and nxt <= solver.t:
+                out_t.append(nxt)
+                out_y.append(dense(nxt))
+                nxt = next(pending, None)
         if solver.status == "finished" and nxt is not None:
             out_t.append(nxt)
             out_y.append(solver.y)
