@@ -4,6 +4,7 @@ x ~ N(0, Omega) fresh at every step, loss |x - x_hat|^2 / (2D), time t = steps /
 
     vanilla    w_k += (lr/D^2)(v_k.e) g'(lam_k) x/sqrt(D),  v_k += (lr/D) g(lam_k) e
                (+ b_k += (lr/D^2)(v_k.e) g'(lam_k) when a bias b0 is given)
+               (+ an output bias, x_hat = V^T g + c, c += (lr/D) e, when c0 is given)
     truncated  as vanilla with e_k = x - sum_{l<=k} v_l g(lam_l) in both updates of unit k
     tied       w_k += (lr/D)[g(lam_k) e + (w_k.e) g'(lam_k) x/sqrt(D)]   (V = W)
     sanger     y = W x/sqrt(D), W += (lr/D^2)(y x^T - tril(y y^T) W)   (linear g, V = W)
@@ -47,7 +48,8 @@ class SimulationResult:
 
     t (n,): record times (steps / D); error (S, n): population error from the order
     parameters; test_error (S, n): mean |x - x_hat|^2 / (2D) on a fixed held-out set per seed;
-    Q, R, T, T0 (S, n, K, K); b (S, n, K) or None; overlap (S, n, K, n_overlap): w_k . u_tau / |w_k|
+    Q, R, T, T0 (S, n, K, K); b (S, n, K) or None; c (S, D): the final output bias, or None;
+    overlap (S, n, K, n_overlap): w_k . u_tau / |w_k|
     for the eigen-directions overlap_index (decreasing eigenvalue); pca_errors (K + 1,):
     eps_PCA(m), m = 0..K; W, V (S, K, D): final weights (V = W for tied and sanger).
     status 0: ok; -1: a seed blew up (non-finite weights): its later records are NaN, the
@@ -66,6 +68,7 @@ class SimulationResult:
     pca_errors: np.ndarray
     W: np.ndarray
     V: np.ndarray
+    c: object
     seeds: tuple
     rule: str
     activation: str
@@ -98,15 +101,27 @@ def error_from_order_parameters(act, Q, R, T0, total_variance_over_2D, b=None):
                                     b=None if b is None else np.asarray(b, dtype=float))
 
 
+def output_bias_error(act, Q, b, CV, CC):
+    """What an output bias c adds to the population error (x_hat = V^T g(lambda) + c, E x = 0):
+    |c|^2/(2D) + c.V^T E[g(lambda)]/D = CC/2 + sum_k CV_k E[g(lambda_k)], lambda_k ~ N(b_k, Q_kk),
+    with CV_k = v_k.c/D and CC = |c|^2/D. Q (..., K, K), b (..., K) or None, CV (..., K), CC (...)."""
+    q = np.diagonal(Q, axis1=-2, axis2=-1)
+    with np.errstate(all="ignore"):
+        mean = act.mean_0(q) if b is None else act.shifted_mean_0(b, q)
+    return CC / 2 + np.sum(CV * mean, axis=-1)
+
+
 def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="vanilla", b0=None,
              seeds=1, test_samples=10000, progress=False, n_overlap=8, prefetch=None,
-             samples=None, test_set=None):
+             samples=None, test_set=None, c0=None):
     """Online SGD from (W0, V0) on x ~ N(0, U diag(eigvals) U^T), recorded at `times`.
 
     activation: a generated module (e.g. generated.erf) or its name. eigvecs: (D, D) with
     orthonormal columns, or None for U = I. W0, V0: (K, D) (V0 is ignored, and may be None,
     for tied and sanger). times: sorted times >= 0 (default 0, 1, ..., 10), each recorded
     after round(t D) steps. b0: initial encoder bias (K,), trains a bias (vanilla only).
+    c0: initial output bias (D,), trained by SGD on the same loss (x_hat = V^T g + c,
+    c += (lr/D) e; vanilla only); the equations of motion do not include it.
     seeds: a count n (seeds 0..n-1) or a sequence of seeds. test_samples: held-out samples per
     seed (0: no test error). n_overlap: eigen-directions kept in `overlap`. progress: a
     progress bar on stderr for runs over a second. prefetch: draw the next block of samples in
@@ -146,6 +161,10 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         if rule != "vanilla":
             raise ValueError(f"a trained bias (b0) is implemented for rule 'vanilla' only, not {rule!r}")
         b0 = weights(np.asarray(b0, dtype=float), (K,), "b0")
+    if c0 is not None:
+        if rule != "vanilla":
+            raise ValueError(f"a trained output bias (c0) is implemented for rule 'vanilla' only, not {rule!r}")
+        c0 = weights(np.asarray(c0, dtype=float), (D,), "c0")
     seeds = _seeds(seeds)
     if int(test_samples) != test_samples or test_samples < 0:
         raise ValueError(f"test_samples must be a non-negative integer, got {test_samples!r}")
@@ -169,10 +188,11 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     W = np.repeat((W0 if U is None else W0 @ U)[None], S, axis=0)
     V = W if tied else np.repeat((V0 if U is None else V0 @ U)[None], S, axis=0)
     b = None if b0 is None else np.repeat(b0[None], S, axis=0)
+    c = None if c0 is None else np.repeat((c0 if U is None else c0 @ U)[None], S, axis=0)
     streams = [np.random.SeedSequence(s).spawn(2) for s in seeds]
     draw = _gaussian(sqrt_rho) if samples is None else _rows(samples)
     test = _TestSet([ss[1] for ss in streams], int(test_samples), draw, D, test_set)
-    advance = _RULE_STEPS[rule](act, W, V, b, lr, D)
+    advance = _RULE_STEPS[rule](act, W, V, b, lr, D, c)
 
     n = t.size
     rec = dict(error=np.full((S, n), np.nan), test_error=np.full((S, n), np.nan),
@@ -185,14 +205,15 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
 
     def check(step):
         bad = alive & ~(np.all(np.isfinite(W), axis=(1, 2)) & np.all(np.isfinite(V), axis=(1, 2)))
-        if b is not None:
-            bad |= alive & ~np.all(np.isfinite(b), axis=1)
+        for extra in (b, c):
+            if extra is not None:
+                bad |= alive & ~np.all(np.isfinite(extra), axis=1)
         for s in np.flatnonzero(bad):
             died[int(s)] = step / D
         alive[bad] = False
 
     def record(i):
-        _record(rec, i, alive, W, V, b, rho, D, act, total_2D, top, test)
+        _record(rec, i, alive, W, V, b, c, rho, D, act, total_2D, top, test)
 
     gens = [np.random.default_rng(ss[0]) for ss in streams]
     bufs = [np.empty((S, BLOCK, D)), np.empty((S, BLOCK, D))]
@@ -254,20 +275,22 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         Vf = Wf if tied else V @ U.T
     Wf = Wf.copy()
     Vf = Wf if tied else Vf.copy()
+    cf = None if c is None else (c if U is None else c @ U.T).copy()
     return SimulationResult(
-        t=t, pca_errors=Spectrum.from_eigvals(rho)[0].pca_errors(K), overlap_index=top, W=Wf, V=Vf, seeds=tuple(seeds),
+        t=t, pca_errors=Spectrum.from_eigvals(rho)[0].pca_errors(K), overlap_index=top, W=Wf, V=Vf, c=cf,
+        seeds=tuple(seeds),
         rule=rule, activation=act.NAME, lr=lr, status=status, message=message,
         steps_per_second=step / loop_time if loop_time > 0 else float("nan"), **rec)
 
 
 # -- update rules: each returns advance(X, j0, j1) applying samples X[:, j0:j1] in order --------
 
-def _vanilla(act, W, V, b, lr, D):
+def _vanilla(act, W, V, b, lr, D, c=None):
     g_, dg_, mm = act.g, act.dg, np.matmul
     isq, cw, cv, cb = D ** -0.5, lr / D ** 2.5, lr / D, lr / D ** 2
 
     def advance(X, j0, j1):
-        nonlocal W, V, b
+        nonlocal W, V, b, c
         for j in range(j0, j1):
             x = X[:, j, :]
             lam = mm(W, x[:, :, None])[:, :, 0]
@@ -276,16 +299,20 @@ def _vanilla(act, W, V, b, lr, D):
                 lam += b
             g, gp = g_(lam), dg_(lam)
             e = x - mm(g[:, None, :], V)[:, 0, :]
+            if c is not None:
+                e -= c
             a = mm(V, e[:, :, None])[:, :, 0] * gp          # (v_k . e) g'_k
             if b is not None:
                 b += cb * a
             a *= cw
             W += a[:, :, None] * x[:, None, :]
             V += (cv * g)[:, :, None] * e[:, None, :]
+            if c is not None:
+                c += cv * e
     return advance
 
 
-def _truncated(act, W, V, b, lr, D):
+def _truncated(act, W, V, b, lr, D, c=None):
     g_, dg_, mm = act.g, act.dg, np.matmul
     isq, cw, cv = D ** -0.5, lr / D ** 2.5, lr / D
 
@@ -306,7 +333,7 @@ def _truncated(act, W, V, b, lr, D):
     return advance
 
 
-def _tied(act, W, V, b, lr, D):
+def _tied(act, W, V, b, lr, D, c=None):
     g_, dg_, mm = act.g, act.dg, np.matmul
     isq, cx, ce = D ** -0.5, lr / D ** 1.5, lr / D
 
@@ -326,7 +353,7 @@ def _tied(act, W, V, b, lr, D):
     return advance
 
 
-def _sanger(act, W, V, b, lr, D):
+def _sanger(act, W, V, b, lr, D, c=None):
     mm = np.matmul
     isq, c = D ** -0.5, lr / D ** 2
 
@@ -348,7 +375,7 @@ _RULE_STEPS = {"vanilla": _vanilla, "truncated": _truncated, "tied": _tied, "san
 
 # -- recording ---------------------------------------------------------------------------------
 
-def _record(rec, i, alive, W, V, b, rho, D, act, total_2D, top, test):
+def _record(rec, i, alive, W, V, b, c, rho, D, act, total_2D, top, test):
     """Order parameters (SPEC section 3, from the eigenbasis projections), errors, overlaps."""
     Wr = W * rho
     Vr = V * rho
@@ -368,10 +395,15 @@ def _record(rec, i, alive, W, V, b, rho, D, act, total_2D, top, test):
     rec["overlap"][:, i] = ov
     err = error_from_order_parameters(act, Q[alive], R[alive], T0[alive], total_2D,
                                       None if b is None else bb[alive])
+    if c is not None:
+        err += output_bias_error(act, Q[alive], None if b is None else bb[alive],
+                                 np.matmul(V[alive], c[alive][:, :, None])[..., 0] / D,
+                                 np.sum(c[alive] ** 2, axis=1) / D)
     rec["error"][alive, i] = err
     if test.N:
         for s in np.flatnonzero(alive):
-            rec["test_error"][s, i] = test.error(s, act, W[s], V[s], None if b is None else b[s])
+            rec["test_error"][s, i] = test.error(s, act, W[s], V[s], None if b is None else b[s],
+                                                 None if c is None else c[s])
 
 
 def _gaussian(sqrt_rho):
@@ -412,8 +444,9 @@ class _TestSet:
             X = self.draw(gen, n, np.empty((n, self.D)))
             yield X, np.einsum("nd,nd->n", X, X)
 
-    def error(self, s, act, W, V, b):
-        """mean |x - x_hat|^2 / (2D) = mean (|x|^2 - 2 g.(V x) + g^T V V^T g) / (2D)."""
+    def error(self, s, act, W, V, b, c=None):
+        """mean |x - x_hat|^2 / (2D) = mean (|x|^2 - 2 g.(V x) + g^T V V^T g) / (2D), with an
+        output bias c also + |c|^2 - 2 c.x + 2 g.(V c)."""
         G = V @ V.T
         total = 0.0
         for X, xx in (self.stored[s] if self.stored is not None else self._draw(s)):
@@ -423,6 +456,8 @@ class _TestSet:
             g = act.g(lam)
             P = X @ V.T
             total += np.sum(xx - 2 * np.sum(g * P, axis=1) + np.einsum("nk,kl,nl->n", g, G, g))
+            if c is not None:
+                total += np.sum(c @ c - 2 * (X @ c) + 2 * (g @ (V @ c)))
         return total / (self.N * 2 * self.D)
 
 

@@ -62,6 +62,8 @@ def test_bias_reports_seeds_and_biases(small_run):
         with_bias = late[f"relu/bias D={D}"]
         assert len(with_bias["error"]) == seeds and np.shape(with_bias["b"]) == (seeds, cfg["K"])
         assert late[f"relu/no bias D={D}"]["b"] is None
+    for name in ("bias + output bias", "output bias"):         # SGD with an output bias, first D
+        assert len(late[f"relu/{name} D={cfg['D'][0]}"]["error"]) == cfg["seeds"][0]
     assert len(summary["theory_late"]["relu/bias"]["b"]) == cfg["K"]
     assert "found" in summary["fixed_points"]["relu/bias"] and "found" in summary["fixed_points"]["relu/no bias"]
 

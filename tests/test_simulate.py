@@ -70,26 +70,31 @@ def test_linear_error_formula_matches_direct_computation():
     assert error_from_order_parameters(linear, Q, R, T0, rho.sum() / (2 * D)) == pytest.approx(direct, rel=1e-12)
 
 
-def _loss_std(act, W, V, rho, U, b=None, n=20000, seed=99):
+def _loss_std(act, W, V, rho, U, b=None, c=None, n=20000, seed=99):
     """Standard deviation of the per-sample loss at fixed weights (for the MC error bar)."""
     D = rho.size
     X = np.random.default_rng(seed).standard_normal((n, D)) * np.sqrt(rho) @ U.T
     lam = X @ W.T / np.sqrt(D) + (0 if b is None else b)
-    E = X - act.g(lam) @ V
+    E = X - act.g(lam) @ V - (0 if c is None else c)
     return np.std(np.sum(E * E, axis=1) / (2 * D))
 
 
-@pytest.mark.parametrize("act,bias", [(erf, False), (relu, True)])
-def test_held_out_error_agrees_with_population_error(act, bias):
+@pytest.mark.parametrize("act,bias,output_bias", [(erf, False, False), (relu, True, False), (relu, True, True),
+                                                 (erf, False, True)])
+def test_held_out_error_agrees_with_population_error(act, bias, output_bias):
+    """The recorded error (from the order parameters, with output_bias_error for an output bias c)
+    against the mean loss on the held-out samples, at the start and after training."""
     rho, U, W0, V0 = _spiked(80, K=2, seed=1)
     N = 20000
-    res = simulate(act, rho, U, W0, V0, times=[0, 3], seeds=1, test_samples=N,
-                   b0=np.array([0.3, -0.2]) if bias else None)
+    b0 = np.array([0.3, -0.2]) if bias else None
+    c0 = np.random.default_rng(3).normal(size=80) if output_bias else None
+    res = simulate(act, rho, U, W0, V0, times=[0, 3], seeds=1, test_samples=N, b0=b0, c0=c0)
     assert res.status == 0
     b = None if res.b is None else res.b[0, -1]
-    se = _loss_std(act, res.W[0], res.V[0], rho, U, b) / np.sqrt(N)
+    c = None if res.c is None else res.c[0]
+    se = _loss_std(act, res.W[0], res.V[0], rho, U, b, c) / np.sqrt(N)
     assert abs(res.test_error[0, -1] - res.error[0, -1]) < 5 * se
-    se0 = _loss_std(act, W0, V0, rho, U, None if not bias else np.array([0.3, -0.2])) / np.sqrt(N)
+    se0 = _loss_std(act, W0, V0, rho, U, b0, c0) / np.sqrt(N)
     assert abs(res.test_error[0, 0] - res.error[0, 0]) < 5 * se0
 
 
@@ -118,19 +123,22 @@ def _first_sample(seed, rho, U):
     return U @ (np.sqrt(rho) * xi)
 
 
-@pytest.mark.parametrize("rule", ["vanilla", "bias", "truncated", "tied", "sanger"])
+@pytest.mark.parametrize("rule", ["vanilla", "bias", "output bias", "truncated", "tied", "sanger"])
 def test_one_step_follows_the_spec_update(rule):
+    """rule "bias": vanilla with a trained encoder bias; "output bias": with x_hat = V^T g + c as
+    well, c += (lr/D) e (plain SGD on the same loss)."""
     D, K, lr = 30, 3, 0.7
     rho, U, W, V = _spiked(D, K=K, seed=4)
     act = linear if rule == "sanger" else erf
-    b0 = np.array([0.1, -0.2, 0.3]) if rule == "bias" else None
+    b0 = np.array([0.1, -0.2, 0.3]) if rule in ("bias", "output bias") else None
+    c0 = np.random.default_rng(6).normal(size=D) if rule == "output bias" else None
     res = simulate(act, rho, U, W, V, lr=lr, times=[0, 1 / D], test_samples=0, seeds=[5],
-                   rule="vanilla" if rule == "bias" else rule, b0=b0)
+                   rule="vanilla" if b0 is not None else rule, b0=b0, c0=c0)
     x = _first_sample(5, rho, U)
     lam = W @ x / np.sqrt(D) + (0 if b0 is None else b0)
     g, gp = act.g(lam), act.dg(lam)
-    if rule in ("vanilla", "bias"):
-        e = x - V.T @ g
+    if rule in ("vanilla", "bias", "output bias"):
+        e = x - V.T @ g - (0 if c0 is None else c0)
         W1 = W + lr / D ** 2 * np.outer((V @ e) * gp, x / np.sqrt(D))
         V1 = V + lr / D * np.outer(g, e)
     elif rule == "truncated":
@@ -145,9 +153,10 @@ def test_one_step_follows_the_spec_update(rule):
         W1 = V1 = W + lr / D ** 2 * (np.outer(y, x) - np.tril(np.outer(y, y)) @ W)
     assert np.allclose(res.W[0], W1, rtol=1e-10, atol=1e-13)
     assert np.allclose(res.V[0], V1, rtol=1e-10, atol=1e-13)
-    if rule == "bias":
-        e = x - V.T @ g
+    if b0 is not None:
         assert np.allclose(res.b[0, -1], b0 + lr / D ** 2 * (V @ e) * gp, rtol=1e-12)
+    if c0 is not None:
+        assert np.allclose(res.c[0], c0 + lr / D * e, rtol=1e-12)
 
 
 def test_error_decreases_on_a_spiked_problem():
@@ -214,5 +223,9 @@ def test_bad_input_raises():
         simulate(erf, rho, U, W0, V0, rule="sanger")
     with pytest.raises(ValueError, match="vanilla' only"):
         simulate(erf, rho, U, W0, V0, rule="tied", b0=np.zeros(2))
+    with pytest.raises(ValueError, match="output bias .c0. is implemented for rule 'vanilla' only"):
+        simulate(erf, rho, U, W0, V0, rule="truncated", c0=np.zeros(20))
+    with pytest.raises(ValueError, match="c0"):
+        simulate(erf, rho, U, W0, V0, c0=np.zeros(19))
     with pytest.raises(ValueError, match="orthonormal"):
         simulate(erf, rho, 2 * U, W0, V0)

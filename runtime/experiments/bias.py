@@ -4,6 +4,9 @@ the error stalls at eps_PCA(1); with it the equations leave that plateau (still 
 eps_PCA(2)). Theory: the D -> infinity equations from the weights at the first D; SGD: several
 seeds at each D, shown seed by seed (whether a seed leaves the plateau is a finite-D matter),
 with the bias trajectories b_k(t). For comparison, erf with and without bias (equations only).
+SPEC section 5 asks whether an output bias c (x_hat = V^T g + c) closes the rest of the gap: SGD
+at the first D with the encoder bias and a trained output bias (c0 = 0), and with the output bias
+alone (the equations do not include an output bias).
 
 Writes bias.png, bias.csv (error curves) and bias.json (late-time errors and biases of theory
 and of every SGD seed, how many seeds left the eps_PCA(1) plateau, and the long-time analysis
@@ -74,6 +77,16 @@ def run(out, small=False):
             late[label] = {"t": sim.t[-1], "error": final, "b": None if sim.b is None else sim.b[:, -1],
                            "seeds_off_plateau": int(np.sum(final < pca[1] - LEFT_PLATEAU)), "seeds": int(final.size)}
             job.record(simulation_late=late)
+    D, seeds = cfg["D"][0], cfg["seeds"][0]
+    eigvals, W0, V0, b0 = problem(cfg, D)
+    output = {}                     # SGD with a trained output bias c (c0 = 0), with and without b
+    for name, encoder in (("bias + output bias", b0), ("output bias", None)):
+        label = f"{relu}/{name} D={D}"
+        output[name] = sim = job.simulate(label, relu, eigvals, W0, V0, _grid(cfg, cfg["n_sim"]), seeds, lr=cfg["lr"],
+                                          n_overlap=len(cfg["spikes"]), b0=encoder, c0=np.zeros(D))
+        late[label] = {"t": sim.t[-1], "error": sim.error[:, -1], "excess_over_pca_K": sim.error[:, -1] - pca[-1],
+                       "seeds": int(sim.error.shape[0])}
+        job.record(simulation_late=late)
     t = sims[cfg["D"][0], False].t
     header, cols = ["t"], [t]
     for (act, b), res in theo.items():
@@ -82,12 +95,15 @@ def run(out, small=False):
     for (D, b), sim in sims.items():
         header.append(f"sgd_{relu}_{'bias' if b else 'nobias'}_D{D}_mean")
         cols.append(sim.mean("error"))
+    for name, sim in output.items():
+        header.append(f"sgd_{relu}_{name.replace(' + ', '_and_').replace(' ', '_')}_D{cfg['D'][0]}_mean")
+        cols.append(sim.mean("error"))
     job.table(header, cols)
-    job.figure(plot(cfg, theo, sims, pca))
+    job.figure(plot(cfg, theo, sims, output, pca))
     return job.summary
 
 
-def plot(cfg, theo, sims, pca):
+def plot(cfg, theo, sims, output, pca):
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     relu, markers = cfg["activation"], "os^v"
@@ -101,10 +117,14 @@ def plot(cfg, theo, sims, pca):
             for s in range(sim.error.shape[0]):
                 ax_e.plot(sim.t[1:], sim.error[s, 1:], ls="none", marker=markers[j], ms=4, mfc="white", color=f"C{i}",
                           label=f"{name}: SGD D = {D}, one marker per seed" if s == 0 else None)
+    for i, (name, sim) in enumerate(output.items()):
+        for s in range(sim.error.shape[0]):
+            ax_e.plot(sim.t[1:], sim.error[s, 1:], ls="none", marker="D", ms=3.5, mfc="white", color=f"C{i + 4}",
+                      label=f"{name}: SGD D = {cfg['D'][0]}, one marker per seed" if s == 0 else None)
     pca_levels(ax_e, pca, 0.1)
     ax_e.set(xscale="log", xlabel="t = steps / D", ylabel="reconstruction error",
-             title=f"{relu}, K = {cfg['K']}, spikes {cfg['spikes']} × D, init σ = {cfg['init']}, b0 = {cfg['b0']}")
-    ax_e.legend(fontsize=7)
+             title=f"{relu}, K = {cfg['K']}, spikes {cfg['spikes']} × D\ninit σ = {cfg['init']}, b0 = {cfg['b0']}, output bias c0 = 0")
+    ax_e.legend(fontsize=7, loc="upper right")
     res = theo[relu, True]
     for k in range(cfg["K"]):
         ax_b.plot(res.t[1:], res.b[1:, k], color=f"C{k + 2}", lw=2, label=f"b_{k + 1}: equations")

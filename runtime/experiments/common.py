@@ -56,10 +56,10 @@ class Run:
         return res
 
     def simulate(self, label, activation, eigvals, W0, V0, times, seeds, rule="vanilla", lr=1.0,
-                 n_overlap=8, b0=None):
+                 n_overlap=8, b0=None, c0=None):
         tic = time.perf_counter()
         sim = simulate(activation, eigvals, None, W0, V0, lr=lr, times=times, rule=rule, seeds=seeds,
-                       test_samples=0, progress=True, n_overlap=n_overlap, b0=b0)
+                       test_samples=0, progress=True, n_overlap=n_overlap, b0=b0, c0=c0)
         self.summary["seconds"][f"simulate {label}"] = round(time.perf_counter() - tic, 3)
         if sim.status != 0:
             self.summary.setdefault("warnings", []).append(f"simulate {label}: {sim.message}")
