@@ -138,6 +138,11 @@ def _wick(b1, b2, c, fams, cross=False):
     return _factor(*b1, *b2, 0, 0, cross) * c, []
 
 
+def _per_unit_time(expr, summed):
+    """D E[expr] (D steps per unit of time) as Monomials, averaged over the fields."""
+    return [Monomial(sp.powsimp(coeff), tuple(factors)) for coeff, factors in _average(sp.expand(D * expr), summed)]
+
+
 def _bias_and_spike(b2, c, fams):
     """E_x_j[ db (basis b2 on spike j) ] for db = c(fields) alone: Stein's lemma once on x_j when b2
     is x_j, else theta_b2,j times the field average; returns (expression, new summation indices)."""
@@ -177,15 +182,13 @@ def derive_bias_noise(rule: Rule) -> BiasNoise:
     first = _bias_copy(rule.db, k)
     for c1, s1 in first:
         for c2, s2 in _bias_copy(rule.db, k2):
-            for coeff, factors in _average(sp.expand(D * c1 * c2), set(s1) | set(s2)):
-                noise.bb.append(Monomial(sp.powsimp(coeff), tuple(factors)))
+            noise.bb += _per_unit_time(c1 * c2, set(s1) | set(s2))
     for h in fams:
         monomials = noise.btheta.setdefault(h, [])
         for c1, s1 in first:
             for b2, c2, s2 in _second_copy(_projected(rule, h)):
                 expr, new = _bias_and_spike(b2, sp.expand(c1 * c2), fams)
-                for coeff, factors in _average(sp.expand(D * expr), set(s1) | set(s2) | set(new)):
-                    monomials.append(Monomial(sp.powsimp(coeff), tuple(factors)))
+                monomials += _per_unit_time(expr, set(s1) | set(s2) | set(new))
     return noise
 
 
@@ -203,6 +206,5 @@ def derive_noise(rule: Rule, cross=False) -> Noise:
             for b1, c1, s1 in proj[f]:
                 for b2, c2, s2 in _second_copy(proj[h]):
                     expr, new = _wick(b1, b2, sp.expand(c1 * c2), fams, cross)
-                    for coeff, factors in _average(sp.expand(D * expr), set(s1) | set(s2) | set(new)):
-                        monomials.append(Monomial(sp.powsimp(coeff), tuple(factors)))
+                    monomials += _per_unit_time(expr, set(s1) | set(s2) | set(new))
     return noise
