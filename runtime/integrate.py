@@ -177,13 +177,9 @@ class _BiasSystem:
     terms are added, averaged over the shifted fields."""
 
     def __init__(self, bias_drift, lr, rho_vec, rho_mat, K, *, noise=None, m_rho=None, D=None):
-        self.bias_drift, self.K, self.lr, self.D = bias_drift, K, lr, D
-        if noise is None:
-            self.core = _System(self._weights_drift, lr, rho_vec, rho_mat, K)
-        else:
-            self.bias_noise = noise
-            self.core = _System(lambda Q, R, T, T0, WW, lr, D: self._weights_drift(Q, R, T, T0, lr), lr, rho_vec,
-                                rho_mat, K, noise=self._noise, m_rho=m_rho, D=D)
+        self.bias_drift, self.bias_noise, self.K, self.lr, self.D = bias_drift, noise, K, lr, D
+        self.core = _System(self._weights_drift, lr, rho_vec, rho_mat, K,
+                            noise=None if noise is None else self._noise, m_rho=m_rho, D=D)
         self.split, self.rho_vec, self.rho_mat, self.F = self.core.split, rho_vec, rho_mat, self.core.F
         self.extra = K                # the biases follow the atoms in the state
 
@@ -219,8 +215,10 @@ class _BiasSystem:
         Nbt = Nbt[0].transpose(1, 0, 2).reshape(K, split)             # (J, K, F) -> (K, J F)
         return np.concatenate([idx, np.arange(y.size - K, y.size)]), np.block([[Ntt, Nbt.T], [Nbt, Nbb[0]]])
 
-    def _weights_drift(self, Q, R, T, T0, lr):
-        A, B, self._db = self.bias_drift(Q, R, T, T0, self._b, lr)
+    def _weights_drift(self, Q, R, T, T0, *rest):
+        """_System's drift call: rest = (lr,) in the limit, (WW, lr, D) at finite D, where the
+        bias drift is the same (exact at any D)."""
+        A, B, self._db = self.bias_drift(Q, R, T, T0, self._b, self.lr)
         return A, B
 
     def _noise(self, *args):
