@@ -97,7 +97,8 @@ def sklearn_patches(size=32, n=25000, seed=0):
 def cifar10(path):
     """CIFAR-10 in its python format from directory `path`: (train, test), grayscale (N, 1024).
     train stacks data_batch_1, data_batch_2, ... (at least one is required); test is test_batch,
-    or None if that file is absent. These are pickles: read only files you trust."""
+    or None if that file is absent. The batches are pickles; they are read by `_BatchUnpickler`,
+    which builds only what those files hold, so a crafted file raises ValueError, not code."""
     path = _directory(path, "CIFAR-10 (python version)")
     batches = sorted(path.glob("data_batch_*"), key=lambda p: p.name)
     if not batches:
@@ -108,10 +109,33 @@ def cifar10(path):
     return train, (_cifar_batch(test) if test.exists() else None)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler for CIFAR-10's python batches: dicts, lists, bytes, str, numbers and numpy
+    arrays. Any other global (a function or class a malicious pickle would call) is refused."""
+
+    _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"),
+              ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._NUMPY:
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):       # bytes in protocol-2 pickles from Python 3
+            return _latin1
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: a CIFAR-10 batch holds "
+                                     f"only dicts, lists, bytes, str and numpy arrays")
+
+
+def _latin1(text, encoding):
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 def _cifar_batch(file):
     try:
         with open(file, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
     except Exception as exc:
         raise ValueError(f"{file}: not a CIFAR-10 python batch (a pickled dict), could not unpickle: {exc}") from None
     data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None

@@ -89,6 +89,40 @@ def test_cifar10_malformed_batch(tmp_path, content, match):
     assert "data_batch_1" in str(info.value)
 
 
+class _RunsCode:
+    """Unpickling this calls builtins.exec: the classic malicious pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_refuses_a_pickle_that_would_run_code(tmp_path, protocol):
+    marker = tmp_path / "marker"
+    payload = {b"data": _rgb_rows(2, 0), b"labels": [_RunsCode(marker)]}
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(payload, protocol=protocol))
+    assert b"exec" in (tmp_path / "data_batch_1").read_bytes()      # the payload is really there
+    with pytest.raises(ValueError, match=r"refusing to load global \w+\.exec") as info:
+        data.cifar10(tmp_path)
+    assert "data_batch_1" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+def test_cifar10_reads_batches_of_every_pickle_protocol(tmp_path, protocol):
+    """The real batches are Python 2 pickles (protocol 2); numpy writes other globals for each
+    protocol (_codecs.encode, _reconstruct, _frombuffer): all are what the safe loader accepts."""
+    rows = _rgb_rows(3, 1)
+    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [3, 1, 4], b"data": rows,
+             b"filenames": [b"a.png", b"b.png", b"c.png"], "str key": "str"}
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
+    train, _ = data.cifar10(tmp_path)
+    assert np.allclose(train, _luma(rows), rtol=0, atol=1e-12)
+
+
 # -- IDX (MNIST / FashionMNIST) ------------------------------------------------------------------
 
 @pytest.mark.parametrize("compress", [False, True])
