@@ -14,19 +14,19 @@ $(STAMP): pyproject.toml
 
 ## derive: regenerate generated/ from the symbolic engine
 derive: $(STAMP)
-	$(BIN)/python -m derive --quiet
+	$(BIN)/ae-dynamics derive --quiet
 
-## demo: derive, integrate the default experiment, simulate it, write a plot and a table
+## demo: derive, integrate the default experiment (configs/demo.toml), simulate it, write a plot and a table
 demo: derive
-	$(BIN)/python -m runtime.demo --out results/demo
+	$(BIN)/ae-dynamics run configs/demo.toml --out results/demo
 
 ## universality: equations on the spectrum of image patches vs SGD on the patches (a few minutes)
 universality: $(STAMP)
-	$(BIN)/python -m runtime.universality --out results/universality
+	$(BIN)/ae-dynamics universality --out results/universality
 
 ## figures: the paper's phenomena (runtime/experiments): PNG, JSON and CSV per experiment in results/figures
 figures: derive
-	$(BIN)/python -m runtime.experiments --out results/figures
+	$(BIN)/ae-dynamics figures --out results/figures
 
 ## test: the whole test suite
 test: $(STAMP)
