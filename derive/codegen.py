@@ -241,8 +241,6 @@ def module_source(d: Derivation) -> str:
         "the literature's averages (J2, I2, I21, I22, I3, I4) take covariances of shape",
         "(..., n, n), validate them, and return arrays of shape (...).",
         '"""',
-        "import sys",
-        "",
         "import numpy",
         "import scipy.special",
         "",
@@ -322,9 +320,8 @@ def module_source(d: Derivation) -> str:
         f"FINITE_MISSING = {d.finite_missing!r}",
         "",
         "",
-        "def integrate(*args, **kwargs):",
-        '    """Integrate the equations of motion for this activation: runtime.integrate.integrate."""',
-        "    return _integrate.integrate(sys.modules[__name__], *args, **kwargs)",
+        "#: runtime.integrate.integrate for this activation, with its signature and docstring",
+        "integrate = _integrate.bind(globals())",
     ]
     return "\n".join(out).rstrip() + "\n"
 

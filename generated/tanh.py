@@ -10,8 +10,6 @@ Kernels (mean_*, pair_*) take arrays that broadcast and are not validated (hot p
 the literature's averages (J2, I2, I21, I22, I3, I4) take covariances of shape
 (..., n, n), validate them, and return arrays of shape (...).
 """
-import sys
-
 import numpy
 import scipy.special
 
@@ -733,6 +731,5 @@ BIAS_NOISE_MISSING = ''
 FINITE_MISSING = ''
 
 
-def integrate(*args, **kwargs):
-    """Integrate the equations of motion for this activation: runtime.integrate.integrate."""
-    return _integrate.integrate(sys.modules[__name__], *args, **kwargs)
+#: runtime.integrate.integrate for this activation, with its signature and docstring
+integrate = _integrate.bind(globals())

@@ -23,19 +23,27 @@ finite D its N_j average over the shifted fields (BIAS_NOISE of the activation).
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
+from runtime import progress as _progress
 from runtime import quadrature
 from runtime import spectrum as spec
 from runtime.fluctuations import FluctuationSystem
-from runtime.progress import Progress
+from runtime.progress import Interrupted
 
 
 #: largest state (numbers) integrated with BDF under method="auto"
 AUTO_IMPLICIT_SIZE = 1000
+#: the run has diverged once its error passes DIVERGED x max(eps_PCA(0), the initial error)
+DIVERGED = 10.0
+#: a D -> infinity run warns when the finite-D terms at its D change the drift by more than this
+FINITE_SIZE_WARNING = 0.05
 
 
 class IntegrationError(RuntimeError):
@@ -66,6 +74,7 @@ class IntegrationResult:
     system: object = field(default=None, repr=False)
     b: np.ndarray | None = None   # encoder biases (n, K) when trained (b0 given), else None
     error_spread: np.ndarray | None = None   # predicted seed-to-seed std of error (fluctuations=True)
+    finite_size_effect: float = float("nan")  # |F_D - F_inf| / |F_inf| on the run's states (D -> infinity runs)
 
     @property
     def success(self):
@@ -269,16 +278,20 @@ def _factor(S, m, j):
 
 def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(0.0, 1.0, 10.0),
               rule="vanilla", b0=None, *, spectrum=None, init=None, rtol=1e-6, atol=1e-9,
-              method="auto", progress=False, keep_atoms=False, raise_on_failure=True, finite_size=None,
+              method="auto", progress=True, keep_atoms=False, raise_on_failure=True, finite_size=None,
               fluctuations=False):
     """Integrate the equations of motion of `act` (a generated module) for `rule`.
 
-    Either eigvals (D,), eigvecs (D, D) and W0, V0 (K, D) (SPEC section 6), or `spectrum`
-    (runtime.spectrum.Spectrum) with `init` = (q, r, t), each of shape (J, K, K).
+    Either eigvals (D,), eigvecs (D, D) (or None: the weights are given in the eigenbasis) and
+    W0, V0 (K, D) (SPEC section 6), or `spectrum` (runtime.spectrum.Spectrum) with `init` =
+    (q, r, t), each of shape (J, K, K) (runtime.spectrum.random_init_matrices builds them).
     b0 (K,): an initial encoder bias, then trained (rule 'vanilla', SPEC section 1) with the
     activation's `drift_<rule>_bias`; the result's `b` (n, K) holds it and `error` includes it.
-    Returns an IntegrationResult at `times`; on failure raises IntegrationError carrying the
-    partial result (or returns it with status -1 when raise_on_failure=False).
+    Returns an IntegrationResult at `times`; on failure (solver failure, non-finite state, or
+    divergence: the error above DIVERGED x max(eps_PCA(0), the initial error)) raises
+    IntegrationError carrying the partial result (or returns it with status -1 when
+    raise_on_failure=False). Ctrl-C raises runtime.progress.Interrupted carrying the partial
+    result (status -2). progress: a bar on stderr once a run has taken a few seconds.
 
     method="auto" picks BDF for states of up to AUTO_IMPLICIT_SIZE numbers and RK45 above. The
     equations become stiff once the weights grow (the decoder relaxes at rate lr * E[g g], fast
@@ -291,6 +304,11 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     D -> infinity limit: the exact expected drift of every per-atom matrix, second-order (lr^2)
     terms included for the atoms kept as matrices (derive.finite). Rules without an O(1) limit
     (tied) have only these; finite_size=None picks them for such rules and the limit otherwise.
+    A D -> infinity run measures how much the finite-D terms at its D change the drift along
+    its states (`finite_size_effect`, max |F_D - F_inf| / max |F_inf|, at the first, the last
+    and the fastest of the recorded states) and warns (RuntimeWarning) above FINITE_SIZE_WARNING: the limit is not to be
+    trusted at that D and lr. Where the finite-D equations are not available (K > 3 unless g is
+    a polynomial) finite_size_effect is nan: not measured.
 
     fluctuations=True (implies finite_size) adds the spikes' O(1/sqrt(D)) fluctuations to that
     order (runtime.fluctuations): `error` and the order parameters become averages over SGD runs
@@ -322,7 +340,10 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if b0 is not None and finite_size and rule not in getattr(act, "BIAS_NOISE", {}):
         raise ValueError(f"no finite-D equations with a trained bias (b0) for {act.NAME}: "
                          f"{getattr(act, 'BIAS_NOISE_MISSING', '')}")
-    lr = float(lr)
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr must be a positive number, got {lr!r}") from None
     if not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive number, got {lr}")
     times = np.asarray(times, dtype=float)
@@ -331,23 +352,28 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         raise ValueError("times must be a non-empty, sorted 1-D array of non-negative numbers")
 
     if spectrum is None:
-        if any(a is None for a in (eigvals, eigvecs, W0, W0 if tied else V0)):
+        if any(a is None for a in (eigvals, W0, W0 if tied else V0)):
             raise ValueError("give eigvals, eigvecs, W0 and V0 (V0 is ignored for tied weights), "
                              "or spectrum= and init=")
         spectrum, atom_of = spec.Spectrum.from_eigvals(eigvals)
-        omega, upsilon = spec.projections(W0, W0 if tied else V0, eigvecs)
+        omega, upsilon = spec.projections(W0, W0 if tied else V0, eigvecs, D=atom_of.size)
         theta = (omega if tied else np.concatenate([omega, upsilon])).T    # (D, F)
         K = omega.shape[0]
         members = [np.flatnonzero(atom_of == j) for j in range(spectrum.J)]
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
             spectrum, K, theta.shape[1], lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
     else:
+        if not isinstance(spectrum, spec.Spectrum):
+            raise ValueError(f"spectrum must be a runtime.spectrum.Spectrum, got {type(spectrum).__name__}")
         if init is None:
-            raise ValueError("spectrum= needs init=(q, r, t), the initial per-atom matrices")
+            raise ValueError("spectrum= needs init=(q, r, t), the initial per-atom matrices "
+                             "(runtime.spectrum.random_init_matrices)")
         S_all = _stack(*init)
         if S_all.shape[0] != spectrum.J:
             raise ValueError(f"init has {S_all.shape[0]} atoms but the spectrum has {spectrum.J}")
         K = S_all.shape[-1] // 2
+        if K == 0:
+            raise ValueError("init matrices have shape (J, 0, 0): no hidden units, K must be at least 1")
         if tied:
             S_all = S_all[:, :K, :K]
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
@@ -358,80 +384,148 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     y0 = np.concatenate([th.ravel(), S.ravel()])
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")
-    finite = dict(m_rho=m_rho, D=spectrum.D)
-    if b0 is None:
-        system = (_System(act.FINITE[rule][0], lr, rho_vec, rho_mat, K, noise=act.FINITE[rule][1], tied=tied, **finite)
-                  if finite_size else _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K))
-    else:
+    if b0 is not None:
         y0 = np.concatenate([y0, _biases(b0, K)])
-        system = _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K,
-                             **(dict(noise=act.BIAS_NOISE[rule][0], **finite) if finite_size else {}))
+    build = functools.partial(_system, act, rule, lr, rho_vec, rho_mat, K, b0 is not None, m_rho=m_rho,
+                              D=spectrum.D, tied=tied)
+    system = build(finite_size)
     if fluctuations:
-        if b0 is None:
-            limit, noises = _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K), act.SPIKE_NOISE[rule]
-        else:
-            limit, noises = _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K), act.BIAS_NOISE[rule][1:]
-        system = FluctuationSystem(system, limit, noises)
+        system = FluctuationSystem(system, build(False), act.SPIKE_NOISE[rule] if b0 is None else act.BIAS_NOISE[rule][1:])
         y0 = system.initial_state(y0)
     if method == "auto":
         # with fluctuations each evaluation costs 2 n + 1 of the core's: no finite-difference Jacobian
         method = "BDF" if y0.size <= AUTO_IMPLICIT_SIZE and not fluctuations else "RK45"
-    ts, ys, message, nfev = _solve(system, y0, times, method, rtol, atol,
-                                   Progress(times[-1], f"integrate {act.NAME}/{rule}", enabled=progress))
-    status = 0 if message == "ok" else -1
+    half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
+    error_of = functools.partial(system.error, act, half_trace=half_trace)
+    with _progress.bar(float(times[-1]), f"integrate {act.NAME}/{rule}", progress,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g} of {total:.4g} [{elapsed}<{remaining}]") as bar:
+        ts, ys, status, message, nfev = _solve(system, y0, times, method, rtol, atol, bar, error_of, half_trace)
     Y = ys.reshape(len(ts), -1)
     Q, R, T, T0 = system.order_parameters(Y)
-    half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
-    b = None if b0 is None else system.biases(Y).copy()
-    error = system.error(act, Y, half_trace)
-    spread = system.error_spread(act, Y, half_trace) if fluctuations else None
-    result = IntegrationResult(ts, error, Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
-                               status, message, nfev, ys if keep_atoms else None, system, b=b,
-                               error_spread=spread)
+    result = IntegrationResult(ts, error_of(Y), Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
+                               status, message, nfev, ys if keep_atoms else None, system,
+                               b=None if b0 is None else system.biases(Y).copy(),
+                               error_spread=system.error_spread(act, Y, half_trace) if fluctuations else None)
+    if not finite_size and _finite_size_available(act, rule, K, b0 is not None) and ts.size:
+        result.finite_size_effect = _finite_size_effect(system, build(True), Y)
+        if result.finite_size_effect > FINITE_SIZE_WARNING:
+            warnings.warn(f"{act.NAME}/{rule} at D = {spectrum.D:g}, lr = {lr:g}: the finite-D terms change the "
+                          f"drift by {100 * result.finite_size_effect:.0f}% along this run, so the D -> infinity "
+                          f"equations are not to be trusted here; integrate with finite_size=True "
+                          f"(or fluctuations=True)", RuntimeWarning, stacklevel=3)
+    where = f"{act.NAME}/{rule} at t = {ts[-1] if ts.size else 0:.6g}: {message}; the partial result is in .result"
+    if status == -2:
+        raise Interrupted(f"integration of {where}", result)
     if status != 0 and raise_on_failure:
         raise IntegrationError(f"integration of {act.NAME}/{rule} failed at t = "
                                f"{ts[-1] if ts.size else 0:.6g}: {message}", result)
     return result
 
 
+def bind(namespace):
+    """integrate() for the activation whose module globals are `namespace` (how a generated
+    module binds it: `integrate = bind(globals())`, which works for modules built in memory
+    too), with integrate's signature less `act` and its docstring."""
+    act = _Namespace(namespace)
+
+    @functools.wraps(integrate)
+    def bound(*args, **kwargs):
+        return integrate(act, *args, **kwargs)
+
+    signature = inspect.signature(integrate)
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return bound
+
+
+class _Namespace:
+    """Attribute access to a module's globals, read at call time."""
+
+    def __init__(self, namespace):
+        self.__dict__ = namespace
+
+
+def _system(act, rule, lr, rho_vec, rho_mat, K, bias, finite_size, *, m_rho, D, tied):
+    """The right-hand side of `rule`: the D -> infinity drift, or the finite-D one at D; with a
+    trained bias (`bias`) the bias drift's system."""
+    if not finite_size:
+        if bias:
+            return _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K)
+        return _System(act.DRIFTS[rule], lr, rho_vec, rho_mat, K)
+    if bias:
+        return _BiasSystem(act.BIAS_DRIFTS[rule], lr, rho_vec, rho_mat, K, noise=act.BIAS_NOISE[rule][0],
+                           m_rho=m_rho, D=D)
+    drift, noise = act.FINITE[rule]
+    return _System(drift, lr, rho_vec, rho_mat, K, noise=noise, tied=tied, m_rho=m_rho, D=D)
+
+
+def _finite_size_available(act, rule, K, bias):
+    """Whether the finite-D equations of `rule` exist for this activation, K and bias."""
+    return (rule in getattr(act, "FINITE", {}) and (not bias or rule in getattr(act, "BIAS_NOISE", {}))
+            and (K <= quadrature.MAX_UNITS or act.POLYNOMIAL_DEGREE is not None))
+
+
+def _finite_size_effect(limit, finite, Y):
+    """max |F_D(y) - F_inf(y)| / max |F_inf(y)| over the recorded states Y (n, N): F_inf at
+    every state, F_D (costly: averages over up to three units) at the first, the last and the
+    one where F_inf is largest."""
+    with np.errstate(all="ignore"):
+        f_inf = limit(0.0, Y.T)
+        norms = np.linalg.norm(f_inf, axis=0)
+        probes = np.unique([0, int(np.argmax(norms)), len(Y) - 1])
+        f_D = finite(0.0, Y[probes].T)
+    limit.failed = finite.failed = None
+    scale, change = np.max(norms), np.max(np.linalg.norm(f_D - f_inf[:, probes], axis=0))
+    return float(change / scale) if scale > 0 else float("inf") if change > 0 else 0.0
+
+
 _METHODS = {"RK45": RK45, "RK23": RK23, "DOP853": DOP853, "BDF": BDF, "Radau": Radau, "LSODA": LSODA}
 
 
-def _solve(system, y0, times, method, rtol, atol, bar):
+def _solve(system, y0, times, method, rtol, atol, bar, error_of, pca0):
     """Step a scipy OdeSolver and read the states at `times` off its dense output; stop at a
-    blow-up or a solver failure, keeping every state reached before it.
-    Returns (t, y, message, nfev) with message "ok" on success."""
+    blow-up, a divergence (error_of(y) above DIVERGED x max(eps_PCA(0) = pca0, error_of(y0))), a solver
+    failure or Ctrl-C, keeping every state reached before it.
+    Returns (t, y, status, message, nfev): status 0 and message "ok" on success, -1 on failure,
+    -2 on an interrupt."""
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(_METHODS)}")
     out_t, out_y = [t for t in times if t <= 0], [y0 for t in times if t <= 0]
     if times[-1] <= 0:
-        return np.array(out_t), np.array(out_y), "ok", 0
+        return np.array(out_t), np.array(out_y), 0, "ok", 0
+    limit = DIVERGED * max(float(error_of(y0[None])[0]), pca0)
     # vectorized: BDF's finite-difference Jacobian evaluates all its columns in one call
     solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol, vectorized=True)
     pending = iter(times[len(out_t):])
     nxt = next(pending, None)
-    message = "ok"
-    while nxt is not None:
-        failure = solver.step()
-        if system.failed or failure:
-            message = system.failed or failure
-            break
-        bar.update(solver.t)
-        if not np.all(np.isfinite(solver.y)):
-            message = f"non-finite state at t = {solver.t:.6g} (blow-up)"
-            break
-        if nxt is not None and nxt <= solver.t:
-            dense = solver.dense_output()
-            while nxt is not None and nxt <= solver.t:
+    status, message = 0, "ok"
+    try:
+        while nxt is not None:
+            failure = solver.step()
+            if system.failed or failure:
+                status, message = -1, system.failed or failure
+                break
+            bar.update(solver.t - bar.n)
+            if not np.all(np.isfinite(solver.y)):
+                status, message = -1, f"non-finite state at t = {solver.t:.6g} (blow-up)"
+                break
+            error = float(error_of(solver.y[None])[0])
+            if not error <= limit:
+                status, message = -1, (f"diverged at t = {solver.t:.6g}: the error {error:.4g} passed {limit:.4g} "
+                                       f"= {DIVERGED:g} x max(eps_PCA(0), initial error)")
+                break
+            if nxt <= solver.t:
+                dense = solver.dense_output()
+                while nxt is not None and nxt <= solver.t:
+                    out_t.append(nxt)
+                    out_y.append(dense(nxt))
+                    nxt = next(pending, None)
+            if solver.status == "finished" and nxt is not None:
                 out_t.append(nxt)
-                out_y.append(dense(nxt))
+                out_y.append(solver.y)
                 nxt = next(pending, None)
-        if solver.status == "finished" and nxt is not None:
-            out_t.append(nxt)
-            out_y.append(solver.y)
-            nxt = next(pending, None)
-    bar.close()
-    return np.array(out_t), np.array(out_y).reshape(len(out_t), -1), message, solver.nfev
+    except KeyboardInterrupt:
+        status, message = -2, f"interrupted (Ctrl-C) at t = {solver.t:.6g}"
+    return np.array(out_t), np.array(out_y).reshape(len(out_t), -1), status, message, solver.nfev
 
 
 def _stack(q, r, t):

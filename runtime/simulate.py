@@ -26,17 +26,21 @@ up front (X U); the test error is then on `test_set` (held-out rows) if given, e
 the training draws from.
 """
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.progress import Progress
-from runtime.spectrum import Spectrum, eigenvalues, eigenvectors, weights
+from runtime import progress as _progress
+from runtime.progress import Interrupted
+from runtime.spectrum import Spectrum, eigenvalues, eigenvectors, encoder_weights, weights
 
 RULES = ("vanilla", "truncated", "tied", "sanger")
 #: samples drawn per block and seed
 BLOCK = 256
+#: a seed has diverged once its error passes DIVERGED x max(eps_PCA(0), its initial error)
+DIVERGED = 10.0
 #: the test set is kept in memory up to this many numbers (all seeds), else redrawn per record
 TEST_MEMORY = 1 << 25
 _TEST_CHUNK = 2048
@@ -51,9 +55,11 @@ class SimulationResult:
     Q, R, T, T0 (S, n, K, K); b (S, n, K) or None; c (S, D): the final output bias, or None;
     overlap (S, n, K, n_overlap): w_k . u_tau / |w_k|
     for the eigen-directions overlap_index (decreasing eigenvalue); pca_errors (K + 1,):
-    eps_PCA(m), m = 0..K; W, V (S, K, D): final weights (V = W for tied and sanger).
-    status 0: ok; -1: a seed blew up (non-finite weights): its later records are NaN, the
-    other seeds ran on, and `message` says which seed and when.
+    eps_PCA(m), m = 0..K; W, V (S, K, D): final weights (V = W for tied and sanger), or the
+    weights at which a seed was stopped. diverged (S,): the seeds stopped because their error
+    passed DIVERGED x max(eps_PCA(0), their initial error) or a weight became non-finite; their
+    later records are NaN, the other seeds ran on. status 0: ok; -1: some seed diverged
+    (`message` says which and when, and a RuntimeWarning was issued).
     """
     t: np.ndarray
     error: np.ndarray
@@ -70,6 +76,7 @@ class SimulationResult:
     V: np.ndarray
     c: object
     seeds: tuple
+    diverged: np.ndarray
     rule: str
     activation: str
     lr: float
@@ -112,7 +119,7 @@ def output_bias_error(act, Q, b, CV, CC):
 
 
 def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="vanilla", b0=None,
-             seeds=1, test_samples=10000, progress=False, n_overlap=8, prefetch=None,
+             seeds=1, test_samples=10000, progress=True, n_overlap=8, prefetch=None,
              samples=None, test_set=None, c0=None):
     """Online SGD from (W0, V0) on x ~ N(0, U diag(eigvals) U^T), recorded at `times`.
 
@@ -124,7 +131,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     c += (lr/D) e; vanilla only); the equations of motion do not include it.
     seeds: a count n (seeds 0..n-1) or a sequence of seeds. test_samples: held-out samples per
     seed (0: no test error). n_overlap: eigen-directions kept in `overlap`. progress: a
-    progress bar on stderr for runs over a second. prefetch: draw the next block of samples in
+    progress bar on stderr once a run has taken a few seconds. prefetch: draw the next block of samples in
     a background thread (default: with several seeds, where drawing dominates).
     samples: (N, D) real samples to train on instead of x ~ N(0, Omega), each step one row
     drawn with replacement; `error` stays the Gaussian population error of the weights on
@@ -132,9 +139,11 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     held-out samples for the test error (the same set for every seed; test_samples is then
     ignored); without it, with `samples`, the test set is test_samples rows of `samples`.
 
-    Returns a SimulationResult. A blow-up (non-finite weights, checked after every block of
-    samples and at every record) does not raise: that seed stops being recorded (NaN from
-    then on), the others run on, status is -1 and the message names the seed and the time.
+    Returns a SimulationResult. A diverging seed (error above DIVERGED x max(eps_PCA(0), its
+    initial error), or non-finite weights; checked after every block of samples and at every
+    record) does not raise: it is stopped (NaN from then on, `diverged` True), the others run
+    on, status is -1, the message names the seed and the time, and a RuntimeWarning is issued.
+    Ctrl-C raises runtime.progress.Interrupted, whose `.result` holds the records so far.
     Bad input raises ValueError naming the problem.
     """
     if rule not in RULES:
@@ -145,10 +154,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     rho = eigenvalues(eigvals)
     D = rho.size
     U = None if eigvecs is None else eigenvectors(eigvecs, D)
-    W0 = np.asarray(W0, dtype=float)
-    if W0.ndim != 2 or W0.shape[1] != D:
-        raise ValueError(f"W0 has shape {W0.shape}, expected (K, D) with D = {D} (eigvals of shape {rho.shape})")
-    W0 = weights(W0, W0.shape, "W0")
+    W0 = encoder_weights(W0, D)
     K = W0.shape[0]
     tied = rule in ("tied", "sanger")
     if not tied:
@@ -184,7 +190,8 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     total_2D = float(np.sum(rho)) / (2 * D)
     top = np.argsort(-rho, kind="stable")[:min(int(n_overlap), D)]
 
-    # state in the eigenbasis, leading seed axis
+    # state of the running seeds in the eigenbasis, leading axis = position in `live`
+    live = np.arange(S)
     W = np.repeat((W0 if U is None else W0 @ U)[None], S, axis=0)
     V = W if tied else np.repeat((V0 if U is None else V0 @ U)[None], S, axis=0)
     b = None if b0 is None else np.repeat(b0[None], S, axis=0)
@@ -200,87 +207,124 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
                T=np.full((S, n, K, K), np.nan), T0=np.full((S, n, K, K), np.nan),
                b=None if b is None else np.full((S, n, K), np.nan),
                overlap=np.full((S, n, K, top.size), np.nan))
-    alive = np.ones(S, dtype=bool)
-    died = {}
+    final = dict(W=np.empty((S, K, D)), V=np.empty((S, K, D)), c=None if c is None else np.empty((S, D)))
+    died = {}                         # seed position -> (time, reason)
+    limit = None                      # error above which a seed has diverged (set at t = 0)
+
+    def keep_final(pos, Ws, Vs, cs):
+        final["W"][pos], final["V"][pos] = Ws, Vs
+        if cs is not None:
+            final["c"][pos] = cs
 
     def check(step):
-        bad = alive & ~(np.all(np.isfinite(W), axis=(1, 2)) & np.all(np.isfinite(V), axis=(1, 2)))
+        """Stop the seeds whose weights are non-finite or whose error passed `limit`."""
+        nonlocal W, V, b, c, live, advance, gens
+        finite = np.all(np.isfinite(W), axis=(1, 2)) & np.all(np.isfinite(V), axis=(1, 2))
         for extra in (b, c):
             if extra is not None:
-                bad |= alive & ~np.all(np.isfinite(extra), axis=1)
-        for s in np.flatnonzero(bad):
-            died[int(s)] = step / D
-        alive[bad] = False
+                finite &= np.all(np.isfinite(extra), axis=1)
+        with np.errstate(all="ignore"):
+            err = _errors(act, W, V, b, c, rho, D, total_2D)
+        bad = ~finite | ~(err <= limit)
+        if not bad.any():
+            return
+        for i in np.flatnonzero(bad):
+            died[int(live[i])] = (step / D, "weights became non-finite" if not finite[i]
+                                  else f"error {err[i]:.3g} passed {limit:.3g} = {DIVERGED} x max(eps_PCA(0), initial error)")
+        keep_final(live[bad], W[bad], V[bad], None if c is None else c[bad])
+        ok = ~bad
+        live, W, b, c = live[ok], W[ok], None if b is None else b[ok], None if c is None else c[ok]
+        V = W if tied else V[ok]
+        gens = [g for g, k in zip(gens, ok) if k]
+        advance = _RULE_STEPS[rule](act, W, V, b, lr, D, c)
 
     def record(i):
-        _record(rec, i, alive, W, V, b, c, rho, D, act, total_2D, top, test)
+        _record(rec, i, live, W, V, b, c, rho, D, act, total_2D, top, test)
 
     gens = [np.random.default_rng(ss[0]) for ss in streams]
     bufs = [np.empty((S, BLOCK, D)), np.empty((S, BLOCK, D))]
 
-    def fill(buf):
-        for s, gen in enumerate(gens):
+    def fill(buf, rngs, owners):
+        for s, gen in enumerate(rngs):
             draw(gen, BLOCK, buf[s])
-        return buf
+        return buf[:len(rngs)], owners
+
+    def block():
+        """The next block of samples and the seed positions its rows belong to (drawn ahead in a
+        thread with prefetch, so rows of seeds stopped meanwhile may be among them)."""
+        nonlocal pending, which
+        if not prefetch:
+            return fill(bufs[0], gens, live)
+        X, owners = pending.result()
+        which ^= 1
+        if step + BLOCK < total:
+            pending = pool.submit(fill, bufs[which], list(gens), live)
+        return X, owners
 
     total = int(steps[-1])
-    bar = Progress(total, f"simulate {act.NAME}/{rule}", enabled=progress, delay=1.0, unit="steps")
-    i = 0
-    step = 0
+    interrupted = None
+    step = i = which = 0
     loop_time = 0.0
-    with np.errstate(all="ignore"), ThreadPoolExecutor(1) as pool:
+    with np.errstate(all="ignore"), ThreadPoolExecutor(1) as pool, \
+            _progress.bar(total, f"simulate {act.NAME}/{rule}", progress, unit="step", unit_scale=True) as bar:
+        initial = _errors(act, W, V, b, c, rho, D, total_2D)
+        limit = DIVERGED * max(2 * total_2D, float(np.max(initial)))
         while i < n and steps[i] == 0:
             record(i)
             i += 1
-        pending = pool.submit(fill, bufs[0]) if (total > 0 and prefetch) else None
-        which = 0
-        while step < total and alive.any():
-            tic = time.perf_counter()
-            if prefetch:
-                X = pending.result()
-                which ^= 1
-                if step + BLOCK < total:
-                    pending = pool.submit(fill, bufs[which])
-            else:
-                X = fill(bufs[0])
-            j = 0
-            B = min(BLOCK, total - step)
-            while j < B:
-                stop = min(B, j + int(steps[i]) - step) if i < n else B
-                advance(X, j, stop)
-                step += stop - j
-                j = stop
-                if i < n and steps[i] == step:
-                    loop_time += time.perf_counter() - tic
+        pending = pool.submit(fill, bufs[0], list(gens), live) if (total > 0 and prefetch) else None
+        try:
+            while step < total and live.size:
+                tic = time.perf_counter()
+                X, owners = block()
+                j = 0
+                B = min(BLOCK, total - step)
+                while j < B and live.size:
+                    if owners.size != live.size:
+                        X, owners = X[np.isin(owners, live)], live
+                    stop = min(B, j + int(steps[i]) - step) if i < n else B
+                    advance(X, j, stop)
+                    step += stop - j
+                    j = stop
+                    if i < n and steps[i] == step:
+                        loop_time += time.perf_counter() - tic
+                        check(step)
+                        while i < n and steps[i] == step:
+                            record(i)
+                            i += 1
+                        tic = time.perf_counter()
+                loop_time += time.perf_counter() - tic
+                if live.size:
                     check(step)
-                    while i < n and steps[i] == step:
-                        record(i)
-                        i += 1
-                    tic = time.perf_counter()
-            loop_time += time.perf_counter() - tic
-            check(step)
-            bar.update(step)
-        if prefetch and pending is not None:
-            pending.result()
-    bar.close()
+                bar.update(step - bar.n)
+        except KeyboardInterrupt:
+            interrupted = step / D
+        finally:
+            if pending is not None:
+                pending.cancel()
+    keep_final(live, W, V, c)
 
-    status, message = 0, "ok"
-    if died:
-        status = -1
-        message = "; ".join(f"seed {seeds[s]}: weights became non-finite by t = {tt:g}"
-                            for s, tt in sorted(died.items()))
-    Wf, Vf = W, V
+    diverged = np.zeros(S, dtype=bool)
+    diverged[list(died)] = True
+    notes = [f"seed {seeds[s]} diverged at t = {tt:g}: {why}" for s, (tt, why) in sorted(died.items())]
+    if notes:
+        warnings.warn("; ".join(notes), RuntimeWarning, stacklevel=2)
+    if interrupted is not None:
+        notes.append(f"interrupted at t = {interrupted:g}; records after it are NaN")
+    Wf, Vf, cf = final["W"], final["V"], final["c"]
     if U is not None:
-        Wf = W @ U.T
-        Vf = Wf if tied else V @ U.T
-    Wf = Wf.copy()
-    Vf = Wf if tied else Vf.copy()
-    cf = None if c is None else (c if U is None else c @ U.T).copy()
-    return SimulationResult(
-        t=t, pca_errors=Spectrum.from_eigvals(rho)[0].pca_errors(K), overlap_index=top, W=Wf, V=Vf, c=cf,
-        seeds=tuple(seeds),
-        rule=rule, activation=act.NAME, lr=lr, status=status, message=message,
+        Wf = Wf @ U.T
+        Vf = Wf if tied else Vf @ U.T
+        cf = None if cf is None else cf @ U.T
+    result = SimulationResult(
+        t=t, pca_errors=Spectrum.from_eigvals(rho)[0].pca_errors(K), overlap_index=top,
+        W=Wf, V=Wf if tied else Vf, c=cf, seeds=tuple(seeds), diverged=diverged,
+        rule=rule, activation=act.NAME, lr=lr, status=-1 if notes else 0, message="; ".join(notes) or "ok",
         steps_per_second=step / loop_time if loop_time > 0 else float("nan"), **rec)
+    if interrupted is not None:
+        raise Interrupted(f"simulate {act.NAME}/{rule} interrupted at t = {interrupted:g}; "
+                          "the records so far are in .result", result)
+    return result
 
 
 # -- update rules: each returns advance(X, j0, j1) applying samples X[:, j0:j1] in order --------
@@ -375,35 +419,42 @@ _RULE_STEPS = {"vanilla": _vanilla, "truncated": _truncated, "tied": _tied, "san
 
 # -- recording ---------------------------------------------------------------------------------
 
-def _record(rec, i, alive, W, V, b, c, rho, D, act, total_2D, top, test):
-    """Order parameters (SPEC section 3, from the eigenbasis projections), errors, overlaps."""
-    Wr = W * rho
-    Vr = V * rho
-    Q = np.matmul(Wr, W.transpose(0, 2, 1)) / D
-    R = np.matmul(Vr, W.transpose(0, 2, 1)) / D ** 1.5
-    T = np.matmul(Vr, V.transpose(0, 2, 1)) / D ** 2
-    T0 = np.matmul(V, V.transpose(0, 2, 1)) / D
-    dead = ~alive
-    bb = None if b is None else b.copy()
-    for name, val in (("Q", Q), ("R", R), ("T", T), ("T0", T0), ("b", bb)):
-        if val is not None:
-            val[dead] = np.nan
-            rec[name][:, i] = val
-    norm = np.linalg.norm(W, axis=2)
-    ov = W[:, :, top] / np.where(norm > 0, norm, 1.0)[:, :, None]
-    ov[dead] = np.nan
-    rec["overlap"][:, i] = ov
-    err = error_from_order_parameters(act, Q[alive], R[alive], T0[alive], total_2D,
-                                      None if b is None else bb[alive])
+def _order_parameters(W, V, rho, D):
+    """(Q, R, T, T0) of SPEC section 3 from the eigenbasis projections W, V (S, K, D)."""
+    Wr, Vr = W * rho, V * rho
+    Wt, Vt = W.transpose(0, 2, 1), V.transpose(0, 2, 1)
+    return Wr @ Wt / D, Vr @ Wt / D ** 1.5, Vr @ Vt / D ** 2, V @ Vt / D
+
+
+def _population_errors(act, Q, R, T0, V, b, c, D, total_2D):
+    """The population error of each seed, the output bias's share included."""
+    err = error_from_order_parameters(act, Q, R, T0, total_2D, b)
     if c is not None:
-        err += output_bias_error(act, Q[alive], None if b is None else bb[alive],
-                                 np.matmul(V[alive], c[alive][:, :, None])[..., 0] / D,
-                                 np.sum(c[alive] ** 2, axis=1) / D)
-    rec["error"][alive, i] = err
+        err = err + output_bias_error(act, Q, b, np.matmul(V, c[:, :, None])[..., 0] / D,
+                                      np.sum(c ** 2, axis=1) / D)
+    return err
+
+
+def _errors(act, W, V, b, c, rho, D, total_2D):
+    """The population error of each running seed (S,)."""
+    Q, R, _, T0 = _order_parameters(W, V, rho, D)
+    return _population_errors(act, Q, R, T0, V, b, c, D, total_2D)
+
+
+def _record(rec, i, live, W, V, b, c, rho, D, act, total_2D, top, test):
+    """Order parameters (SPEC section 3, from the eigenbasis projections), errors, overlaps of
+    the running seeds (positions `live`) at record i; the stopped seeds keep NaN."""
+    Q, R, T, T0 = _order_parameters(W, V, rho, D)
+    for name, val in (("Q", Q), ("R", R), ("T", T), ("T0", T0), ("b", b)):
+        if val is not None:
+            rec[name][live, i] = val
+    norm = np.linalg.norm(W, axis=2)
+    rec["overlap"][live, i] = W[:, :, top] / np.where(norm > 0, norm, 1.0)[:, :, None]
+    rec["error"][live, i] = _population_errors(act, Q, R, T0, V, b, c, D, total_2D)
     if test.N:
-        for s in np.flatnonzero(alive):
-            rec["test_error"][s, i] = test.error(s, act, W[s], V[s], None if b is None else b[s],
-                                                 None if c is None else c[s])
+        for pos, s in enumerate(live):
+            rec["test_error"][s, i] = test.error(s, act, W[pos], V[pos], None if b is None else b[pos],
+                                                 None if c is None else c[pos])
 
 
 def _gaussian(sqrt_rho):

@@ -82,6 +82,19 @@ def weights(W, shape, what):
     return W
 
 
+def encoder_weights(W, D, what="W0", source="the eigenvalues"):
+    """Validated (K, D) weights with K >= 1 and the D of `source` (no NaN or inf)."""
+    try:
+        W = np.asarray(W, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a numeric array of shape (K, D)") from None
+    if W.ndim != 2 or W.shape[1] != D:
+        raise ValueError(f"{what} has shape {W.shape}, expected (K, {D}) to match {source}")
+    if W.shape[0] == 0:
+        raise ValueError(f"{what} has shape {W.shape}: no hidden units, K must be at least 1")
+    return weights(W, W.shape, what)
+
+
 @dataclass(frozen=True)
 class Spectrum:
     """Atoms of the input covariance Omega: eigenvalues `rho` (J,) (of Omega, not divided by D),
@@ -303,12 +316,14 @@ def _nodes(nodes):
 
 # -- per-atom matrices ------------------------------------------------------------------------
 
-def projections(W0, V0, eigvecs):
+def projections(W0, V0, eigvecs, D=None):
     """(omega, upsilon / sqrt(D)) with omega = W0 U, upsilon = V0 U, each of shape (K, D)
-    (the per-direction form: q_tau = omega_tau omega_tau^T etc.)."""
-    W0, V0, U = _check_init(W0, V0, eigvecs)
-    D = U.shape[0]
-    return W0 @ U, (V0 @ U) / np.sqrt(D)
+    (the per-direction form: q_tau = omega_tau omega_tau^T etc.). eigvecs=None: U = I (the
+    weights are given in the eigenbasis), with D the number of eigenvalues."""
+    W0, V0, U = _check_init(W0, V0, eigvecs, D)
+    if U is not None:
+        W0, V0 = W0 @ U, V0 @ U
+    return W0, V0 / np.sqrt(W0.shape[1])
 
 
 def atom_matrices(spectrum, atom_of, W0, V0, eigvecs):
@@ -416,21 +431,24 @@ def order_parameters(spectrum, q, r, t):
             np.einsum("j,...jkl->...kl", h, t), np.sum(t, axis=-3))
 
 
-def _check_init(W0, V0, eigvecs):
-    try:
-        U = np.asarray(eigvecs, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError("eigvecs must be a numeric array") from None
-    if U.ndim != 2 or U.shape[0] != U.shape[1]:
-        raise ValueError(f"eigvecs must be a square (D, D) matrix, got shape {U.shape}")
-    D = U.shape[0]
-    W0 = np.asarray(W0, dtype=float)
-    V0 = np.asarray(V0, dtype=float)
-    if W0.ndim != 2 or W0.shape[1] != D:
-        raise ValueError(f"W0 of shape {W0.shape} does not match eigvecs of shape {U.shape}: expected (K, {D})")
-    if V0.shape != W0.shape:
-        raise ValueError(f"V0 of shape {V0.shape} does not match W0 of shape {W0.shape}")
-    W0 = weights(W0, W0.shape, "W0")
-    V0 = weights(V0, V0.shape, "V0")
-    U = eigenvectors(U, D)
-    return W0, V0, U
+def _check_init(W0, V0, eigvecs, D=None):
+    """Validated (W0, V0, U) for eigvecs (D, D), or U = None (the eigenbasis) with D given."""
+    if eigvecs is None:
+        if D is None:
+            raise ValueError("eigvecs=None (the eigenbasis) needs the dimension D")
+        U = None
+    else:
+        try:
+            U = np.asarray(eigvecs, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError("eigvecs must be a numeric array") from None
+        if U.ndim != 2 or U.shape[0] != U.shape[1]:
+            raise ValueError(f"eigvecs must be a square (D, D) matrix, got shape {U.shape}")
+        if D is not None and U.shape[0] != D:
+            raise ValueError(f"eigvecs has shape {U.shape} but there are {D} eigenvalues: expected ({D}, {D})")
+        D = U.shape[0]
+        U = eigenvectors(U, D)
+    W0 = encoder_weights(W0, D, "W0", "the eigenvalues" if U is None else f"eigvecs of shape {U.shape}")
+    if np.shape(V0) != W0.shape:
+        raise ValueError(f"V0 of shape {np.shape(V0)} does not match W0 of shape {W0.shape}")
+    return W0, weights(V0, W0.shape, "V0"), U

@@ -42,7 +42,9 @@ def test_linear_network_reaches_pca_error():
     act = generated.load("linear")
     D, K = 100, 2
     eigvals, eigvecs, W0, V0 = spiked_problem(D, K, [3.0, 2.0, 1.5], seed=3)
-    res = act.integrate(eigvals, eigvecs, W0, V0, lr=1.0, times=[0, 10, 1000, 100000])
+    # at D = 100 the finite-D noise feeds the bulk by half the drift's scale late on: integrate says so
+    with pytest.warns(RuntimeWarning, match="finite_size=True"):
+        res = act.integrate(eigvals, eigvecs, W0, V0, lr=1.0, times=[0, 10, 1000, 100000])
     assert res.error[-1] == pytest.approx(res.pca_errors[K], rel=1e-4)
     assert res.error[0] > res.pca_errors[K] + 0.5
 

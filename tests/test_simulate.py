@@ -190,8 +190,9 @@ def test_tied_and_truncated_run(rule):
 
 def test_blow_up_is_reported_not_raised():
     rho, U, W0, V0 = _spiked(40, K=2, seed=8)
-    res = simulate(erf, rho, U, W0, V0, lr=400.0, times=[0, 1, 50], seeds=1, test_samples=100)
-    assert res.status == -1 and "non-finite" in res.message
+    with pytest.warns(RuntimeWarning, match="seed 0 diverged"):
+        res = simulate(erf, rho, U, W0, V0, lr=400.0, times=[0, 1, 50], seeds=1, test_samples=100)
+    assert res.status == -1 and "diverged" in res.message and res.diverged.tolist() == [True]
     assert np.isfinite(res.error[0, 0]) and np.isnan(res.error[0, -1])
 
 
