@@ -3,6 +3,8 @@ import numpy as np
 
 #: relative tolerance for asymmetry and for negative principal minors (rounding, not data)
 TOL = 1e-10
+#: largest variance accepted: the averages multiply up to three variances, which must stay finite
+MAX_VARIANCE = 1e100
 
 
 def covariance(C, n, what="covariance"):
@@ -25,6 +27,9 @@ def covariance(C, n, what="covariance"):
     for i in range(n):
         if np.any(diag[i] < 0):
             raise ValueError(f"{what}: negative variance C[..., {i}, {i}]; not positive semi-definite")
+        if np.any(diag[i] > MAX_VARIANCE):
+            raise ValueError(f"{what}: variance C[..., {i}, {i}] = {np.max(diag[i]):.3g} is beyond the representable "
+                             f"range of these averages (at most {MAX_VARIANCE:.0e}: products of variances overflow)")
     entries = {}
     for i in range(n):
         for j in range(i, n):

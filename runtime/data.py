@@ -26,10 +26,13 @@ import os
 import pickle
 import struct
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from runtime.spectrum import eigenvalues
 
 #: luma weights of ITU-R 601-2 (PIL convert("L"), torchvision Grayscale)
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -247,12 +250,15 @@ def spectrum(X, cache=None):
     """eigh of Omega = X^T X / N for samples X (N, D): (eigvals, eigvecs, key). With a cache
     directory (a path, or True for cache_dir()), read `<key>.npz` there if present, else
     compute and write it (atomically); cache=None or False computes without caching."""
+    X = _samples(X, "samples")
+    if X.shape[0] < 2:
+        raise ValueError(f"an empirical covariance needs at least 2 samples, got {X.shape[0]}")
     key = content_key(X)
     file = None if cache in (None, False) else cache_dir(None if cache is True else cache) / f"{key}.npz"
     if file is not None and file.is_file():
         try:
             with np.load(file) as z:
-                return z["eigvals"], z["eigvecs"], key
+                return _without_rounding(z["eigvals"], X.shape), z["eigvecs"], key
         except Exception:
             pass                                   # unreadable cache entry: recompute, overwrite
     eigvals, eigvecs = np.linalg.eigh(X.T @ X / X.shape[0])
@@ -266,7 +272,21 @@ def spectrum(X, cache=None):
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    return eigvals, eigvecs, key
+    return _without_rounding(eigvals, X.shape), eigvecs, key
+
+
+def _without_rounding(eigvals, shape):
+    """eigh's eigenvalues of X^T X / N with the round-off of its zero eigenvalues (N samples
+    span at most N dimensions of D) set to 0, saying so in a RuntimeWarning; an eigenvalue below
+    -runtime.spectrum.ROUNDING x the largest is not round-off and raises ValueError."""
+    clipped = int(np.sum(eigvals < 0))
+    eigvals = eigenvalues(eigvals, "eigenvalues of the empirical covariance")
+    if clipped:
+        N, D = shape
+        warnings.warn(f"{N} samples in D = {D}: the empirical covariance has {int(np.sum(eigvals == 0))} zero "
+                      f"eigenvalues; {clipped} of them came out of eigh slightly negative (round-off) and are set "
+                      f"to 0", RuntimeWarning, stacklevel=3)
+    return eigvals
 
 
 def prepare(train, test=None, name="data", test_fraction=0.2, max_samples=None, seed=0, cache=True):

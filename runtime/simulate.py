@@ -59,7 +59,7 @@ class SimulationResult:
     weights at which a seed was stopped. diverged (S,): the seeds stopped because their error
     passed DIVERGED x max(eps_PCA(0), their initial error) or a weight became non-finite; their
     later records are NaN, the other seeds ran on. status 0: ok; -1: some seed diverged
-    (`message` says which and when, and a RuntimeWarning was issued).
+    (`message` says which and when, and a RuntimeWarning was issued); -2: interrupted (Ctrl-C).
     """
     t: np.ndarray
     error: np.ndarray
@@ -268,7 +268,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     with np.errstate(all="ignore"), ThreadPoolExecutor(1) as pool, \
             _progress.bar(total, f"simulate {act.NAME}/{rule}", progress, unit="step", unit_scale=True) as bar:
         initial = _errors(act, W, V, b, c, rho, D, total_2D)
-        limit = DIVERGED * max(2 * total_2D, float(np.max(initial)))
+        limit = DIVERGED * max(total_2D, float(np.max(initial)))
         while i < n and steps[i] == 0:
             record(i)
             i += 1
@@ -319,7 +319,8 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     result = SimulationResult(
         t=t, pca_errors=Spectrum.from_eigvals(rho)[0].pca_errors(K), overlap_index=top,
         W=Wf, V=Wf if tied else Vf, c=cf, seeds=tuple(seeds), diverged=diverged,
-        rule=rule, activation=act.NAME, lr=lr, status=-1 if notes else 0, message="; ".join(notes) or "ok",
+        rule=rule, activation=act.NAME, lr=lr, status=-2 if interrupted is not None else -1 if notes else 0,
+        message="; ".join(notes) or "ok",
         steps_per_second=step / loop_time if loop_time > 0 else float("nan"), **rec)
     if interrupted is not None:
         raise Interrupted(f"simulate {act.NAME}/{rule} interrupted at t = {interrupted:g}; "
