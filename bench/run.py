@@ -1,7 +1,9 @@
-"""make bench: speed of the generated kernels, the integrator and the SGD simulator.
+"""make bench: speed of the generated kernels, the integrator, the SGD simulator and sweeps.
 
-Prints markdown tables (copied into the README) and writes bench/results.json.
-Timings are the best of a few repeats, on one core (OpenBLAS threads pinned to 1).
+Prints markdown tables (copied into docs/performance.md) and writes bench/results.json.
+Timings are the best of a few repeats, on one core (OpenBLAS threads pinned to 1); sweeps run
+on a LocalCluster of 1 and of 2 worker processes. `python bench/run.py sweep` runs one part
+(kernels, integrator, simulator, sweep) and updates its entry in results.json.
 """
 import os
 
@@ -10,6 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -18,6 +21,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import generated  # noqa: E402
+from runtime import config, sweep  # noqa: E402
 from runtime import spectrum as spec  # noqa: E402
 from runtime.simulate import steps_per_second  # noqa: E402
 
@@ -118,16 +122,70 @@ def bench_simulator():
     return rows
 
 
-def main():
+#: the sweeps timed: 16 points (K x lr x D), theory only and with 4 SGD seeds a point
+SWEEP = {"activation": "erf", "init": 0.1, "data": {"spikes": [2.0, 1.0]}, "time": {"t_max": 20.0, "points": 20},
+         "sweep": {"K": [1, 2], "lr": [0.25, 0.5, 1.0, 2.0], "data": {"D": [250, 500]}}}
+
+
+def bench_sweep():
+    """Points per minute of a 16-point sweep on LocalClusters of 1 and 2 workers (from
+    submission to the last point written, cluster start-up apart), and the scheduler's cost per
+    task (10^3 no-op tasks on one worker)."""
+    import operator
+    from distributed import Client, LocalCluster
+    rows = []
+    for seeds in (0, 4):
+        base, grid = config.parse({**SWEEP, "simulation": {"seeds": seeds}}, sweep=True)
+        row = {"case": f"16 points, {'theory only' if seeds == 0 else f'theory + {seeds} SGD seeds'}",
+               "tasks": 16 * (seeds + 2)}
+        for workers in (1, 2):
+            tic = time.perf_counter()
+            with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster:
+                row[f"startup_s_{workers}"] = time.perf_counter() - tic
+                with tempfile.TemporaryDirectory() as out:
+                    summary = sweep.run(base, grid, out, scheduler=cluster.scheduler_address, progress=False,
+                                        log=lambda *a: None)
+                assert summary["counts"]["done"] == 16, summary
+                row[f"points_per_min_{workers}"] = 16 / summary["seconds"] * 60
+        row["scaling"] = row["points_per_min_2"] / row["points_per_min_1"]
+        rows.append(row)
+        print(f"| {row['case']} | {row['tasks']} | {row['points_per_min_1']:.0f} | {row['points_per_min_2']:.0f} | "
+              f"{row['scaling']:.2f} |", flush=True)
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.gather(client.map(operator.neg, range(100)))                 # warm up
+        n = 1000
+        tic = time.perf_counter()
+        client.gather(client.map(operator.neg, range(n)))
+        overhead = (time.perf_counter() - tic) / n
+    print(f"\nscheduling overhead: {overhead * 1e3:.2f} ms per task (10^3 no-op tasks, 1 worker); "
+          f"cluster start-up {rows[0]['startup_s_1']:.1f} s (1 worker), {rows[0]['startup_s_2']:.1f} s (2 workers)")
+    return {"sweeps": rows, "overhead_s_per_task": overhead}
+
+
+PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|",
+                     lambda rng: bench_kernels(rng)),
+         "integrator": ("| integrator case | seconds | RHS evaluations | solver |\n|---|---|---|---|",
+                        lambda rng: bench_integrator(rng)),
+         "simulator": ("| SGD simulator, D=1000, K=4, erf | steps/s | seed-steps/s |\n|---|---|---|",
+                       lambda rng: bench_simulator()),
+         "sweep": ("| sweep (erf, D = 250/500, t <= 20) | tasks | points/min, 1 worker | 2 workers | scaling |\n"
+                   "|---|---|---|---|---|", lambda rng: bench_sweep())}
+
+
+def main(argv=None):
+    names = (sys.argv[1:] if argv is None else argv) or list(PARTS)
+    unknown = set(names) - set(PARTS)
+    if unknown:
+        sys.exit(f"unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
     rng = np.random.default_rng(0)
-    print("\n| activation | kernels | covariances | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|")
-    kernels = bench_kernels(rng)
-    print("\n| integrator case | seconds | RHS evaluations | solver |\n|---|---|---|---|")
-    integrator = bench_integrator(rng)
-    print("\n| SGD simulator, D=1000, K=4, erf | steps/s | seed-steps/s |\n|---|---|---|")
-    simulator = bench_simulator()
     out = Path(__file__).resolve().parent / "results.json"
-    out.write_text(json.dumps({"kernels": kernels, "integrator": integrator, "simulator": simulator}, indent=2))
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for name in PARTS:                       # in a fixed order: the random covariances depend on it
+        if name in names:
+            header, run = PARTS[name]
+            print("\n" + header)
+            results[name] = run(rng)
+    out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
 
 

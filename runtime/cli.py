@@ -80,7 +80,7 @@ def _run(args):
     gap = summary["largest_gap"]
     print(f"{summary['status']}: wrote {args.out}/error.png, curves.csv, summary.json"
           + (f"; largest |theory - SGD| = {gap['gap']:.4g} at t = {gap['t']:.4g}" if gap else ""))
-    for message in summary["errors"]:
+    for message in summary["warnings"] + summary["errors"]:
         print(f"{PROG} run: {message}", file=sys.stderr)
     return 0 if summary["status"] == "done" else 1
 
@@ -96,6 +96,8 @@ def _sweep(args):
     print(f"{counts['done']} of {summary['points']} points done ({counts['skipped']} reused, "
           f"{counts['computed']} computed), {counts['failed']} failed; wrote {args.out}/results.parquet, "
           f"results.csv, summary.json, sweep.png")
+    if summary["warnings"]:
+        print(f"{PROG} sweep: {len(summary['warnings'])} point(s) with warnings, listed in summary.json", file=sys.stderr)
     for point in summary["failed"]:
         print(f"{PROG} sweep: point {point['hash']} {point['values']}: {'; '.join(point['errors'])}", file=sys.stderr)
     return 1 if counts["failed"] else 0

@@ -48,8 +48,7 @@ def problem(cfg):
         eigvals = np.concatenate([np.asarray(d["spikes"]) * d["D"], np.full(d["D"] - len(d["spikes"]), d["bulk"])])
         samples = None
     else:
-        ds = dataset(d["dataset"], d["path"], d["patch"] or 32, d["samples"], cfg["seed"])
-        eigvals, samples = ds.eigvals, ds.samples @ ds.eigvecs
+        eigvals, samples = dataset(d["dataset"], d["path"], d["patch"] or 32, d["samples"], cfg["seed"])
     D, K = eigvals.size, cfg["K"]
     rng = np.random.default_rng(cfg["seed"])
     W0 = cfg["init"] * rng.standard_normal((K, D))
@@ -61,8 +60,10 @@ def problem(cfg):
 
 @functools.lru_cache(maxsize=2)
 def dataset(kind, path, patch, samples, seed):
-    """runtime.data.load, kept per process: a sweep's tasks on one worker load it once."""
-    return data.load(kind, path, patch=patch, max_samples=samples, seed=seed)
+    """(eigvals, training samples in the eigenbasis) of runtime.data.load, kept per process:
+    the tasks of a sweep on one worker load and rotate a data set once."""
+    ds = data.load(kind, path, patch=patch, max_samples=samples, seed=seed)
+    return ds.eigvals, ds.samples @ ds.eigvecs
 
 
 def time_grid(t_max, points, D):

@@ -112,7 +112,8 @@ def _summary(grid, hashes, records, failed, skipped, where, status, seconds):
     return {"status": status, "grid": grid, "points": len(hashes),
             "counts": {"done": done, "failed": len(failed), "skipped": skipped, "computed": done - skipped,
                        "not_finished": len(hashes) - done - len(failed)},
-            "failed": [{"hash": h, "values": r["values"], "errors": r["errors"]} for h, r in failed.items()],
+            "failed": [{"hash": h, "values": r["values"], "errors": r["errors"], "warnings": r.get("warnings", [])}
+                       for h, r in failed.items()],
             "warnings": {h: r["warnings"] for h, r in records.items() if r.get("warnings")},
             "cluster": where, "seconds": seconds, "versions": output.versions()}
 

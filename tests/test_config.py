@@ -264,3 +264,11 @@ def test_bad_usage_exits_2(capsys, args):
     with pytest.raises(SystemExit) as info:
         cli.main(args)
     assert info.value.code == 2
+
+
+def test_the_shipped_configs_are_valid():
+    root = Path(__file__).resolve().parent.parent
+    demo, grid = config.load(root / "configs" / "demo.toml")
+    assert grid == {} and demo["K"] == 4 and demo["data"]["D"] == 1000
+    base, grid = config.load(root / "configs" / "sweep.toml", sweep=True)
+    assert len(config.expand(base, grid)) == 12
