@@ -19,7 +19,7 @@ PROG = "ae-dynamics"
 
 RUN_HELP = """Run one experiment: integrate the equations of motion for the config and simulate
 SGD from the same initial weights. Writes error.png, curves.csv and summary.json into --out.
-The config format (every key, its default and meaning) is in the README."""
+Every config key, its default and meaning are listed below and in the README."""
 
 SWEEP_HELP = """Run a grid of experiments on Dask: the cartesian product of the config's [sweep]
 lists. The theory of each point and each SGD seed are separate tasks. Writes results.parquet,
@@ -39,13 +39,16 @@ JOBS = {
 
 
 def parser():
+    from runtime.config import describe
+    keys = dict(epilog=f"config keys (dotted names are keys of [data], [time], ...) and defaults:\n{describe()}",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     top = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="one experiment from a config file", description=RUN_HELP)
+    run = sub.add_parser("run", help="one experiment from a config file", description=RUN_HELP, **keys)
     run.add_argument("config", metavar="CONFIG.toml", type=Path, help="experiment config (TOML)")
     run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    sweep = sub.add_parser("sweep", help="a grid of experiments on Dask", description=SWEEP_HELP)
+    sweep = sub.add_parser("sweep", help="a grid of experiments on Dask", description=SWEEP_HELP, **keys)
     sweep.add_argument("config", metavar="CONFIG.toml", type=Path, help="config with a [sweep] table (TOML)")
     sweep.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (reused on a rerun)")
     where = sweep.add_mutually_exclusive_group()

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Key:
     """One config key: its type ("str", "int", "float", "floats"), default (None: optional),
-    lower bound, allowed choices, and the help text the README's example mirrors."""
+    lower bound, allowed choices, and the help text `--help` lists (runtime.cli)."""
     kind: str
     default: object
     help: str
@@ -61,6 +61,15 @@ SCHEMA = {
 
 #: keys that describe the spiked model, meaningless with a data set
 SPIKED = ("data.D", "data.spikes", "data.bulk")
+
+
+def describe():
+    """Every key with its default and meaning, one line each (for --help)."""
+    def shown(spec):
+        return "(optional)" if spec.default is None else repr(spec.default)
+    width = max(len(k) for k in SCHEMA)
+    return "\n".join(f"  {key:<{width}} = {shown(spec):<12} {spec.help}"
+                     + (f": {' | '.join(spec.choices)}" if spec.choices else "") for key, spec in SCHEMA.items())
 
 
 def load(path, sweep=False):

@@ -246,6 +246,7 @@ def test_run_refuses_a_sweep_and_sweep_needs_one(tmp_path, capsys):
     (["--help"], "sweep"),
     (["run", "--help"], "summary.json"),
     (["sweep", "--help"], "--scheduler ADDRESS"),
+    (["sweep", "--help"], "simulation.seeds = 8"),
     (["derive", "--help"], "generated/NAME.py"),
     (["figures", "--help"], "--small"),
     (["universality", "--help"], "--data KIND"),

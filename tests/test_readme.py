@@ -24,3 +24,28 @@ def test_adding_an_activation_example(capsys):
     expected = 2 / np.pi * np.arcsin(2 * 0.5 / np.sqrt(3.0 * 5.0))
     assert abs(module.I2(C) - expected) < 1e-14
     assert f"{expected:.10f}"[:10] in capsys.readouterr().out
+
+
+def _block(section, language):
+    text = README.read_text().split(section, 1)[1]
+    return re.search(rf"```{language}\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_python_api_screen_runs():
+    namespace = {}
+    exec(compile(_block("## The Python API in one screen", "python"), "README API", "exec"), namespace)
+    assert namespace["sol"].status == 0 and namespace["sol"].error.shape == (3,)
+    assert namespace["sim"].error.shape == (4, 3)
+
+
+def test_the_config_example_documents_every_key_and_its_default():
+    import tomllib
+
+    from runtime import config
+    block = _block("## Config files (TOML)", "toml")
+    base, grid = config.parse(tomllib.loads(block), sweep=True)
+    assert base == config.defaults()                  # the keys written out are the defaults
+    assert grid == {"lr": [0.25, 0.5, 1.0], "K": [1, 2], "data.D": [250, 500]}
+    commented = re.findall(r"^# (\w+) = ", block, re.M)
+    documented = set(re.findall(r"^(\w+) = ", block.split("[sweep]")[0], re.M)) | set(commented)
+    assert {key.split(".")[-1] for key in config.SCHEMA} == documented
