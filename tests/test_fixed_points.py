@@ -10,7 +10,7 @@ import pytest
 
 import generated
 from runtime.fixed_points import fit_power, fit_rate, fixed_point
-from runtime.spectrum import Spectrum, random_init_matrices
+from runtime.spectrum import Spectrum, random_init_matrices, spiked_problem
 
 D = 50
 
@@ -150,3 +150,123 @@ def test_trained_bias_and_tied_states():
                                               rule="tied", times=[0, 50, 200], keep_atoms=True)
     fp = fixed_point(tied)
     assert fp.found and fp.stable and fp.error == pytest.approx(tied.error[-1], rel=1e-9)
+
+
+# -- issue 17, item 5: the README's long-time picture at D = 400 ------------------------------
+#
+# Spikes (3, 2, 1.5) D, K = 2, W0, V0 ~ 0.5 N(0, 1), lr 0.5. Closed form of the linear network
+# (truth from the initial weights alone): the vanilla flow conserves C = W W^T - V V^T / D (the
+# Noether charge of W -> X W, V -> X^-T V at rates lr/D and lr). At its stationary states the
+# bulk is empty, the units span the top K spikes (error eps_PCA(K)) and, with P = Omega Omega^T
+# (Omega: the K x K spike block of omega), T0 = P^-1 (decoder stationary) so that
+# P - P^-1 = C: the eigenvalues of T0 are 1 / p_a with p_a = (c_a + sqrt(c_a^2 + 4)) / 2 for the
+# eigenvalues c_a of C, and Q T0 has the spike strengths (3, 2) as eigenvalues. A bulk direction
+# theta evolves with M = lr [[-rho T0, rho], [rho, -Q]] (SPEC section 5, linear g), rho = 1/D:
+# its slow eigenvalues are -lr rho / p_a up to a relative O(rho / s_K) = 1/(2D), and the bulk
+# matrix decays at their pairwise sums.
+
+D_BIG, LR = 400, 0.5
+BIG_TIMES = np.concatenate([[0, 1, 10, 100, 500, 1e3, 1e4, 1e5], np.linspace(2e5, 4e5, 9)])
+
+
+@pytest.fixture(scope="module")
+def big_problem():
+    eigvals, eigvecs, W0, V0 = spiked_problem(D_BIG, 2, (3, 2, 1.5), seed=0, scale_w=0.5, scale_v=0.5)
+    c = np.linalg.eigvalsh(W0 @ W0.T - V0 @ V0.T / D_BIG)
+    p = (c + np.sqrt(c ** 2 + 4)) / 2
+    return (eigvals, eigvecs, W0, V0), np.sort(1 / p)
+
+
+def integrate_big(name, problem, times=BIG_TIMES):
+    return generated.load(name).integrate(*problem, lr=LR, times=times, keep_atoms=True,
+                                          rtol=1e-10, atol=1e-13)
+
+
+@pytest.fixture(scope="module")
+def big_linear(big_problem):
+    return integrate_big("linear", big_problem[0])
+
+
+def bulk_rates(inverse_p):
+    """Decay rates of the bulk matrix at the fixed point: lr rho (1/p_a + 1/p_b), a <= b."""
+    mu = LR / D_BIG * inverse_p
+    return np.sort([2 * mu[0], mu[0] + mu[1], 2 * mu[1]])
+
+
+@pytest.mark.parametrize("t", [500, 1e4])
+def test_linear_big_finds_the_pca_state_the_run_heads_for(big_linear, big_problem, t):
+    """Symptom 1: at t = 500 and 1e4 (error within 1 % of eps_PCA(2)) the bulk still holds most
+    of |W|^2, so the fixed point is far in the state; it must still be found, and it must be the
+    one this run converges to (fixed by the conserved C), not any point of the GL(2) orbit."""
+    fp = fixed_point(big_linear, index=int(np.flatnonzero(BIG_TIMES == t)[0]))
+    assert fp.found and fp.stable, fp.message
+    assert fp.error == pytest.approx(big_linear.pca_errors[2], abs=1e-9)
+    assert np.sort(np.linalg.eigvalsh(fp.T0)) == pytest.approx(big_problem[1], rel=1e-6)
+    assert np.sort(np.linalg.eigvals(fp.Q @ fp.T0).real) == pytest.approx([2, 3], rel=1e-6)
+    assert "= eps_PCA(2)" in fp.message
+
+
+def test_linear_big_counts_k_squared_zero_modes_and_the_slow_bulk(big_linear, big_problem):
+    """Symptom 2: at t = 1e5 the three bulk modes (rates ~2e-5, O(1/D)) are slow, not zero:
+    exactly K^2 = 4 zero modes, all from GL(2), and the slowest rates are the bulk's."""
+    fp = fixed_point(big_linear, index=int(np.flatnonzero(BIG_TIMES == 1e5)[0]))
+    assert fp.found and fp.stable, fp.message
+    assert fp.n_zero == fp.n_symmetry == 4
+    assert "unexplained" not in fp.message
+    decaying = np.sort(-fp.eigenvalues.real[~fp.is_zero])
+    assert decaying[:3] == pytest.approx(bulk_rates(big_problem[1]), rel=3e-3)
+
+
+def test_linear_big_predicted_approach_rate_is_the_measured_one(big_linear, big_problem):
+    """Symptom 3: the error approaches eps_PCA(2) at the slowest bulk rate (the error is linear
+    in the bulk matrix), 2 lr rho / max p. Measured on the error curve over t in [2e5, 4e5], where
+    the two bulk modes that move the error (rates 2 lr rho / p_a, 3 % apart) mix: the fitted
+    rate lies between them."""
+    fp = fixed_point(big_linear, fit_from=2e5)
+    assert fp.found, fp.message
+    rates = bulk_rates(big_problem[1])
+    assert fp.error_rate == pytest.approx(rates[0], rel=3e-3)
+    assert rates[0] * (1 - 3e-3) <= fp.fitted_rate <= rates[2] * (1 + 3e-3)
+
+
+@pytest.mark.parametrize("t", [500, 1e4])
+def test_relu_pairing_is_found_and_named(t):
+    """Symptom 4: relu without bias, K = 2, spikes (2, 1) D at D = 300 (SPEC finding 3), lr 1:
+    the units pair into one linear unit, w_2 = -c w_1 (relu(x) - relu(-x) = x), at exactly
+    eps_PCA(1); found from t = 500 on, and named eps_PCA(1), not compared with eps_PCA(K)."""
+    problem = spiked_problem(300, 2, (2, 1), seed=0, scale_w=0.5, scale_v=0.5)
+    res = generated.load("relu").integrate(*problem, lr=1.0, times=[0, 10, 100, t], keep_atoms=True,
+                                           rtol=1e-10, atol=1e-13)
+    fp = fixed_point(res)
+    assert fp.found and fp.stable, fp.message
+    assert fp.error == pytest.approx(res.pca_errors[1], abs=1e-9)
+    assert fp.Q[0, 1] / np.sqrt(fp.Q[0, 0] * fp.Q[1, 1]) == pytest.approx(-1.0, abs=1e-9)
+    assert fp.n_zero == fp.n_symmetry == 2
+    assert "= eps_PCA(1) " in fp.message
+
+
+def test_relu_big_ends_where_the_integration_ends(big_problem):
+    """Spikes (3, 2, 1.5) D: relu does not pair here (SGD at D = 400 neither: correlation of the
+    units' fields -0.354, error 2.29 at t = 2000). The stationary state found from t = 1000 is
+    the one the integration reaches by t = 1e6, above eps_PCA(1)."""
+    res = integrate_big("relu", big_problem[0], times=[0, 10, 100, 1e3, 1e6])
+    fp = fixed_point(res, index=3)
+    assert fp.found and fp.stable, fp.message
+    assert fp.error == pytest.approx(res.error[-1], abs=1e-6)
+    assert fp.error > res.pca_errors[1] + 0.01
+    assert "= eps_PCA(1) +0.011" in fp.message
+
+
+def test_erf_big_creeps_like_t_to_minus_two_thirds(big_problem):
+    """erf: no finite fixed point; late on the units sit in g's cubic regime, the excess over
+    eps_PCA(2) is ~ Q^2 and Q shrinks along the rescaling orbit at a rate set by the decoder's
+    norm T0 ~ 1/Q: dQ/dt ~ -Q^4, so Q ~ t^-1/3 and the excess ~ t^-2/3."""
+    times = np.concatenate([[0], np.logspace(0, 6, 31)])
+    res = integrate_big("erf", big_problem[0], times=times)
+    fp = fixed_point(res, fit_from=1e5)
+    assert not fp.found
+    assert "excess over eps_PCA(2)" in fp.message
+    assert fp.power == pytest.approx(2 / 3, rel=0.02)
+    late = res.t >= 1e5
+    assert fit_power(res.t[late], res.Q[late, 0, 0]) == \
+        pytest.approx(1 / 3, rel=0.03)
