@@ -8,7 +8,9 @@ whose message names the key and says what was expected.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -114,6 +116,11 @@ def defaults():
     for key, spec in SCHEMA.items():
         set_value(cfg, key, copy.deepcopy(spec.default))
     return cfg
+
+
+def digest(cfg):
+    """16 hex digits of the sha256 of a full config (canonical JSON): the name of a sweep point."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def get(cfg, key):

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import experiment, output
-from runtime.sweep import point_hash
+from runtime import config, experiment, output
 
 
 def run(cfg, out, progress=True, log=print):
@@ -37,7 +36,7 @@ def run(cfg, out, progress=True, log=print):
 
 def _write(out, cfg, result, tic, pending=None):
     """The three outputs of `result`; `pending`: what is still to run (status "incomplete")."""
-    record = output.jsonable({"hash": point_hash(cfg), "values": {}, **result})
+    record = output.jsonable({"hash": config.digest(cfg), "values": {}, **result})
     output.write_table(output.table([record]).drop(columns="point"), out / "curves.csv")
     curves = record.pop("curves")
     del record["values"]

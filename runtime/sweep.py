@@ -14,7 +14,6 @@ written by the client process only, so on a cluster it need not be shared with t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -25,11 +24,6 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import config, experiment, output
-
-
-def point_hash(cfg):
-    """16 hex digits of the sha256 of the full config (canonical JSON)."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -52,7 +46,7 @@ def run(base, grid, out, workers=None, scheduler=None, progress=True, log=print)
     and re-raises KeyboardInterrupt."""
     out = Path(out)
     points = config.expand(base, grid)
-    hashes = [point_hash(p) for p in points]
+    hashes = [config.digest(p) for p in points]
     (out / "points").mkdir(parents=True, exist_ok=True)
     records = {h: r for h in hashes if (r := _finished(out, h)) is not None}
     todo = [(h, p) for h, p in zip(hashes, points) if h not in records]
@@ -104,7 +98,7 @@ def _finished(out, h):
         record = json.loads((out / "points" / f"{h}.json").read_text())
     except (OSError, ValueError):
         return None
-    return record if record.get("status") == "done" and point_hash(record.get("config")) == h else None
+    return record if record.get("status") == "done" and config.digest(record.get("config")) == h else None
 
 
 def _summary(grid, hashes, records, failed, skipped, where, status, seconds):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 import generated
-from runtime import config, output, sweep
+from runtime import config, output
 from runtime.simulate import simulate
 
 BIN = Path(sys.executable).parent
@@ -131,7 +132,7 @@ def read(out):
 def test_sweep_on_a_cluster_survives_a_killed_worker_resumes_and_matches_a_local_run(cluster, tmp_path):
     config_file = tmp_path / "sweep.toml"
     config_file.write_text(CONFIG)
-    base, grid = config.parse(__import__("tomllib").loads(CONFIG), sweep=True)
+    base, grid = config.parse(tomllib.loads(CONFIG), sweep=True)
     points = config.expand(base, grid)
     assert len(points) == 8
 
@@ -180,7 +181,7 @@ def test_sweep_on_a_cluster_survives_a_killed_worker_resumes_and_matches_a_local
     assert list(table_local.columns) == ["lr", "seed", "data.D", *output.COLUMNS]
     assert list(table_local.drop_duplicates("point")[["lr", "seed", "data.D"]].itertuples(index=False, name=None)) \
         == [(p["lr"], p["seed"], p["data"]["D"]) for p in points]
-    one = table_local[table_local["point"] == sweep.point_hash(points[-1])]        # lr 1, seed 1, D 80
+    one = table_local[table_local["point"] == config.digest(points[-1])]        # lr 1, seed 1, D 80
     rng = np.random.default_rng(1)
     W0, V0 = 0.3 * rng.standard_normal((1, 80)), 0.3 * rng.standard_normal((1, 80))
     eigvals = np.concatenate([[3.0 * 80, 1.5 * 80], np.ones(78)])
@@ -190,7 +191,7 @@ def test_sweep_on_a_cluster_survives_a_killed_worker_resumes_and_matches_a_local
     sgd = simulate("erf", eigvals, None, W0, V0, lr=1.0, times=t, seeds=[0, 1], test_samples=0)
     np.testing.assert_allclose(one["sgd_mean"], sgd.error.mean(0), rtol=1e-12)
     np.testing.assert_allclose(one["sgd_sd"], sgd.error.std(0, ddof=1), rtol=1e-12, atol=1e-15)
-    record = json.loads((local / "points" / f"{sweep.point_hash(points[-1])}.json").read_text())
+    record = json.loads((local / "points" / f"{config.digest(points[-1])}.json").read_text())
     assert record["config"] == points[-1] and record["status"] == "done"
     assert (local / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -219,11 +220,11 @@ def test_failing_points_are_recorded_and_retried_and_the_rest_go_on(tmp_path):
 def test_the_hash_names_the_full_config():
     cfg = config.defaults()
     other = json.loads(json.dumps(cfg))
-    assert sweep.point_hash(cfg) == sweep.point_hash(other)
+    assert config.digest(cfg) == config.digest(other)
     for key, value in [("lr", 0.5), ("data.D", 501), ("simulation.seeds", 7), ("theory.equations", "finite")]:
         changed = json.loads(json.dumps(cfg))
         config.set_value(changed, key, value)
-        assert sweep.point_hash(changed) != sweep.point_hash(cfg), key
+        assert config.digest(changed) != config.digest(cfg), key
 
 
 def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
