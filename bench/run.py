@@ -159,7 +159,9 @@ def bench_sweep():
         overhead = (time.perf_counter() - tic) / n
     print(f"\nscheduling overhead: {overhead * 1e3:.2f} ms per task (10^3 no-op tasks, 1 worker); "
           f"cluster start-up {rows[0]['startup_s_1']:.1f} s (1 worker), {rows[0]['startup_s_2']:.1f} s (2 workers)")
-    return {"sweeps": rows, "overhead_s_per_task": overhead}
+    load = os.getloadavg()[0]
+    print(f"load average during the sweeps: {load:.1f} on {os.cpu_count()} cores (other work slows the 2-worker runs)")
+    return {"sweeps": rows, "overhead_s_per_task": overhead, "load_average": load, "cores": os.cpu_count()}
 
 
 PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|",

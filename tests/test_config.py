@@ -273,3 +273,8 @@ def test_the_shipped_configs_are_valid():
     assert grid == {} and demo["K"] == 4 and demo["data"]["D"] == 1000
     base, grid = config.load(root / "configs" / "sweep.toml", sweep=True)
     assert len(config.expand(base, grid)) == 12
+
+
+def test_finite_equations_take_any_K_for_a_polynomial_activation():
+    cfg, _ = config.parse({"activation": "linear", "K": 4, "theory": {"equations": "finite"}})
+    assert cfg["K"] == 4
