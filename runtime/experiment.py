@@ -24,6 +24,7 @@ import numpy as np
 import generated
 from runtime import data
 from runtime.integrate import IntegrationError
+from runtime.progress import Interrupted
 from runtime.simulate import simulate
 from runtime.spectrum import Spectrum
 
@@ -77,7 +78,8 @@ def time_grid(t_max, points, D):
 def theory(cfg, progress=False):
     """The equations of motion of cfg["theory"]["equations"] at the problem's times: a dict with
     t (the problem's times), error and error_spread (None unless fluctuations; as far as the
-    integration got), pca_errors, status ("ok" | "failed"), message, warnings, seconds."""
+    integration got), pca_errors, status ("ok" | "failed" | "interrupted": Ctrl-C), message, warnings,
+    seconds."""
     equations = cfg["theory"]["equations"]
 
     def work(prob):
@@ -86,9 +88,10 @@ def theory(cfg, progress=False):
             res = act.integrate(prob.eigvals, np.eye(prob.eigvals.size), prob.W0, prob.V0, lr=cfg["lr"],
                                 times=prob.times, rule=cfg["rule"], b0=prob.b0, progress=progress,
                                 finite_size=equations != "limit", fluctuations=equations == "fluctuations")
-        except IntegrationError as exc:
+        except (IntegrationError, Interrupted) as exc:                  # keep what was computed
             res = exc.result
-            return dict(error=res.error, error_spread=res.error_spread, status="failed", message=str(exc))
+            status = "interrupted" if isinstance(exc, Interrupted) else "failed"
+            return dict(error=res.error, error_spread=res.error_spread, status=status, message=str(exc))
         return dict(error=res.error, error_spread=res.error_spread, status="ok", message=res.message)
 
     return _recorded(cfg, work, error=np.empty(0), error_spread=None)
@@ -97,16 +100,20 @@ def theory(cfg, progress=False):
 def sgd(cfg, seeds, progress=False):
     """Online SGD for the given seeds at the problem's times: a dict with t, seeds, error
     (len(seeds), n) (the population error; with a data set, the error on its training rows),
-    pca_errors, status ("failed" if a seed blew up), message, warnings, seconds."""
+    pca_errors, status ("ok" | "failed": a seed blew up | "interrupted": Ctrl-C), message, warnings,
+    seconds."""
     seeds = [int(s) for s in seeds]
 
     def work(prob):
         real = prob.samples is not None
-        res = simulate(cfg["activation"], prob.eigvals, None, prob.W0, prob.V0, lr=cfg["lr"], times=prob.times,
-                       rule=cfg["rule"], b0=prob.b0, seeds=seeds, test_samples=0, progress=progress,
-                       samples=prob.samples, test_set=prob.samples if real else None)
-        return dict(error=res.test_error if real else res.error, status="ok" if res.status == 0 else "failed",
-                    message=res.message)
+        try:
+            res = simulate(cfg["activation"], prob.eigvals, None, prob.W0, prob.V0, lr=cfg["lr"], times=prob.times,
+                           rule=cfg["rule"], b0=prob.b0, seeds=seeds, test_samples=0, progress=progress,
+                           samples=prob.samples, test_set=prob.samples if real else None)
+        except Interrupted as exc:                                       # keep the records so far
+            res = exc.result
+        status = {0: "ok", -2: "interrupted"}.get(res.status, "failed")
+        return dict(error=res.test_error if real else res.error, status=status, message=res.message)
 
     return _recorded(cfg, work, seeds=seeds, error=np.empty((len(seeds), 0)))
 
@@ -132,7 +139,7 @@ def _recorded(cfg, work, **empty):
 def combine(cfg, theory_part, sgd_parts):
     """One point's result from its theory and SGD parts: curves over t (theory, theory_spread,
     sgd_mean, sgd_sd (ddof = 1, NaN below 2 seeds), sgd_seeds: how many seeds are finite,
-    pca_error_K), status "done" or "failed" with the parts' messages, warnings, seconds,
+    pca_error_K), status "done", "failed" or "interrupted" with the parts' messages, warnings, seconds,
     largest_gap (max over t of |sgd_mean - theory|, where both exist)."""
     parts = [theory_part, *sgd_parts]
     t = max((p["t"] for p in parts), key=len)
@@ -156,7 +163,8 @@ def combine(cfg, theory_part, sgd_parts):
     if np.any(np.isfinite(gap)):
         i = int(np.nanargmax(gap))
         largest = {"gap": float(gap[i]), "t": float(t[i]), "sgd_sd": float(sd[i])}
-    return {"config": cfg, "status": "failed" if errors else "done", "errors": errors,
+    status = "interrupted" if any(p["status"] == "interrupted" for p in parts) else "failed" if errors else "done"
+    return {"config": cfg, "status": status, "errors": errors,
             "warnings": sorted({w for p in parts for w in p["warnings"]}), "curves": curves,
             "pca_errors": pca, "largest_gap": largest,
             "seconds": {"theory": theory_part["seconds"], "sgd": [p["seconds"] for p in sgd_parts]}}

@@ -4,7 +4,8 @@ Writes error.png (theory line, SGD mean with its seed spread, PCA levels), curve
 theory, theory_spread, sgd_mean, sgd_sd, sgd_seeds, pca_error_K: the sweep table's columns) and
 summary.json (the config in full, status, errors, warnings, largest gap, final errors,
 timings, package versions). The outputs are written once the theory is done and again after
-SGD, so an interrupted or failed simulation keeps the theory.
+SGD, so an interrupted or failed simulation keeps the theory; Ctrl-C writes the partial curves
+(status "interrupted") and then raises KeyboardInterrupt.
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def run(cfg, out, progress=True, log=print):
     log(f"theory ({cfg['theory']['equations']} equations): {theory['status']}, {theory['seconds']:.2f} s"
         + ("" if theory["status"] == "ok" else f": {theory['message']}"))
     summary = _write(out, cfg, experiment.combine(cfg, theory, []), tic, pending="SGD" if seeds else None)
-    if seeds:
+    if seeds and theory["status"] != "interrupted":
         sgd = experiment.sgd(cfg, range(seeds), progress=progress)
         log(f"SGD, {seeds} seed(s): {sgd['status']}, {sgd['seconds']:.2f} s"
             + ("" if sgd["status"] == "ok" else f": {sgd['message']}"))
         summary = _write(out, cfg, experiment.combine(cfg, theory, [sgd]), tic)
+    if summary["status"] == "interrupted":
+        raise KeyboardInterrupt                   # after writing what was computed
     return summary
 
 
@@ -42,7 +45,7 @@ def _write(out, cfg, result, tic, pending=None):
     del record["values"]
     final = {k: curves[k][-1] if curves[k] else None for k in ("t", "theory", "sgd_mean", "sgd_sd")}
     summary = {**record, "final": final, "versions": output.versions()}
-    if pending:
+    if pending and summary["status"] != "interrupted":
         summary.update(status="incomplete", pending=pending)
     summary["seconds"]["total"] = time.perf_counter() - tic
     output.write_json(out / "summary.json", summary)

@@ -5,8 +5,10 @@ eigenvalues s_i D over a bulk, U = I, rng = default_rng(seed), W0 = init N(0, 1)
 theory is generated.<activation>.integrate and SGD is runtime.simulate.simulate with the same seeds.
 """
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,29 @@ def test_a_failing_run_exits_1_and_keeps_its_message(tmp_path):
     assert summary["status"] == "failed"
     assert any("FileNotFoundError" in e and "missing.npy" in e for e in summary["errors"])
     assert "missing.npy" in proc.stderr
+
+
+def test_ctrl_c_during_sgd_keeps_the_theory_and_the_sgd_so_far(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[data]\nD = 100\n[time]\nt_max = 3000\npoints = 30\n[simulation]\nseeds = 2\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(AE), "run", str(config), "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "error.png").exists():                    # the last file written after the theory
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        time.sleep(0.5)                                            # well inside 300 000 SGD steps
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and any("interrupted" in e for e in summary["errors"])
+    curves = pd.read_csv(out / "curves.csv")
+    assert curves["theory"].notna().all()                          # the whole theory
+    seeds = curves["sgd_seeds"].to_numpy()
+    assert seeds[0] == 2 and seeds[-1] == 0                        # SGD up to the interrupt, not beyond
+    assert curves["sgd_mean"].notna().to_numpy().tolist() == (seeds > 0).tolist()
