@@ -102,7 +102,7 @@ def test_theory_only_with_a_trained_bias(tmp_path):
     assert proc.returncode == 0, proc.stderr
     curves = pd.read_csv(out / "curves.csv")
     eigvals, W0, V0 = arrays(60, [2.0, 1.0], 2, 0.1, 0)
-    theory = generated.erf.integrate(eigvals, np.eye(60), W0, V0, times=curves["t"], b0=[0.3, -0.2])
+    theory = generated.load("erf").integrate(eigvals, np.eye(60), W0, V0, times=curves["t"], b0=[0.3, -0.2])
     np.testing.assert_allclose(curves["theory"], theory.error, rtol=1e-12)
     assert curves["sgd_mean"].isna().all() and (curves["sgd_seeds"] == 0).all()
 

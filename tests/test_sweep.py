@@ -186,7 +186,7 @@ def test_sweep_on_a_cluster_survives_a_killed_worker_resumes_and_matches_a_local
     W0, V0 = 0.3 * rng.standard_normal((1, 80)), 0.3 * rng.standard_normal((1, 80))
     eigvals = np.concatenate([[3.0 * 80, 1.5 * 80], np.ones(78)])
     t = one["t"].to_numpy()
-    theory = generated.erf.integrate(eigvals, np.eye(80), W0, V0, lr=1.0, times=t, finite_size=True)
+    theory = generated.load("erf").integrate(eigvals, np.eye(80), W0, V0, lr=1.0, times=t, finite_size=True)
     np.testing.assert_allclose(one["theory"], theory.error, rtol=1e-12)
     sgd = simulate("erf", eigvals, None, W0, V0, lr=1.0, times=t, seeds=[0, 1], test_samples=0)
     np.testing.assert_allclose(one["sgd_mean"], sgd.error.mean(0), rtol=1e-12)
