@@ -73,10 +73,11 @@ def plot(file, cfg, curves, pca_errors):
     for m, level in enumerate(pca_errors):
         if level is not None:
             ax.axhline(level, ls="--", lw=0.8, color="gray")
-            ax.text(c["t"][0], level, f" PCA {m}", va="bottom", fontsize=8, color="gray")
+            ax.text(0.01, level, f"PCA {m}", va="bottom", fontsize=8, color="gray", transform=ax.get_yaxis_transform())
     data = cfg["data"]
     where = (f"D = {data['D']}, spikes {data['spikes']}" if data["dataset"] is None else data["dataset"])
-    ax.set_xscale("log")
+    if np.any(np.isfinite(c["theory"])) or np.any(c["sgd_seeds"] > 0):    # else nothing to put on a log axis
+        ax.set_xscale("log")
     ax.set_xlabel("t = steps / D")
     ax.set_ylabel("reconstruction error")
     ax.set_title(f"{cfg['activation']}, {cfg['rule']}, K = {cfg['K']}, lr = {cfg['lr']:g}, {where}", fontsize=10)

@@ -142,3 +142,33 @@ def test_ctrl_c_during_sgd_keeps_the_theory_and_the_sgd_so_far(tmp_path):
     seeds = curves["sgd_seeds"].to_numpy()
     assert seeds[0] == 2 and seeds[-1] == 0                        # SGD up to the interrupt, not beyond
     assert curves["sgd_mean"].notna().to_numpy().tolist() == (seeds > 0).tolist()
+
+
+def test_a_failing_theory_keeps_its_partial_curve_and_the_sgd(tmp_path):
+    """The fluctuation expansion stops where the spikes' spread passes half their size (a
+    saddle): the run records that, keeps the theory up to there and all of SGD, and exits 1."""
+    proc, out = run(tmp_path, 'K = 1\ninit = 0.01\n[data]\nD = 50\n[time]\nt_max = 20\npoints = 8\n'
+                              '[theory]\nequations = "fluctuations"\n[simulation]\nseeds = 1\n')
+    assert proc.returncode == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "fluctuations no longer small" in summary["errors"][0]
+    curves = pd.read_csv(out / "curves.csv")
+    eigvals, W0, V0 = arrays(50, [2.0, 1.0], 1, 0.01, 0)
+    theory = generated.load("erf").integrate(eigvals, np.eye(50), W0, V0, times=curves["t"], fluctuations=True,
+                                             raise_on_failure=False)
+    assert theory.status == -1 and 0 < theory.t.size < curves.shape[0]
+    np.testing.assert_allclose(curves["theory"][:theory.t.size], theory.error, rtol=1e-12)
+    assert curves["theory"][theory.t.size:].isna().all() and (curves["sgd_seeds"] == 1).all()
+    assert (out / "error.png").stat().st_size > 0
+
+
+def test_the_plot_of_a_run_without_any_curve(tmp_path):
+    """A point that failed before computing anything still gets its (empty) figure."""
+    from runtime import config, run as run_module
+    cfg = config.defaults()
+    nan = [None] * 3
+    curves = {"t": [0.0, 1.0, 2.0], "theory": nan, "theory_spread": nan, "sgd_mean": nan, "sgd_sd": nan,
+              "sgd_seeds": [0, 0, 0], "pca_error_K": nan}
+    with open(tmp_path / "e.png", "wb") as f:
+        run_module.plot(f, cfg, curves, [1.5, 1.0, 0.5])
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
