@@ -93,8 +93,12 @@ def _sweep(args):
     base, grid = _config(args, lambda: config.load(args.config, sweep=True))
     if not grid:
         _usage_error(args, f"{args.config}: sweep: no [sweep] table; use `{PROG} run` for one point")
-    summary = sweep.run(base, grid, args.out, workers=args.workers, scheduler=args.scheduler,
-                        progress=not args.quiet)
+    try:
+        summary = sweep.run(base, grid, args.out, workers=args.workers, scheduler=args.scheduler,
+                            progress=not args.quiet)
+    except OSError as exc:                           # no scheduler at that address, or it went away
+        print(f"{PROG} sweep: error: Dask: {exc}; what finished is in {args.out}", file=sys.stderr)
+        return 1
     counts = summary["counts"]
     print(f"{counts['done']} of {summary['points']} points done ({counts['skipped']} reused, "
           f"{counts['computed']} computed), {counts['failed']} failed; wrote {args.out}/results.parquet, "

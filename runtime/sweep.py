@@ -31,8 +31,8 @@ def dask_client(workers=None, scheduler=None):
     """A dask.distributed Client: on the scheduler at `scheduler` (an existing cluster), else on
     a LocalCluster of `workers` single-threaded worker processes (default: os.cpu_count())."""
     from distributed import Client, LocalCluster
-    if scheduler is not None:
-        with Client(scheduler, timeout="30s") as client:
+    if scheduler is not None:                      # connect timeout: distributed.comm.timeouts.connect (30 s)
+        with Client(scheduler) as client:
             yield client
         return
     with LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1, processes=True,
@@ -60,8 +60,8 @@ def run(base, grid, out, workers=None, scheduler=None, progress=True, log=print)
                 for h, record in _compute(client, todo, grid, progress):
                     output.write_json(out / "points" / f"{h}.json", record)
                     (records if record["status"] == "done" else failed)[h] = record
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped: {type(exc).__name__}: {exc}"
         raise
     finally:
         summary = _summary(grid, hashes, records, failed, len(points) - len(todo), where, status,

@@ -238,3 +238,14 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(OSError):
         output.atomic(path, broken)
     assert json.loads(path.read_text()) == {"x": None, "y": [0, 1]} and os.listdir(tmp_path) == ["a.json"]
+
+
+def test_no_scheduler_at_the_address_is_a_clean_failure(tmp_path):
+    config_file = tmp_path / "sweep.toml"
+    config_file.write_text("[data]\nD = 20\n[time]\nt_max = 1\npoints = 2\n[simulation]\nseeds = 0\n[sweep]\nK = [1, 2]\n")
+    out = tmp_path / "out"
+    env = dict(ENV, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    code, _, stderr = finish(start_sweep(config_file, out, "--scheduler", "tcp://127.0.0.1:9", env=env), 120)
+    assert code == 1 and "tcp://127.0.0.1:9" in stderr and "Traceback" not in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"].startswith("stopped: ") and summary["counts"]["not_finished"] == 2
