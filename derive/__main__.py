@@ -17,7 +17,7 @@ def main(argv=None):
         # SymPy's simplifications iterate over sets: fix the hash seed for byte-identical output
         env = dict(os.environ, PYTHONHASHSEED="0")
         os.execve(sys.executable, [sys.executable, "-m", "derive", *argv], env)
-    from derive import activations, codegen
+    from derive import activations, assembly, codegen
 
     parser = argparse.ArgumentParser(prog="python -m derive", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="activations (default: all registered)")
@@ -29,6 +29,9 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     OUT.mkdir(exist_ok=True)
+    if not args.names:
+        (OUT / "rules.py").write_text(assembly.source())
+        print("rules: every rule's equations -> generated/rules.py", flush=True)
     for act in chosen:
         d = codegen.derive_all(act)
         (OUT / f"{act.name}.py").write_text(codegen.module_source(d))

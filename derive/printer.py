@@ -105,12 +105,13 @@ def guard(expr):
 
 
 class NumpyPrinter(SciPyPrinter):
-    """SciPy printer with the guarded helpers and kernel calls printed as plain names."""
+    """SciPy printer with the guarded helpers and kernel calls printed as plain names (or as
+    `functions` maps them)."""
 
     def __init__(self, functions=()):
         names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin", "atan2": "_atan2", "angle": "_angle",
                  "ndtr": "scipy.special.ndtr", "bvn": "_bvn"}
-        names.update({f: f for f in functions})
+        names.update(functions if isinstance(functions, dict) else {f: f for f in functions})
         super().__init__({"fully_qualified_modules": True, "user_functions": names})
 
     def _print_Heaviside(self, expr):

@@ -29,6 +29,7 @@ N_ONE = 131
 _TAIL = 9.0
 _FAR = 8.0
 _CHUNK = 1 << 21  # integrand values per chunk
+_FOLD = 1 << 16   # integrand values per numpy call of expect_units' sums
 _SQRT_2PI = np.sqrt(2 * np.pi)
 
 
@@ -226,6 +227,31 @@ def _plan(K, orders_list):
     return plan, needed
 
 
+def _fold(levels, at, signatures):
+    """{signature: the nested rule's average of prod_a g^(a) at each level's nodes}, for the
+    signatures (one tuple of orders per level) on one set of units: innermost level first, each
+    sum leaving the next level's shape. Level by level, the products of each distinct orders tuple
+    are computed once and the sums the signatures need are taken together, _FOLD numbers to a numpy
+    call (temporaries that stay in cache): the signatures share their inner levels, which hold most
+    of the nodes."""
+    inner, index = None, {}
+    for i in reversed(range(len(levels))):
+        w = levels[i][1]
+        suffixes = sorted({sig[i:] for sig in signatures})
+        heads = sorted({suffix[0] for suffix in suffixes})
+        P = np.stack([np.prod([at[i][a] for a in orders], axis=0) for orders in heads])
+        head = np.array([heads.index(suffix[0]) for suffix in suffixes])
+        rest = None if inner is None else np.array([index[suffix[1:]] for suffix in suffixes])
+        step = max(1, _FOLD // w.size)
+        total = np.empty((len(suffixes),) + w.shape[:-1])
+        for lo in range(0, len(suffixes), step):
+            sl = slice(lo, lo + step)
+            terms = w * P[head[sl]] if rest is None else w * P[head[sl]] * inner[rest[sl]]
+            total[sl] = np.sum(terms, axis=-1)
+        inner, index = total, {suffix: k for k, suffix in enumerate(suffixes)}
+    return {sig: inner[index[sig]] for sig in signatures}
+
+
 def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0):
     """For each `orders` of orders_list, E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))]
     for every tuple of units (k_1, ..., k_n), lambda ~ N(means, Q), Q of shape (..., K, K),
@@ -262,11 +288,8 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
         levels = _levels(Qf, mf, units, scale)
         at = [{a: derivatives[a](x) for a in {a for sig in signatures for a in sig[i]}}
               for i, (x, _) in enumerate(levels)]
-        for sig in signatures:
-            inner = 1.0           # innermost level first: each sum leaves the next level's shape
-            for (_, w), at_level, orders in reversed(list(zip(levels, at, sig))):
-                inner = np.sum(w * np.prod([at_level[a] for a in orders], axis=0) * inner, axis=-1)
-            values[units, sig] = inner.reshape(batch)
+        for sig, value in _fold(levels, at, signatures).items():
+            values[units, sig] = value.reshape(batch)
     outs = []
     for n, entries in plan:
         out = np.empty(batch + (K,) * n)

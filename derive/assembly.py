@@ -1,0 +1,362 @@
+"""Write generated/rules.py: what does not depend on the activation, emitted once for all.
+
+Every learning rule's equations (derive.drift, derive.finite) and the literature's averages
+(derive.stein) are sums of products of the order parameters and Gaussian averages of g; only the
+averages depend on the activation. generated/rules.py holds those sums, one function per rule and
+equation, reading the averages from an object E (E.pair_1_1, E.multi_1_0_0, ...) that
+runtime.averages evaluates for an activation (generated/NAME.py); AVERAGES lists what each
+function reads. Adding a rule changes this one emitted file.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from derive import contraction
+from derive import drift as drift_engine
+from derive import finite as finite_engine
+from derive import gaussian as G
+from derive import rules, stein
+from derive.kernels import from_name
+from derive.printer import NumpyPrinter
+
+COMMAND = "make derive  (python -m derive)"
+
+
+def _cached(function):
+    """Derive once per process (the rules do not depend on the activation)."""
+    memo = {}
+
+    def wrapper(*args):
+        if args not in memo:
+            memo[args] = function(*args)
+        return memo[args]
+    wrapper.__doc__ = function.__doc__
+    return wrapper
+
+
+@_cached
+def limit_drift(name):
+    """The rule's D -> infinity drift, None without an O(1) limit (tied weights)."""
+    try:
+        return drift_engine.derive_drift(rules.get(name))
+    except G.NoClosedForm:
+        return None
+
+
+@_cached
+def finite_equations(name):
+    """(finite-D drift, second-order noise N_j, noise between spikes) of a rule."""
+    rule = rules.get(name)
+    return (drift_engine.derive_drift(rule, finite=True), finite_engine.derive_noise(rule),
+            finite_engine.derive_noise(rule, cross=True))
+
+
+def corrections(drift):
+    """The finite-D Drift's terms of negative D-order: what it adds to the D -> infinity drift."""
+    def below(ms):
+        return [m for m in ms if sp.powsimp(m.coeff).as_coeff_exponent(rules.D)[1] < 0]
+    return drift_engine.Drift(drift.rule, True, {key: below(ms) for key, ms in drift.A.items()},
+                              {key: below(ms) for key, ms in drift.B.items()})
+
+
+@_cached
+def bias_equations(name):
+    """(BiasDrift, BiasNoise) of a rule that trains an encoder bias, or None. The finite-D bias
+    equations reuse the bias drift, so the rule's drift must be exact at any D."""
+    rule = rules.get(name)
+    if rule.db is None or limit_drift(name) is None:
+        return None
+    if corrections(finite_equations(name)[0]).monomials():
+        raise G.NoClosedForm(f"rule {name!r}: its drift has O(1/D) terms the bias drift does not carry")
+    return drift_engine.derive_bias_drift(rule), finite_engine.derive_bias_noise(rule)
+
+
+@_cached
+def error(tied):
+    """Monomials of the population error less tr(Omega)/(2D): untied (D -> infinity form, exact
+    at any D), or tied at dimension D."""
+    return tuple(drift_engine.derive_error(rules.get("tied" if tied else "vanilla"), finite=tied))
+
+
+def shared_literature():
+    """The literature's averages whose Stein reduction needs no property of g: name -> (dim, formula)."""
+    out = {}
+    for name, (dim, integrand) in stein.LITERATURE.items():
+        try:
+            out[name] = (dim, stein.average(integrand, dim))
+        except G.NoClosedForm:
+            continue
+    return out
+
+
+def averages(monomials):
+    """The names of the averages (mean_*, pair_*, multi_*) the monomials read, sorted."""
+    return tuple(sorted(drift_engine.kernel_names(monomials)) + sorted(drift_engine.multi_names(monomials)))
+
+
+def orders(name):
+    """Derivative orders per unit of an average's name, as runtime.quadrature.expect_units takes them."""
+    return from_name(name).orders if name.startswith(("mean_", "pair_")) else drift_engine.multi_orders(name)
+
+
+# -- source -------------------------------------------------------------------------------
+
+def _doc(text, indent="    "):
+    lines = text.strip().splitlines()
+    if len(lines) == 1:
+        return [f'{indent}"""{lines[0]}"""']
+    return [f'{indent}"""{lines[0]}', *[f"{indent}{line}" if line else "" for line in lines[1:]], f'{indent}"""']
+
+
+def _slots(fams):
+    return {"w": "0:K", "v": "K:2 * K"} if len(fams) == 2 else {"w": ":"}
+
+
+def _width(fams):
+    return "2 * K" if len(fams) == 2 else "K"
+
+
+def _constants(monomials):
+    lines = ["    K = Q.shape[-1]"]
+    names = {n for m in monomials for n, _ in m.factors}
+    if "eye" in names:
+        lines.append("    eye = numpy.eye(K)")
+    if "tril" in names:
+        lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
+    return lines
+
+
+def _blocks(label, blocks, fams, output="ka", free=None, shape=None):
+    """`label` = zeros(shape), then label[..., f, h] = (factored sum) for its nonzero blocks."""
+    slot = _slots(fams)
+    lines = [f"    {label} = numpy.zeros({shape})"]
+    for (f, h), ms in sorted(blocks.items()):
+        expr = contraction.source(ms, output, free, rules.eta, indent=" " * 8)
+        if expr != "0.0":
+            lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] = {expr}")
+    return lines
+
+
+def _drift_function(name, drift, fname, args, what, limit=None):
+    fams = drift_engine.families(drift.rule)
+    F = _width(fams)
+    theta = "(omega_tau, upsilon_tau/sqrt(D))" if len(fams) == 2 else "omega_tau"
+    doc = (f"Rule {name!r}: {drift.rule.description}.\n\n"
+           f"d theta_tau/dt = (rho_hat_tau A + B) theta_tau, theta_tau = {theta}: {what} (derive.drift).\n"
+           f"Averages E at Q, R, T (..., K, K); returns (A, B) of shape (..., {F}, {F}).")
+    shape = f"Q.shape[:-2] + ({F}, {F})"
+    lines = [f"def {fname}({args}):", *_doc(doc), *_constants(drift.monomials())]
+    lines += _blocks("A", drift.A, fams, shape=shape) + _blocks("B", drift.B, fams, shape=shape)
+    if limit:
+        lines += [f"    A_limit, B_limit = {limit}", "    return A_limit + lr * A, B_limit + lr * B"]
+    else:
+        lines.append("    return lr * A, lr * B")
+    return lines + ["", ""]
+
+
+def _finite_function(name, drift):
+    """finite_drift_<rule>: the limit's drift (averages E_limit) plus the O(1/D) terms, or every
+    term for a rule without a limit."""
+    args = "E, E_limit, Q, R, T, T0, WW, lr, D"
+    what = "every term at dimension D, the exact expected drift per unit of time"
+    if limit_drift(name) is None:
+        return _drift_function(name, drift, f"finite_drift_{name}", args,
+                               what + " (E_limit unused: no D -> infinity limit)")
+    extra = corrections(drift)
+    call = f"drift_{name}(E_limit, Q, R, T, T0, lr)"
+    if not extra.monomials():
+        doc = f"Rule {name!r} at dimension D: drift_{name}, exact (no O(1/D) terms; E unused)."
+        return [f"def finite_drift_{name}({args}):", *_doc(doc), f"    return {call}", "", ""]
+    return _drift_function(name, extra, f"finite_drift_{name}", args,
+                           f"{what}: drift_{name} (averages E_limit) plus its O(1/D) terms (averages E)",
+                           limit=call)
+
+
+def _noise_function(name, noise):
+    fams = drift_engine.families(noise.rule)
+    F = _width(fams)
+    monomials = noise.monomials()
+    if noise.cross:
+        head = [f"def spike_noise_{name}(E, Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye):",
+                f'    """Rule {name!r}: N_jj2 = D E[d theta_j d theta_j2^T] for two spikes j, j2, (..., J, J, {F}, {F})."""',
+                *_constants(monomials),
+                "    theta_w, theta_v = theta[..., :K], theta[..., K:]" if len(fams) == 2 else "    theta_w = theta"]
+        shape = f"theta.shape[:-1] + theta.shape[-2:-1] + ({F}, {F})"
+        output, free = "jikl", finite_engine.FREE_CROSS
+    else:
+        head = [f"def noise_{name}(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho):",
+                f'    """Rule {name!r}: N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], (..., J, {F}, {F})."""',
+                *_constants(monomials),
+                "    S_ww, S_wv, S_vw, S_vv = _wv_blocks(S, K)" if len(fams) == 2 else "    S_ww = S"]
+        shape = f"S.shape[:-2] + ({F}, {F})"
+        output, free = "jkl", finite_engine.FREE
+    return head + _blocks("N", noise.N, fams, output, free, shape) + ["    return lr**2 * N", "", ""]
+
+
+def _bias_functions(name, bias_drift, noise):
+    fams = drift_engine.families(noise.rule)
+    F, slot = _width(fams), _slots(fams)
+    db = contraction.source(bias_drift.db, "k", eta=rules.eta)
+    lines = [f"def bias_drift_{name}(E, Q, R, T, T0, b, lr):",
+             *_doc(f"Rule {name!r} with a trained encoder bias b (..., K), lambda_k = w_k.x/sqrt(D) + b_k: drift_{name}\n"
+                   "with the averages E over lambda ~ N(b, Q) (derive.drift.derive_bias_drift), and db_k/dt.\n"
+                   "Returns (A, B, db) of shapes (..., 2K, 2K), (..., 2K, 2K), (..., K)."),
+             *_constants(bias_drift.db),
+             f"    A, B = drift_{name}(E, Q, R, T, T0, lr)",
+             f"    return A, B, lr * ({db} + numpy.zeros(b.shape))", "", ""]
+    monomials = noise.monomials()
+    lines += [f"def bias_noise_{name}(E, Q, R, T, T0, WW, lr, D, b, theta, rho_hat):",
+              *_doc(f"Rule {name!r} with a trained encoder bias b (..., K): Nbb = D E[db_k db_l] (..., K, K) and\n"
+                    "Nbt = D E[db_k d theta_j^T] (..., J, K, F) per unit of time for the spikes' direction vectors\n"
+                    "theta (..., J, F), rho_hat (J,) = rho_j/D (derive.finite.derive_bias_noise); averages E over\n"
+                    "lambda ~ N(b, Q). Their covariance, minus the product of the drifts over D, drives the\n"
+                    "fluctuations of b (runtime.fluctuations)."),
+              *_constants(monomials)]
+    lines.append("    theta_w, theta_v = theta[..., :K], theta[..., K:]")
+    bb = contraction.source(noise.bb, "kl", finite_engine.FREE, rules.eta)
+    lines.append(f"    Nbb = {bb} + numpy.zeros(Q.shape)")
+    lines.append(f"    Nbt = numpy.zeros(theta.shape[:-1] + (K, {F}))")
+    for h, ms in sorted(noise.btheta.items()):
+        expr = contraction.source(ms, "jkl", finite_engine.FREE, rules.eta)
+        if expr != "0.0":
+            lines.append(f"    Nbt[..., {slot[h]}] = {expr}")
+    return lines + ["    return lr**2 * Nbb, lr**2 * Nbt", "", ""]
+
+
+def _error_functions():
+    def formula(ms):
+        return " + ".join(f"{m.coeff}*{'*'.join(n for n, _ in m.factors)}" for m in ms)
+    untied, tied = error(False), error(True)
+    return [
+        "def population_error(E, Q, R, T, T0, half_trace):",
+        *_doc("eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the untied network (SPEC section 3).\n\n"
+              "Q, R, T, T0 of shape (..., K, K); half_trace = tr(Omega)/(2D); averages E (over N(b, Q) with a bias).\n"
+              f"Derived: {formula(untied)} (summed over units)."),
+        f"    return half_trace + {contraction.source(untied, '')}", "", "",
+        "def population_error_tied(E, Q, WW, half_trace, D):",
+        *_doc("eps = tr(Omega)/(2D) + E[|x_hat|^2 - 2 x.x_hat]/(2D) for the tied network at dimension D (SPEC section 3).\n\n"
+              "Q, WW = w.w/D of shape (..., K, K); half_trace = tr(Omega)/(2D).\n"
+              f"Derived: {formula(tied)} (summed over units)."),
+        f"    return half_trace + {contraction.source(tied, '')}", "", "",
+    ]
+
+
+_LITERATURE_DOC = {
+    "J2": "E[x1 g(x2)]", "I2": "E[g(x1) g(x2)]", "I21": "E[g'(x1) x1 x2]",
+    "I22": "E[g'(x1) x2^2]", "I3": "E[g'(x1) x2 g(x3)]", "I4": "E[g'(x1) g'(x2) g(x3) g(x4)]",
+}
+
+
+def literature_doc(name, dim, formula):
+    """The docstring of a literature average; `formula` its Stein reduction (printed as given)."""
+    return (f"{name} = {_LITERATURE_DOC[name]} for x ~ N(0, C), C of shape (..., {dim}, {dim}).\n\n"
+            f"Stein: {name} = {formula}")
+
+
+def literature_unpack(dim, formula):
+    """The left side unpacking the covariance entries c11, c12, ... a formula uses (c11 always)."""
+    entries = [stein.cov(i, j) for i in range(1, dim + 1) for j in range(i, dim + 1)]
+    return ", ".join(str(e) if e in formula.free_symbols or e == entries[0] else "_" for e in entries)
+
+
+def _literature_functions():
+    out = []
+    for name, (dim, formula) in shared_literature().items():
+        kernels = sorted(f.func.__name__ for f in formula.atoms(sp.core.function.AppliedUndef))
+        printer = NumpyPrinter(functions={k: f"kernels.{k}" for k in kernels})
+        out += [f"def {name}(kernels, C):", *_doc(literature_doc(name, dim, sp.sstr(formula)) + "\n"
+                                                  "kernels: the activation's module (its mean_*, pair_*)."),
+                f"    {literature_unpack(dim, formula)} = _covariance(C, {dim}, {name!r})",
+                f"    return _broadcast({printer.doprint(formula)}, c11)", "", ""]
+    return out
+
+
+@_cached
+def table():
+    """generated/rules.py's function -> the averages it reads (its AVERAGES)."""
+    out = {}
+    for n in rules.RULES:
+        if limit_drift(n) is not None:
+            out[f"drift_{n}"] = averages(limit_drift(n).monomials())
+    for n in rules.RULES:
+        if bias_equations(n) is not None:
+            bias_drift, bias_noise = bias_equations(n)
+            out[f"bias_drift_{n}"] = averages(bias_drift.monomials())
+            out[f"bias_noise_{n}"] = averages(bias_noise.monomials())
+    for n in rules.RULES:
+        drift, noise, spike_noise = finite_equations(n)
+        out[f"finite_drift_{n}"] = averages((corrections(drift) if limit_drift(n) is not None else drift).monomials())
+        out[f"noise_{n}"] = averages(noise.monomials())
+        out[f"spike_noise_{n}"] = averages(spike_noise.monomials())
+    out["population_error"] = averages(error(False))
+    out["population_error_tied"] = averages(error(True))
+    return out
+
+
+def multi_averages(prefixes):
+    """The averages over several units (multi_*) read by the functions whose names start with `prefixes`."""
+    return {a for f, names in table().items() if f.startswith(prefixes) for a in names if a.startswith("multi_")}
+
+
+def source():
+    """generated/rules.py."""
+    names = list(rules.RULES)
+    limits = [n for n in names if limit_drift(n) is not None]
+    biased = [n for n in names if bias_equations(n) is not None]
+    body = []
+    for n in limits:
+        body += _drift_function(n, limit_drift(n), f"drift_{n}", "E, Q, R, T, T0, lr", "the D -> infinity limit")
+    for n in biased:
+        body += _bias_functions(n, *bias_equations(n))
+    for n in names:
+        drift, noise, spike_noise = finite_equations(n)
+        body += _finite_function(n, drift) + _noise_function(n, noise) + _noise_function(n, spike_noise)
+    body += _error_functions()
+    literature = shared_literature()
+    body += _literature_functions()
+    head = [
+        f"# Generated by `{COMMAND}` from derive/ (derive/assembly.py): do not edit.",
+        "# The same for every activation: each learning rule's equations and the literature's averages in terms of",
+        "# the Gaussian averages of g, which runtime/averages.py evaluates for one activation (generated/NAME.py).",
+        '"""The learning rules\' equations of motion (SPEC section 5), assembled from Gaussian averages.',
+        "",
+        "Per rule: drift_<rule> (the D -> infinity limit) and finite_drift_<rule> (at dimension D) give (A, B) with",
+        "d theta_tau/dt = (rho_hat_tau A + B) theta_tau, theta_tau = (omega_tau, upsilon_tau/sqrt(D)) (omega_tau with",
+        "tied weights) (derive.drift); noise_<rule> gives N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], the",
+        "second-order (lr^2) terms of dS_j/dt = M_j S_j + S_j M_j^T + N_j, for the per-atom matrices S (..., J, F, F),",
+        "rho_hat (J,) = rho_j/D, m_rho (J,) = multiplicity times rho_j; spike_noise_<rule> gives N_jj2 =",
+        "D E[d theta_j d theta_j2^T] for the spikes' direction vectors theta (..., J, F), rho_eye = diag(rho_j), whose",
+        "covariance, N_jj2 - (d theta_j/dt)(d theta_j2/dt)^T / D, drives their fluctuations (derive.finite, cross).",
+        "",
+        "Each function reads the averages over the local fields lambda ~ N(0, Q) (N(b, Q) with a bias) from E:",
+        "E.mean_<o> (..., K) is E[prod g^(o)(lambda_k)], E.pair_<o1>_<o2> (..., K, K) the average over units (k, l),",
+        "E.multi_<o1>_<o2>_... (..., K, K, ...) over a tuple of units (<o>: the derivative orders of g on that unit).",
+        "AVERAGES lists what each function reads.",
+        "Each sum is factored, common factors pulled out (derive/contraction.py).",
+        '"""',
+        "import numpy",
+        "",
+        "from runtime.check import covariance as _covariance",
+        "from runtime.elementwise import broadcast as _broadcast",
+        "",
+        "",
+        "def _wv_blocks(S, K):",
+        '    """The (w, v) blocks of matrices S (..., 2K, 2K): S_ww, S_wv, S_vw, S_vv."""',
+        "    return S[..., :K, :K], S[..., :K, K:], S[..., K:, :K], S[..., K:, K:]",
+        "",
+        "",
+        f"RULES = {tuple(names)!r}",
+        "#: rules with a D -> infinity limit (drift_<rule>); the others have finite-D equations only",
+        f"LIMITS = {tuple(limits)!r}",
+        "#: rules that train an encoder bias (bias_drift_<rule>, bias_noise_<rule>)",
+        f"BIASED = {tuple(biased)!r}",
+        "#: the literature's averages written here; an activation may add others (I4) of its own",
+        f"LITERATURE = {tuple(literature)!r}",
+        "#: function -> the averages it reads from E",
+        "AVERAGES = {",
+        *[f"    {k!r}: {v!r}," for k, v in table().items()],
+        "}",
+        "",
+        "",
+    ]
+    return "\n".join(head + body).rstrip() + "\n"

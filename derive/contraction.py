@@ -1,0 +1,165 @@
+"""Sums of einsum monomials -> numpy source with the common factors pulled out.
+
+A block of the equations (derive.drift, derive.finite) is a sum of monomials
+coeff * prod_f X_f[indices_f], summed over every index not in the output. Printed one einsum per
+monomial (a hundred or more per noise block) it is unreadable and slow. Here the sum is factored
+greedily, as one would by hand: the factor shared by the most terms -- a power of D, or an array
+whose indices are all free (a kernel E.pair_1_1[k, l], rho_hat[j], ...) -- is pulled out of those
+terms, and the rest is factored again:
+
+    c X[kl] Y[jkl] + c X[kl] Y[jlk] + c Z[j] W[kl]  ->  c (X[kl] (Y[jkl] + Y[jlk]) + Z[j] W[kl]).
+
+A factor is pulled out of a term only if what remains still carries every free index, so each
+node of the tree is one einsum over '...'-broadcast operands with the block's output indices.
+Each node is one numpy.einsum call in numpy's own single loop: at K <= 3 units an explicit
+contraction path (numpy.einsum(..., optimize=path), paths chosen by opt_einsum) measured 2-4x
+slower per right-hand side, its pairwise steps costing more in Python than they save.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import sympy as sp
+
+from derive.printer import NumpyPrinter
+
+#: operands read from the averages E (the activation's kernels, evaluated by runtime.averages)
+AVERAGE_PREFIXES = ("mean_", "pair_", "multi_")
+
+
+@dataclass(frozen=True)
+class Term:
+    """coeff * einsum(subscripts of factors -> output) of the named operands."""
+
+    coeff: sp.Expr
+    factors: tuple            # ((operand, subscripts), ...), sorted
+
+
+def terms(monomials, output, free=None, eta=None):
+    """Monomials (derive.drift.Monomial) as Terms with einsum subscripts over `output`; eta -> 1."""
+    out = []
+    for m in monomials:
+        subscripts, names = m.einsum(output, free)
+        ins = subscripts.split("->")[0].split(",")
+        coeff = m.coeff.subs(eta, 1) if eta is not None else m.coeff
+        out.append(Term(sp.nsimplify(coeff), tuple(sorted(zip(names, ins)))))
+    return out
+
+
+# -- the factor tree ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Leaf:
+    term: Term
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """coeff * prod(factors) * (sum of children), factors with free indices only."""
+
+    coeff: sp.Expr
+    factors: tuple
+    children: tuple
+
+
+def _magnitude(coeff):
+    return -coeff if coeff.could_extract_minus_sign() else coeff
+
+
+def _candidates(term, output):
+    """What can be pulled out of a term: its coefficient's magnitude (if not 1), and each factor
+    with free indices only whose removal leaves the free indices covered."""
+    out = []
+    if _magnitude(term.coeff) != 1:
+        out.append(("coeff", _magnitude(term.coeff)))
+    for i, (name, subs) in enumerate(term.factors):
+        rest = term.factors[:i] + term.factors[i + 1:]
+        if rest and set(subs) <= set(output) and set(output) <= set("".join(s for _, s in rest)):
+            out.append(("factor", (name, subs)))
+    return list(dict.fromkeys(out))
+
+
+def _without(term, item):
+    kind, value = item
+    if kind == "coeff":
+        return Term(sp.nsimplify(term.coeff / value), term.factors)
+    factors = list(term.factors)
+    factors.remove(value)
+    return Term(term.coeff, tuple(factors))
+
+
+def factor(terms_, output):
+    """The terms as a list of tree nodes (Leaf, Pulled) whose sum they are."""
+    counts = Counter(item for t in terms_ for item in _candidates(t, output))
+    best = [(n, item) for item, n in counts.items() if n >= 2]
+    if not best:
+        return [Leaf(t) for t in terms_]
+    # most shared first; a power of D before an array (the expansion's orders stay visible)
+    _, item = min(best, key=lambda b: (-b[0], b[1][0] != "coeff", str(b[1][1])))
+    inside = [t for t in terms_ if item in _candidates(t, output)]
+    rest = [t for t in terms_ if item not in _candidates(t, output)]
+    children = factor([_without(t, item) for t in inside], output)
+    coeff, factors = (item[1], ()) if item[0] == "coeff" else (sp.S.One, (item[1],))
+    if len(children) == 1 and isinstance(children[0], Pulled):
+        child = children[0]
+        node = Pulled(coeff * child.coeff, factors + child.factors, child.children)
+    else:
+        node = Pulled(coeff, factors, tuple(children))
+    return [node] + factor(rest, output)
+
+
+# -- printing -----------------------------------------------------------------------------
+
+def operand(name):
+    return f"E.{name}" if name.startswith(AVERAGE_PREFIXES) else name
+
+
+def _coeff(coeff):
+    return sp.pycode(coeff) if not coeff.free_symbols else f"({NumpyPrinter().doprint(coeff)})"
+
+
+def _einsum(operands, output):
+    """numpy.einsum over [(expression, subscripts)] -> '...' + output."""
+    if len(operands) == 1 and operands[0][1] == output:
+        return operands[0][0]
+    subscripts = ",".join("..." + s for _, s in operands) + "->..." + output
+    return f"numpy.einsum({subscripts!r}, {', '.join(e for e, _ in operands)})"
+
+
+def _signed(node, output):
+    """(sign, source of the node without its sign)."""
+    if isinstance(node, Leaf):
+        t = node.term
+        negative = t.coeff.could_extract_minus_sign()
+        mag = _magnitude(t.coeff)
+        body = _einsum([(operand(n), s) for n, s in t.factors], output)
+        return ("-" if negative else "+"), (body if mag == 1 else f"{_coeff(mag)} * {body}")
+    inner = _sum(node.children, output, nested=True)
+    negative = node.coeff.could_extract_minus_sign()
+    mag = _magnitude(node.coeff)
+    body = _einsum([(operand(n), s) for n, s in node.factors] + [(inner, output)], output) \
+        if node.factors else inner
+    return ("-" if negative else "+"), (body if mag == 1 else f"{_coeff(mag)} * {body}")
+
+
+def _sum(nodes, output, nested=False):
+    parts = [_signed(n, output) for n in nodes]
+    text = " ".join(f"{s} {b}" for s, b in parts)
+    text = text[2:] if text.startswith("+ ") else "-" + text[2:]
+    return f"({text})" if nested and len(parts) > 1 else text
+
+
+def source(monomials, output, free=None, eta=None, indent=None):
+    """The sum of the monomials as one numpy expression over '...' + output, factored; '0.0' if
+    there are none. `indent`: its top-level terms one per line, in parentheses, at that indent."""
+    ts = terms(monomials, output, free, eta)
+    if not ts:
+        return "0.0"
+    nodes = factor(ts, output)
+    if indent is None or len(nodes) == 1:
+        return _sum(nodes, output)
+    lines = [_sum([n], output) for n in nodes]
+    lines = [lines[0]] + [line if line.startswith("-") else "+ " + line for line in lines[1:]]
+    lines = [line.replace("-", "- ", 1) if line.startswith("-") and i else line for i, line in enumerate(lines)]
+    return "(\n" + "\n".join(indent + line for line in lines) + "\n" + indent[:-4] + ")"
