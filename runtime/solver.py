@@ -1,0 +1,230 @@
+"""Implicit solvers with the equations' own Jacobian: block-diagonal plus low rank, Newton systems
+solved by Woodbury (issue 13). StructuredBDF and StructuredRadau are scipy's BDF and Radau with it.
+
+Given the order parameters p = (Q, R, T, T0 [, WW at finite D] [, the biases b]) the right-hand
+side of runtime.integrate is affine in the state (_System.frozen, _BiasSystem.frozen):
+
+    f(y) = L(p) y + c(p),  L(p) = blockdiag(M_tau = rho_hat_tau A + B     for each vector theta_tau,
+                                            M_j (x) I + I (x) M_j          for each matrix S_j,
+                                            0                              for b),
+                           c(p) = (0, N_j, db/dt),
+
+and p(y) is quadratic: G = sum rho_hat theta theta^T + sum rho_hat_j S_j, sum theta theta^T + sum S_j
+(SPEC section 3). So the Jacobian is
+
+    J = L(p) + U W,   U = df/dp at fixed y (n x P),   W = dp/dy (P x n),
+
+with P the number of independent entries of p (the upper triangles of the symmetric Q, T, T0,
+WW, every entry of R, and b: 46 for K = 4), whatever the number n of state variables. U costs
+one vectorised drift call over P + 1 order parameters (forward differences); W is applied as the
+directional derivative of p. The Newton matrices of scipy's BDF (variable order 1-5, Shampine &
+Reichelt, SIAM J. Sci. Comput. 18, 1 (1997)) and Radau IIA (order 5, Hairer & Wanner II, IV.8;
+complex c), I - cJ = Pc - c U W with Pc = I - cL block-diagonal, are solved with the Woodbury
+identity
+
+    (Pc - c U W)^-1 = Pc^-1 + Pc^-1 U (I_P - c W Pc^-1 U)^-1 c W Pc^-1,
+
+in O(n P F) operations per factorisation and O(n (P + F)) per solve, where scipy's solvers form J
+by n finite differences and factorise it in O(n^3). At finite D the second-order terms N_j depend on S_j
+directly as well; that part (O(lr^2 / D)) is left out of J, which only slows Newton's iteration
+(its residual is the exact right-hand side).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.integrate import BDF, Radau
+from scipy.linalg import lu_factor, lu_solve
+from scipy.sparse import csc_matrix
+
+#: relative size of the forward-difference steps in the order parameters
+DIFFERENCE_STEP = 1e-7
+
+
+class _Layout:
+    """A system's state split into vectors (Jv, F), matrices (Jm, F, F) and the biases (K), and
+    its order parameters' independent coordinates."""
+
+    def __init__(self, system):
+        self.system = system
+        core = getattr(system, "core", system)          # _BiasSystem wraps a _System
+        self.core, self.K, self.F = core, core.K, core.F
+        self.rho_vec, self.rho_mat = core.rho_vec, core.rho_mat
+        self.split, self.n_mat, self.n_bias = core.split, core.rho_mat.size * core.F ** 2, system.extra
+        # order = (Q, R, T, T0, WW): which are present and symmetric
+        slots = [0, 4] if core.tied else [0, 1, 2, 3] + ([4] if core.D is not None else [])
+        self.coords = [(s, a, b) for s in slots for a in range(self.K) for b in range(self.K)
+                       if s == 1 or a <= b]
+        self.slots = slots
+        index = np.array([(slots.index(s), a, b) for s, a, b in self.coords]).T
+        self._index = index                                             # (slot position, a, b) per coordinate
+
+    def pieces(self, Y):
+        """Y (m, n) -> vectors (m, Jv, F), matrices (m, Jm, F, F), biases (m, K)."""
+        m, F = Y.shape[0], self.F
+        end = self.split + self.n_mat
+        return (Y[:, :self.split].reshape(m, -1, F), Y[:, self.split:end].reshape(m, -1, F, F),
+                Y[:, end:])
+
+    def order(self, G, total):
+        """(Q, R, T, T0, WW) from G = sum rho_hat theta theta^T and total = sum theta theta^T,
+        as _System._globals (None where absent)."""
+        K, core = self.K, self.core
+        WW = None if core.D is None else total[:, :K, :K] / core.D
+        if core.tied:
+            return G, None, None, None, WW
+        return G[:, :K, :K], G[:, K:, :K], G[:, K:, K:], total[:, K:, K:], WW
+
+    def coordinates(self, order, b):
+        """The P independent numbers of p = (order, b): (m, P)."""
+        X = np.stack([order[s] for s in self.slots], axis=1)              # (m, slots, K, K)
+        X = 0.5 * (X + np.swapaxes(X, 2, 3)) if self.core.tied else np.concatenate(
+            [0.5 * (X[:, :1] + np.swapaxes(X[:, :1], 2, 3)), X[:, 1:2],
+             0.5 * (X[:, 2:] + np.swapaxes(X[:, 2:], 2, 3))], axis=1)      # symmetric parts, R as it is
+        return np.concatenate([X[:, self._index[0], self._index[1], self._index[2]], b], axis=1)
+
+    def dp(self, th, S, V):
+        """W V: the directional derivatives of p at the state (th, S) along the rows of V (m, n)."""
+        dth, dS, db = self.pieces(V)
+        X, Xt = (w.T @ dth for w in (th * self.rho_vec[:, None], th))    # (m, F, F)
+        dG = X + np.swapaxes(X, 1, 2) + np.einsum("j,mjab->mab", self.rho_mat, dS)
+        dtotal = Xt + np.swapaxes(Xt, 1, 2) + dS.sum(axis=1)
+        return self.coordinates(self.order(dG, dtotal), db)
+
+    def apply(self, field, th, S):
+        """f = L(p) y + c(p) for the fields (A, B, N[, db]) of m order parameters: (m, n)."""
+        A, B, N = field[:3]
+        m = A.shape[0]
+        d_th = (th @ np.swapaxes(A, 1, 2)) * self.rho_vec[:, None] + th @ np.swapaxes(B, 1, 2)
+        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
+        out = [d_th.reshape(m, -1), (MS + np.swapaxes(MS, -1, -2) + N).reshape(m, -1)]
+        if self.n_bias:
+            out.append(field[3])
+        return np.concatenate(out, axis=1)
+
+
+class StructuredJacobian:
+    """J = L + U W at a state y (module docstring); `c * J` and `I - c * J` describe the Newton
+    matrix that _Woodbury solves."""
+
+    def __init__(self, layout, y):
+        self.layout = layout
+        Y = y[None]
+        th, S, b = layout.pieces(Y)
+        self.th, self.S = th[0], S[0]
+        core = layout.core
+        order = core._globals(Y[:, :Y.shape[1] - layout.n_bias])
+        p0 = layout.coordinates(order, b)[0]
+        P = p0.size
+        steps = DIFFERENCE_STEP * np.maximum(np.abs(p0), np.max(np.abs(p0), initial=0.0) * 1e-3 + 1e-12)
+        # P + 1 order parameters: p0, then p0 + step_k e_k
+        perturbed = [None if o is None else np.repeat(o, P + 1, axis=0) for o in order]
+        Yrep = np.repeat(Y, P + 1, axis=0)
+        for k, (s, a, c) in enumerate(layout.coords):
+            perturbed[s][k + 1, a, c] += steps[k]
+            if s != 1 and a != c:
+                perturbed[s][k + 1, c, a] += steps[k]
+        for i in range(layout.n_bias):
+            Yrep[len(layout.coords) + 1 + i, y.size - layout.n_bias + i] += steps[len(layout.coords) + i]
+        field = layout.system.frozen(Yrep, tuple(perturbed))
+        f = layout.apply(field, self.th, np.repeat(S, P + 1, axis=0))
+        self.U = (f[1:] - f[0]) / steps[:, None]                        # (P, n): row k is df/dp_k
+        A, B = field[0][0], field[1][0]
+        self.M = layout.rho_vec[:, None, None] * A + B                  # (Jv, F, F)
+        Mj = layout.rho_mat[:, None, None] * A + B                      # (Jm, F, F)
+        F = layout.F
+        I = np.eye(F)
+        self.L = (Mj[:, :, None, :, None] * I[None, None, :, None, :]
+                  + I[None, :, None, :, None] * Mj[:, None, :, None, :]).reshape(-1, F * F, F * F)
+
+    def __rmul__(self, c):
+        return _Scaled(c, self)
+
+
+class _Scaled:
+    """c * J"""
+
+    def __init__(self, c, J):
+        self.c, self.J = c, J
+
+
+class _Identity:
+    """The solvers' `self.I`: BDF forms I - c * J, Radau mu * I - J; either becomes the
+    (a, b, J) of a I - b J to factorise."""
+
+    def __init__(self, a=1.0):
+        self.a = a
+
+    def __rmul__(self, a):
+        return _Identity(a * self.a)
+
+    def __sub__(self, other):
+        return (self.a, other.c, other.J) if isinstance(other, _Scaled) else (self.a, 1.0, other)
+
+
+class _Woodbury:
+    """(a I - b J)^-1 = (I - c J)^-1 / a, c = b / a, for J = L + U W: the block-diagonal Pc = I - cL
+    inverted block by block and the P x P capacitance matrix I - c W Pc^-1 U factorised
+    (complex for Radau's complex shift)."""
+
+    def __init__(self, a, b, J):
+        self.J, self.a, layout = J, a, J.layout
+        self.c = c = b / a
+        F = layout.F
+        self.Pv = np.linalg.inv(np.eye(F) - c * J.M)
+        self.Pm = np.linalg.inv(np.eye(F * F) - c * J.L)
+        self.Z = self.inverse_blocks(J.U)                                # Pc^-1 U, (P, n)
+        capacitance = np.eye(J.U.shape[0]) - c * layout.dp(J.th, J.S, self.Z).T
+        self.cap = lu_factor(capacitance)
+
+    def inverse_blocks(self, V):
+        """Pc^-1 applied to the rows of V (m, n)."""
+        layout = self.J.layout
+        th, S, b = layout.pieces(V)
+        m = V.shape[0]
+        out = [np.einsum("tab,tb->ta", self.Pv, th[0]).reshape(1, -1) if m == 1 else
+               (self.Pv @ th.transpose(1, 2, 0)).transpose(2, 0, 1).reshape(m, -1),
+               (self.Pm @ S.reshape(m, S.shape[1], S.shape[2] ** 2).transpose(1, 2, 0)).transpose(2, 0, 1).reshape(m, -1),
+               b.astype(self.Pv.dtype)]
+        return np.concatenate(out, axis=1)
+
+    def solve(self, r):
+        z = self.inverse_blocks(r[None])
+        w = lu_solve(self.cap, self.c * self.J.layout.dp(self.J.th, self.J.S, z)[0])
+        return (z[0] + w @ self.Z) / self.a
+
+
+def _structured(solver, base, fun, t0, y0, t_bound, options):
+    """Set up `solver`, of scipy's class `base` (BDF or Radau), on `fun` with the structured Jacobian."""
+    layout = _Layout(fun)
+    n = np.asarray(y0).size
+    # a placeholder Jacobian for the solver's set-up, replaced below by the structured one
+    base.__init__(solver, fun, t0, y0, t_bound, jac=lambda t, y: csc_matrix((n, n)), **options)
+    solver.njev = 0
+
+    def jac(t, y, *f):
+        solver.njev += 1
+        return StructuredJacobian(layout, y)
+
+    def lu(abJ):
+        solver.nlu += 1
+        return _Woodbury(*abJ)
+
+    solver.jac, solver.J = jac, jac(t0, solver.y)
+    solver.lu, solver.solve_lu, solver.I = lu, lambda LU, r: LU.solve(r), _Identity()
+
+
+class StructuredBDF(BDF):
+    """scipy's BDF on a system of runtime.integrate (_System or _BiasSystem, passed as `fun`)
+    with the structured Jacobian and Woodbury Newton solves of the module docstring; `nfev` counts
+    right-hand sides (Newton iterations), `njev` structured Jacobians (each one vectorised drift
+    call over P + 1 order parameters), `nlu` factorisations."""
+
+    def __init__(self, fun, t0, y0, t_bound, **options):
+        _structured(self, BDF, fun, t0, y0, t_bound, options)
+
+
+class StructuredRadau(Radau):
+    """scipy's Radau IIA (order 5) with the structured Jacobian, as StructuredBDF."""
+
+    def __init__(self, fun, t0, y0, t_bound, **options):
+        _structured(self, Radau, fun, t0, y0, t_bound, options)

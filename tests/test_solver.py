@@ -1,0 +1,111 @@
+"""runtime.solver: BDF with the structured Jacobian (issue 13), against scipy's solvers on the same
+right-hand side at tight tolerance, its Jacobian against finite differences, and its stiffness."""
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import generated
+from runtime import solver
+from runtime import spectrum as spec
+
+TIGHT = dict(rtol=1e-9, atol=1e-12, progress=False)
+
+
+def distinct_problem(D, K, spikes, seed, scale=0.3):
+    """Spikes s D over a bulk of distinct eigenvalues uniform in [0.2, 1.8], random eigenvectors."""
+    rng = np.random.default_rng(seed)
+    eigvals = np.concatenate([np.array(spikes) * D, np.sort(rng.uniform(0.2, 1.8, D - len(spikes)))[::-1]])
+    eigvecs = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    return eigvals, eigvecs, scale * rng.normal(size=(K, D)), scale * rng.normal(size=(K, D))
+
+
+def spiked_bulk(D, K, spikes, seed, sigma=0.3):
+    spectrum = spec.Spectrum.spiked(D, spikes)
+    return dict(spectrum=spectrum, init=spec.random_init_matrices(spectrum, K, sigma_w=sigma, sigma_v=sigma, seed=seed))
+
+
+CASES = {
+    "distinct": ("erf", dict(zip(("eigvals", "eigvecs", "W0", "V0"), distinct_problem(24, 2, (3.0, 2.0), 1))), {}),
+    "spikes and bulk": ("erf", spiked_bulk(200, 2, (3.0, 2.0), 2), {}),
+    "truncated": ("erf", spiked_bulk(200, 2, (3.0, 2.0), 3), dict(rule="truncated")),
+    "bias": ("relu", spiked_bulk(200, 2, (2.0, 1.0), 4), dict(b0=(0.3, -0.2))),
+    "finite D": ("erf", spiked_bulk(200, 2, (2.0, 1.0), 5), dict(finite_size=True)),
+    "finite D tied": ("erf", spiked_bulk(200, 2, (2.0, 1.0), 6), dict(rule="tied")),
+    "finite D bias": ("linear", spiked_bulk(200, 2, (2.0, 1.0), 7), dict(b0=(0.3, -0.2), finite_size=True)),
+}
+
+
+@pytest.mark.parametrize("case, method", [(case, "StructuredBDF") for case in CASES]
+                         + [("spikes and bulk", "StructuredRadau"), ("bias", "StructuredRadau")])
+def test_agrees_with_scipy_at_tight_tolerance(case, method):
+    name, problem, options = CASES[case]
+    act = generated.load(name)
+    # the finite-D right-hand sides cost 10-100x more (tied the most)
+    times = np.array([0.0, 0.25, 0.75] if options.get("rule") == "tied" else [0.0, 0.5, 1.5, 3.0]
+                     if options.get("finite_size") else [0.0, 0.5, 2.0, 8.0])
+    ours = act.integrate(**problem, **options, times=times, method=method, **TIGHT)
+    ref = act.integrate(**problem, **options, times=times, method="DOP853", **TIGHT)
+    assert ours.success and ref.success
+    assert np.ptp(ref.error) > 0.05                  # the run goes somewhere
+    # to 1e-6, relative where the order parameters are large (tied: Q grows like sqrt(D))
+    np.testing.assert_allclose(ours.error, ref.error, rtol=1e-6, atol=1e-6)
+    for x in "QRT" if options.get("rule") == "tied" else ("Q", "R", "T", "T0"):
+        np.testing.assert_allclose(getattr(ours, x), getattr(ref, x), rtol=1e-6, atol=1e-6, err_msg=x)
+    if "b0" in options:
+        np.testing.assert_allclose(ours.b, ref.b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["distinct", "spikes and bulk", "truncated", "bias"])
+def test_newton_solve_inverts_I_minus_cJ(case):
+    """(I - c J) x = r with J the finite-difference Jacobian of the right-hand side (directional,
+    central): the structured Jacobian and the Woodbury solve together. (At finite D the matrices'
+    N_j depend on S_j directly, a part J leaves out: see the module docstring.)"""
+    name, problem, options = CASES[case]
+    res = generated.load(name).integrate(**problem, **options, times=[0.0, 3.0], keep_atoms=True, progress=False)
+    system, y = res.system, res.state[-1]
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=y.size) * (np.abs(y) + 1e-3)
+    layout = solver._Layout(system)
+    th, S, b = layout.pieces(r[None])
+    r = np.concatenate([th.ravel(), (S + np.swapaxes(S, -1, -2)).ravel(), b.ravel()])   # symmetric, as BDF's iterates
+    c = 0.7
+    x = solver._Woodbury(1.0, c, solver.StructuredJacobian(layout, y)).solve(r)
+    eps = 1e-6 * np.linalg.norm(y) / np.linalg.norm(x)
+    Jx = (system(0.0, y + eps * x) - system(0.0, y - eps * x)) / (2 * eps)
+    np.testing.assert_allclose(x - c * Jx, r, rtol=0, atol=1e-6 * np.abs(r).max())
+
+
+def test_stiff_case_needs_100x_fewer_right_hand_sides_than_rk45():
+    """erf, K = 1, D = 20, spike 4D over a bulk in [0.2, 1.8], weights 0.1 N(0, 1): once the decoder
+    has grown (t >= 300) it relaxes fast next to the slow approach to the PCA error. From the state
+    at t = 300, to t = 400: RK45 (on the same right-hand side) needs >= 100x the right-hand sides."""
+    act = generated.load("erf")
+    eigvals, eigvecs, W0, V0 = distinct_problem(20, 1, (4.0,), 0, scale=0.1)
+    start = act.integrate(eigvals, eigvecs, W0, V0, times=[0.0, 300.0], keep_atoms=True, progress=False)
+    system, y0 = start.system, start.state[-1]
+    counts = {name: solve_ivp(system, (0.0, 100.0), y0, method=method, rtol=1e-6, atol=1e-9, vectorized=True).nfev
+              for name, method in (("StructuredBDF", solver.StructuredBDF), ("RK45", "RK45"))}
+    assert counts["StructuredBDF"] <= 60, counts
+    assert counts["RK45"] >= 100 * counts["StructuredBDF"], counts
+
+
+def test_auto_picks_structured_bdf_for_large_states_and_not_with_fluctuations(monkeypatch):
+    from runtime import integrate
+    used = []
+
+    class Recorded(solver.StructuredBDF):
+        def __init__(self, *args, **kwargs):
+            used.append(True)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setitem(integrate._METHODS, "StructuredBDF", Recorded)
+    act = generated.load("erf")
+    eigvals, eigvecs, W0, V0 = distinct_problem(130, 4, (3.0, 2.0), 8)       # 130 x 8 > 1000 numbers
+    act.integrate(eigvals, eigvecs, W0, V0, times=[0.0, 1.0], progress=False)
+    assert used
+    used.clear()
+    act.integrate(eigvals[:20], None, W0[:, :20], V0[:, :20], times=[0.0, 1.0], progress=False)
+    assert not used                                                          # 160 numbers: BDF
+    with pytest.raises(ValueError, match="fluctuations"):
+        act.integrate(eigvals[:20], None, W0[:2, :20], V0[:2, :20], times=[0.0, 1.0], method="StructuredBDF",
+                      fluctuations=True, progress=False)
