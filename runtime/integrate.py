@@ -110,7 +110,7 @@ class _System:
     its direction vector: in one run its matrix has rank one, and the average of its
     fluctuations (the spike's share of N_j: O(1/D) for the untied rules, runtime.fluctuations)
     is not a state of the equations. For tied weights that share is not small: the runs end in
-    different sign patterns, which no mean state describes (README, tied weights).
+    different sign patterns, which no mean state describes (docs/tied.md).
     With V tied to W the state is omega alone (F = K), else theta = (omega, upsilon/sqrt(D))."""
 
     def __init__(self, drift, lr, rho_vec, rho_mat, K, *, noise=None, m_rho=None, D=None, tied=False):

@@ -152,7 +152,7 @@ def test_trained_bias_and_tied_states():
     assert fp.found and fp.stable and fp.error == pytest.approx(tied.error[-1], rel=1e-9)
 
 
-# -- issue 17, item 5: the README's long-time picture at D = 400 ------------------------------
+# -- issue 17, item 5: the long-time picture at D = 400 (docs/long_time.md) ------------------------------
 #
 # Spikes (3, 2, 1.5) D, K = 2, W0, V0 ~ 0.5 N(0, 1), lr 0.5. Closed form of the linear network
 # (truth from the initial weights alone): the vanilla flow conserves C = W W^T - V V^T / D (the

@@ -11,7 +11,7 @@ D = 250 to D = 1000 (1/D: fourfold), up to the seed-averaging error.
 
 The tied rule has no O(1) limit; its finite-D equations are the exact mean drift of every per-atom
 matrix. They match SGD within the spread where every atom is macroscopic, so that each run's
-matrices are self-averaging. With spikes of order D they are not (README, "Where the tied
+matrices are self-averaging. With spikes of order D they are not (docs/tied.md, "Where the tied
 equations and SGD part"): a spike is one direction, and the noise of the plateau sends the runs
 to different sign patterns of its overlaps, a mixture that no mean state describes.
 """

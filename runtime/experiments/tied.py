@@ -7,7 +7,7 @@ derive/smoothing.py; an activation the integrator refuses is recorded with its r
 late-time spike projections |omega_tau| = (sum_k (w_k.u_tau)^2)^(1/2), Q_kk and |w_k|^2/D at
 several D, with fitted exponents (quantity ~ D^p). Last, where the tied equations and SGD agree:
 a spectrum whose atoms are all macroscopic (eigenvalues 4 and 2 with D/10 directions each over a
-unit bulk), where each run's per-atom matrices self-average, unlike spikes of order D (README).
+unit bulk), where each run's per-atom matrices self-average, unlike spikes of order D (docs/tied.md).
 
 Writes tied.png, tied.csv (error curves at the main D) and tied.json (late-time errors of theory
 and SGD, the scan over D with its exponents, the long-time analysis).
