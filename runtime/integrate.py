@@ -438,7 +438,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
             warnings.warn(f"{act.NAME}/{rule} at D = {spectrum.D:g}, lr = {lr:g}: the finite-D terms change the "
                           f"drift by {100 * result.finite_size_effect:.0f}% along this run, so the D -> infinity "
                           f"equations are not to be trusted here; integrate with finite_size=True "
-                          f"(or fluctuations=True)", RuntimeWarning, stacklevel=3)
+                          f"(or fluctuations=True; in a config: equations = \"finite\")", RuntimeWarning, stacklevel=3)
     where = f"{act.NAME}/{rule} at t = {ts[-1] if ts.size else 0:.6g}: {message}; the partial result is in .result"
     if status == -2:
         raise Interrupted(f"integration of {where}", result)
