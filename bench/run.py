@@ -1,9 +1,11 @@
-"""make bench: speed of the generated kernels, the integrator, the SGD simulator and sweeps.
+"""make bench: speed of the generated kernels, the integrator, the solvers, the SGD simulator and sweeps.
 
 Prints markdown tables (copied into docs/performance.md) and writes bench/results.json.
 Timings are the best of a few repeats, on one core (OpenBLAS threads pinned to 1); sweeps run
 on a LocalCluster of 1 and of 2 worker processes. `python bench/run.py sweep` runs one part
-(kernels, integrator, simulator, sweep) and updates its entry in results.json.
+(kernels, integrator, solver, simulator, sweep) and updates its entry in results.json. The
+solver part (issue 13's cases, StructuredBDF against scipy's RK45 and BDF in one run, scipy's
+runs stopped after BUDGET seconds) takes about 15 minutes.
 """
 import os
 
@@ -75,7 +77,7 @@ def bench_integrator(rng):
     def distinct():
         res["d"] = erf.integrate(eigvals, eigvecs, W0, V0, times=times, rtol=1e-6)
     rows.append({"case": "erf K=4, D=1000 distinct eigenvalues, t<=1000, rtol 1e-6",
-                 "seconds": best_of(distinct, 2), "nfev": res["d"].nfev, "method": "auto (RK45)"})
+                 "seconds": best_of(distinct, 2), "nfev": res["d"].nfev, "method": "auto (StructuredBDF)"})
     for D_spiked in (1000, 100000):
         spectrum = spec.Spectrum.spiked(D_spiked, [4.0, 3.0, 2.0, 1.5])
         init = spec.random_init_matrices(spectrum, K, sigma_w=1.0, sigma_v=1.0, seed=0)
@@ -107,6 +109,120 @@ def bench_integrator(rng):
                      "method": "auto (RK45)"})
     for r in rows:
         print(f"| {r['case']} | {r['seconds']:.3f} | {r['nfev']} | {r['method']} |", flush=True)
+    return rows
+
+
+def stiff_problem(D=1000, K=4, seed=0):
+    """Issue 13's stiff case: spikes (4, 3, 2, 1) D over a bulk of distinct eigenvalues uniform in
+    [0.2, 1.8], random eigenvectors, W0, V0 = 0.1 N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    eigvals = np.concatenate([np.array([4.0, 3.0, 2.0, 1.0]) * D, np.sort(rng.uniform(0.2, 1.8, D - 4))[::-1]])
+    eigvecs = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    return eigvals, eigvecs, 0.1 * rng.normal(size=(K, D)), 0.1 * rng.normal(size=(K, D))
+
+
+def marchenko_pastur_problem(D=10000, K=4, ratio=0.5, seed=0):
+    """D distinct eigenvalues: spikes (4, 3, 2, 1) D and the D - 4 quantiles (i + 1/2)/(D - 4) of the
+    Marchenko-Pastur law of aspect ratio `ratio`; weights 0.1 N(0, 1) given in the eigenbasis."""
+    a, b = (1 - np.sqrt(ratio)) ** 2, (1 + np.sqrt(ratio)) ** 2
+    x = np.linspace(a, b, 200001)
+    cdf = np.concatenate([[0.0], np.cumsum(np.diff(x) * 0.5 * (lambda y: (np.sqrt(np.maximum((b - y) * (y - a), 0)) / y)[1:]
+                                                                   + (np.sqrt(np.maximum((b - y) * (y - a), 0)) / y)[:-1])(x))])
+    bulk = np.interp((np.arange(D - 4) + 0.5) / (D - 4), cdf / cdf[-1], x)[::-1]
+    rng = np.random.default_rng(seed)
+    eigvals = np.concatenate([np.array([4.0, 3.0, 2.0, 1.0]) * D, bulk])
+    return eigvals, None, 0.1 * rng.normal(size=(K, D)), 0.1 * rng.normal(size=(K, D))
+
+
+def budgeted(fn, budget):
+    """fn() stopped after `budget` seconds (SIGALRM -> KeyboardInterrupt -> integrate's Interrupted):
+    (seconds, the result or the partial result, whether it finished)."""
+    import signal
+    from runtime.progress import Interrupted
+
+    def alarm(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, budget)
+    start = time.perf_counter()
+    try:
+        result, done = fn(), True
+    except Interrupted as stop:
+        result, done = stop.result, False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return time.perf_counter() - start, result, done
+
+
+#: seconds after which a scipy solver's run in bench_solver is stopped (its row says how far it got)
+BUDGET = 200.0
+
+
+def bench_solver(rng):
+    """runtime.solver.StructuredBDF against scipy's RK45 and BDF on the same right-hand side, on issue
+    13's cases, each solver's error (max over the times) against a tight-tolerance reference
+    (StructuredBDF at rtol 1e-10), and the physical floor: one right-hand side's time x the steps
+    StructuredBDF takes."""
+    from scipy.integrate import solve_ivp
+
+    from runtime import data, universality
+    from runtime.solver import StructuredBDF
+    erf = generated.load("erf")
+    log_times = np.concatenate([[0.0], np.logspace(-1, 3, 39)])
+    spiked = spec.Spectrum.spiked(1000, [4.0, 3.0, 2.0, 1.5])
+    finite = spec.Spectrum.spiked(400, [2.0, 1.0])
+    finite_init = spec.random_init_matrices(finite, 2, sigma_w=0.5, sigma_v=0.5, seed=0)
+    patches = data.load("sklearn", patch=32)
+    cases = [
+        ("stiff: erf K=4, D=1000, spikes (4,3,2,1)D + distinct bulk U[0.2,1.8], W0,V0=0.1 N(0,1), 40 log times to 1000",
+         dict(zip(("eigvals", "eigvecs", "W0", "V0"), stiff_problem())), log_times, ("RK45", "BDF")),
+        ("32x32 patches (D=1024), erf K=8, init 0.2, t<=1000",
+         dict(eigvals=patches.eigvals, eigvecs=None, W0=universality.initial_weights(8, 1024, 0.2, 0)[0],
+              V0=universality.initial_weights(8, 1024, 0.2, 0)[1]), log_times, ("RK45",)),   # BDF: 16384^2 Jacobian
+        ("10^4 distinct eigenvalues (spikes + Marchenko-Pastur 0.5), erf K=4, t<=1000",
+         dict(zip(("eigvals", "eigvecs", "W0", "V0"), marchenko_pastur_problem())), log_times, ("RK45",)),
+        ("spiked model (5 atoms), erf K=4, D=1000, t<=1000",
+         dict(spectrum=spiked, init=spec.random_init_matrices(spiked, 4, sigma_w=1.0, sigma_v=1.0, seed=0)),
+         np.linspace(0, 1000, 11), ("RK45", "BDF")),
+        ("finite-D equations, erf K=2 vanilla, D=400, t<=50",
+         dict(spectrum=finite, init=finite_init, finite_size=True), np.linspace(0, 50, 11), ("RK45", "BDF")),
+        ("D -> infinity equations, same problem", dict(spectrum=finite, init=finite_init, finite_size=False),
+         np.linspace(0, 50, 11), ("RK45", "BDF")),
+        ("finite-D equations, erf K=2 tied, D=400, t<=50",
+         dict(spectrum=finite, init=finite_init, rule="tied"), np.linspace(0, 50, 11), ("RK45", "BDF")),
+    ]
+    rows = []
+    for case, problem, times, others in cases:
+        res = {}
+
+        def run(method, rtol=1e-6):
+            res[method, rtol] = erf.integrate(**problem, times=times, method=method, rtol=rtol, atol=1e-9,
+                                              progress=False, keep_atoms=method == "StructuredBDF")
+        run("StructuredBDF", 1e-10)
+        reference = res["StructuredBDF", 1e-10]
+        seconds = {"StructuredBDF": best_of(lambda: run("StructuredBDF"), 3)}
+        for method in others:
+            seconds[method], res[method, 1e-6], done = budgeted(lambda: run(method) or res[method, 1e-6], BUDGET)
+            if not done:
+                seconds[method] = f"> {BUDGET:.0f} (t = {res[method, 1e-6].t[-1]:.3g})"
+        system, y0 = reference.system, reference.state[0]
+        steps = solve_ivp(system, (0.0, times[-1]), y0, method=StructuredBDF, rtol=1e-6, atol=1e-9, vectorized=True)
+        # one right-hand side: the mean over the recorded states, each evaluated once (no cache hits)
+        rhs = best_of(lambda: [system(0.0, y) for y in reference.state], 1) / len(reference.state)
+        row = {"case": case, "floor_seconds": rhs * (steps.t.size - 1), "steps": steps.t.size - 1,
+               "rhs_seconds": rhs, "njev": steps.njev, "nlu": steps.nlu}
+        for method, sec in seconds.items():
+            r = res[method, 1e-6]
+            n = min(r.t.size, reference.t.size)
+            row[method] = {"seconds": sec, "nfev": r.nfev,
+                           "error_vs_reference": float(np.max(np.abs(r.error[:n] - reference.error[:n])))}
+        rows.append(row)
+        print(f"| {case} | " + " | ".join(
+            (f"{row[m]['seconds']:.3g} s" if not isinstance(row[m]['seconds'], str) else f"{row[m]['seconds']} s")
+            + f", {row[m]['nfev']} RHS, {row[m]['error_vs_reference']:.1e}" if m in row else "-"
+            for m in ("StructuredBDF", "RK45", "BDF"))
+            + f" | {row['floor_seconds']:.3g} s ({row['steps']} steps x {1e3 * rhs:.2f} ms) |", flush=True)
     return rows
 
 
@@ -168,6 +284,8 @@ PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 eva
                      lambda rng: bench_kernels(rng)),
          "integrator": ("| integrator case | seconds | RHS evaluations | solver |\n|---|---|---|---|",
                         lambda rng: bench_integrator(rng)),
+         "solver": ("| case (rtol 1e-6; error: max over t vs StructuredBDF at rtol 1e-10) | StructuredBDF | RK45 | BDF "
+                    "| physical floor |\n|---|---|---|---|---|", bench_solver),
          "simulator": ("| SGD simulator, D=1000, K=4, erf | steps/s | seed-steps/s |\n|---|---|---|",
                        lambda rng: bench_simulator()),
          "sweep": ("| sweep (erf, D = 250/500, t <= 20) | tasks | points/min, 1 worker | 2 workers | scaling |\n"
