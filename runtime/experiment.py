@@ -28,6 +28,8 @@ from runtime.progress import Interrupted
 from runtime.simulate import simulate
 from runtime.spectrum import Spectrum
 
+#: the median absolute deviation times this is the standard deviation of a normal sample
+ROBUST_SD = 1.482602218505602
 
 @dataclass(frozen=True)
 class Problem:
@@ -138,7 +140,9 @@ def _recorded(cfg, work, **empty):
 
 def combine(cfg, theory_part, sgd_parts):
     """One point's result from its theory and SGD parts: curves over t (theory, theory_spread,
-    sgd_mean, sgd_sd (ddof = 1, NaN below 2 seeds), sgd_seeds: how many seeds are finite,
+    sgd_mean, sgd_sd (ddof = 1, NaN below 2 seeds), sgd_robust_sd (ROBUST_SD x the median
+    absolute deviation: the seeds' spread without a few runs that escape a plateau late, which
+    can dominate sgd_sd; docs/fluctuations.md), sgd_seeds: how many seeds are finite,
     pca_error_K), status "done", "failed" or "interrupted" with the parts' messages, warnings, seconds,
     largest_gap (max over t of |sgd_mean - theory|, where both exist)."""
     parts = [theory_part, *sgd_parts]
@@ -151,10 +155,12 @@ def combine(cfg, theory_part, sgd_parts):
         warnings.simplefilter("ignore", RuntimeWarning)          # all-NaN columns give NaN, as they should
         mean = np.nanmean(E, axis=0) if sgd_parts else np.full(n, np.nan)
         sd = np.where(count > 1, np.nanstd(E, axis=0, ddof=1), np.nan) if sgd_parts else np.full(n, np.nan)
+        robust = (np.where(count > 1, ROBUST_SD * np.nanmedian(np.abs(E - np.nanmedian(E, axis=0)), axis=0), np.nan)
+                  if sgd_parts else np.full(n, np.nan))
     spread = theory_part["error_spread"]
     curves = {"t": t, "theory": _pad(theory_part["error"], n), "theory_spread":
               np.full(n, np.nan) if spread is None else _pad(spread, n),
-              "sgd_mean": mean, "sgd_sd": sd, "sgd_seeds": count, "pca_error_K": np.full(n, pca[-1])}
+              "sgd_mean": mean, "sgd_sd": sd, "sgd_robust_sd": robust, "sgd_seeds": count, "pca_error_K": np.full(n, pca[-1])}
     errors = [f"theory: {theory_part['message']}"] if theory_part["status"] != "ok" else []
     errors += [f"SGD seed{'s' if len(p['seeds']) > 1 else ''} {', '.join(map(str, p['seeds']))}: {p['message']}"
                for p in sgd_parts if p["status"] != "ok"]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 #: the curve columns of a table, after the swept keys
-COLUMNS = ("point", "t", "theory", "theory_spread", "sgd_mean", "sgd_sd", "sgd_seeds", "pca_error_K")
+COLUMNS = ("point", "t", "theory", "theory_spread", "sgd_mean", "sgd_sd", "sgd_robust_sd", "sgd_seeds", "pca_error_K")
 
 
 def table(records, keys=()):

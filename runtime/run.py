@@ -1,7 +1,7 @@
 """ae-dynamics run: one experiment from a full config into a directory.
 
 Writes error.png (theory line, SGD mean with its seed spread, PCA levels), curves.csv (t,
-theory, theory_spread, sgd_mean, sgd_sd, sgd_seeds, pca_error_K: the sweep table's columns) and
+theory, theory_spread, sgd_mean, sgd_sd, sgd_robust_sd, sgd_seeds, pca_error_K: the sweep table's columns) and
 summary.json (the config in full, status, errors, warnings, largest gap, final errors,
 timings, package versions). The outputs are written once the theory is done and again after
 SGD, so an interrupted or failed simulation keeps the theory; Ctrl-C writes the partial curves

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import median_abs_deviation
 
 import generated
 from runtime.simulate import simulate
@@ -62,7 +63,8 @@ def test_run_writes_what_the_api_returns(tmp_path, act, equations):
     assert {p.name for p in out.iterdir()} == {"error.png", "curves.csv", "summary.json"}
     assert (out / "error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = pd.read_csv(out / "curves.csv")
-    assert list(curves.columns) == ["t", "theory", "theory_spread", "sgd_mean", "sgd_sd", "sgd_seeds", "pca_error_K"]
+    assert list(curves.columns) == ["t", "theory", "theory_spread", "sgd_mean", "sgd_sd", "sgd_robust_sd", "sgd_seeds",
+                                    "pca_error_K"]
     t = curves["t"].to_numpy()
     D = 100
     assert t[0] == 0 and t[-1] == 5 and 8 <= t.size <= 13 and np.all(np.diff(t) > 0)
@@ -79,6 +81,8 @@ def test_run_writes_what_the_api_returns(tmp_path, act, equations):
     sim = simulate(act, eigvals, None, W0, V0, lr=0.5, times=t, seeds=[0, 1], test_samples=0)
     np.testing.assert_allclose(curves["sgd_mean"], sim.error.mean(0), rtol=1e-12)
     np.testing.assert_allclose(curves["sgd_sd"], sim.error.std(0, ddof=1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(curves["sgd_robust_sd"], median_abs_deviation(sim.error, axis=0, scale="normal"),
+                               rtol=1e-12, atol=1e-15)
     assert (curves["sgd_seeds"] == 2).all()
     assert np.allclose(curves["pca_error_K"], theory.pca_errors[-1])
 
@@ -168,7 +172,7 @@ def test_the_plot_of_a_run_without_any_curve(tmp_path):
     cfg = config.defaults()
     nan = [None] * 3
     curves = {"t": [0.0, 1.0, 2.0], "theory": nan, "theory_spread": nan, "sgd_mean": nan, "sgd_sd": nan,
-              "sgd_seeds": [0, 0, 0], "pca_error_K": nan}
+              "sgd_robust_sd": nan, "sgd_seeds": [0, 0, 0], "pca_error_K": nan}
     with open(tmp_path / "e.png", "wb") as f:
         run_module.plot(f, cfg, curves, [1.5, 1.0, 0.5])
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
