@@ -1,6 +1,7 @@
 """python -m derive [NAME ...]: derive activations and write generated/NAME.py.
 
-With no name, derives every registered activation and rewrites generated/__init__.py.
+With no name, derives every registered activation and rewrites generated/__init__.py and
+generated/rules.py (every rule's equations, shared by all activations: derive/assembly.py).
 Prints, for each activation, which kernels are closed forms (and the formulas) or numerical.
 """
 import argparse

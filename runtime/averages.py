@@ -204,7 +204,9 @@ def numerical_kernels(derivatives, names):
                 return quadrature.expect2(derivatives, orders[0], orders[1], c11, c12, c22, m1, m2)
             f = pair
         f.__name__ = f.__qualname__ = name
-        f.__doc__ = f"E[{' '.join(f'g^{o}(x{i + 1})' for i, o in enumerate(orders))}] numerically (runtime.quadrature)."
+        factors = " ".join(f"g^({a})(x{i + 1})" for i, o in enumerate(orders) for a in o)
+        f.__doc__ = (f"E[{factors}] over a {'shifted ' if shifted else ''}Gaussian, by double-exponential quadrature "
+                     "(runtime.quadrature).")
         return f
     return tuple(kernel(n) for n in names)
 
