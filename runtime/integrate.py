@@ -439,12 +439,12 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
                           f"drift by {100 * result.finite_size_effect:.0f}% along this run, so the D -> infinity "
                           f"equations are not to be trusted here; integrate with finite_size=True "
                           f"(or fluctuations=True; in a config: equations = \"finite\")", RuntimeWarning, stacklevel=3)
-    where = f"{act.NAME}/{rule} at t = {ts[-1] if ts.size else 0:.6g}: {message}; the partial result is in .result"
+    at = f"t = {ts[-1] if ts.size else 0:.6g}"
     if status == -2:
-        raise Interrupted(f"integration of {where}", result)
+        raise Interrupted(f"integration of {act.NAME}/{rule} interrupted at {at}; the partial result is in .result",
+                          result)
     if status != 0 and raise_on_failure:
-        raise IntegrationError(f"integration of {act.NAME}/{rule} failed at t = "
-                               f"{ts[-1] if ts.size else 0:.6g}: {message}", result)
+        raise IntegrationError(f"integration of {act.NAME}/{rule} failed at {at}: {message}", result)
     return result
 
 
