@@ -36,7 +36,7 @@ from runtime import quadrature
 from runtime import solver as _solver
 from runtime import spectrum as spec
 from runtime.fluctuations import FluctuationSystem
-from runtime.progress import Interrupted
+from runtime.progress import DIVERGED, Interrupted, divergence_limit
 
 
 #: largest state (numbers) integrated with BDF under method="auto"
@@ -45,9 +45,7 @@ AUTO_IMPLICIT_SIZE = 1000
 #: factorisations cost O(n K^2 F), which for K = 8 (32x32 patches, t <= 1000: 7.8 s against RK45's
 #: 2.8 s) outweighs the 5x fewer right-hand sides when the run is not stiff
 AUTO_STRUCTURED_MAX_K = 4
-#: the run has diverged once its error passes DIVERGED x max(eps_PCA(0), the initial error),
-#: checked every CHECK_EVERY solver steps
-DIVERGED = 10.0
+#: solver steps between two checks for a divergence (runtime.progress.divergence_limit)
 CHECK_EVERY = 8
 #: a D -> infinity run warns when the finite-D terms at its D change the drift by more than this
 FINITE_SIZE_WARNING = 0.05
@@ -519,7 +517,7 @@ def _solve(system, y0, times, method, rtol, atol, bar, error_of, pca0):
     out_t, out_y = [t for t in times if t <= 0], [y0 for t in times if t <= 0]
     if times[-1] <= 0:
         return np.array(out_t), np.array(out_y), 0, "ok", 0
-    limit = DIVERGED * max(float(error_of(y0[None])[0]), pca0)
+    limit = divergence_limit(error_of(y0[None])[0], pca0)
     # vectorized: BDF's finite-difference Jacobian evaluates all its columns in one call
     solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol, vectorized=True)
     n_steps = 0

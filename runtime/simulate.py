@@ -33,14 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import progress as _progress
-from runtime.progress import Interrupted
+from runtime.progress import DIVERGED, Interrupted, divergence_limit
 from runtime.spectrum import Spectrum, eigenvalues, eigenvectors, encoder_weights, weights
 
 RULES = ("vanilla", "truncated", "tied", "sanger")
 #: samples drawn per block and seed
 BLOCK = 256
-#: a seed has diverged once its error passes DIVERGED x max(eps_PCA(0), its initial error)
-DIVERGED = 10.0
 #: the test set is kept in memory up to this many numbers (all seeds), else redrawn per record
 TEST_MEMORY = 1 << 25
 _TEST_CHUNK = 2048
@@ -268,7 +266,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     with np.errstate(all="ignore"), ThreadPoolExecutor(1) as pool, \
             _progress.bar(total, f"simulate {act.NAME}/{rule}", progress, unit="step", unit_scale=True) as bar:
         initial = _errors(act, W, V, b, c, rho, D, total_2D)
-        limit = DIVERGED * max(total_2D, float(np.max(initial)))
+        limit = divergence_limit(np.max(initial), total_2D)
         while i < n and steps[i] == 0:
             record(i)
             i += 1
