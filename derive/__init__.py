@@ -7,11 +7,20 @@ import types
 
 
 def build(name):
-    """Derive activation `name` and import the generated source as an in-memory module."""
-    from derive import activations, codegen
+    """Derive activation `name` and import the generated source as an in-memory module, with the
+    learning rules' equations derived in memory too (every rule registered so far, built in or
+    added by derive.rules.register_rule)."""
+    from derive import activations, assembly, codegen
 
+    rules_module = _in_memory("generated.rules", "<derived rules>", assembly.source())
     source = codegen.module_source(codegen.derive_all(activations.get(name)))
-    module = types.ModuleType(f"generated.{name}")
-    module.__file__ = f"<derived {name}>"
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return _in_memory(f"generated.{name}", f"<derived {name}>", source, _rules=rules_module)
+
+
+def _in_memory(name, file, source, **namespace):
+    """A module `name` executing `source` in memory, its globals starting with `namespace`."""
+    module = types.ModuleType(name)
+    module.__file__ = file
+    module.__dict__.update(namespace)
+    exec(compile(source, file, "exec"), module.__dict__)
     return module

@@ -123,6 +123,8 @@ def _constants(monomials):
         lines.append("    eye = numpy.eye(K)")
     if "tril" in names:
         lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
+    if "unit" in names:
+        lines.append("    unit = E.unit")
     return lines
 
 
@@ -137,6 +139,12 @@ def _blocks(label, blocks, fams, output="ka", free=None, shape=None):
     return lines
 
 
+def _params(name):
+    """The rule's parameters: (', kappa=0.0' for a signature, ', kappa=kappa' for a call)."""
+    params = rules.get(name).params
+    return ("".join(f", {p}={float(v)!r}" for p, v in params), "".join(f", {p}={p}" for p, _ in params))
+
+
 def _drift_function(name, drift, fname, args, what, limit=None):
     fams = drift_engine.families(drift.rule)
     F = _width(fams)
@@ -145,7 +153,7 @@ def _drift_function(name, drift, fname, args, what, limit=None):
            f"d theta_tau/dt = (rho_hat_tau A + B) theta_tau, theta_tau = {theta}: {what} (derive.drift).\n"
            f"Averages E at Q, R, T (..., K, K); returns (A, B) of shape (..., {F}, {F}).")
     shape = f"Q.shape[:-2] + ({F}, {F})"
-    lines = [f"def {fname}({args}):", *_doc(doc), *_constants(drift.monomials())]
+    lines = [f"def {fname}({args}{_params(name)[0]}):", *_doc(doc), *_constants(drift.monomials())]
     lines += _blocks("A", drift.A, fams, shape=shape) + _blocks("B", drift.B, fams, shape=shape)
     if limit:
         lines += [f"    A_limit, B_limit = {limit}", "    return A_limit + lr * A, B_limit + lr * B"]
@@ -163,10 +171,10 @@ def _finite_function(name, drift):
         return _drift_function(name, drift, f"finite_drift_{name}", args,
                                what + " (E_limit unused: no D -> infinity limit)")
     extra = corrections(drift)
-    call = f"drift_{name}(E_limit, Q, R, T, T0, lr)"
+    call = f"drift_{name}(E_limit, Q, R, T, T0, lr{_params(name)[1]})"
     if not extra.monomials():
         doc = f"Rule {name!r} at dimension D: drift_{name}, exact (no O(1/D) terms; E unused)."
-        return [f"def finite_drift_{name}({args}):", *_doc(doc), f"    return {call}", "", ""]
+        return [f"def finite_drift_{name}({args}{_params(name)[0]}):", *_doc(doc), f"    return {call}", "", ""]
     return _drift_function(name, extra, f"finite_drift_{name}", args,
                            f"{what}: drift_{name} (averages E_limit) plus its O(1/D) terms (averages E)",
                            limit=call)
@@ -177,14 +185,14 @@ def _noise_function(name, noise):
     F = _width(fams)
     monomials = noise.monomials()
     if noise.cross:
-        head = [f"def spike_noise_{name}(E, Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye):",
+        head = [f"def spike_noise_{name}(E, Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye{_params(name)[0]}):",
                 f'    """Rule {name!r}: N_jj2 = D E[d theta_j d theta_j2^T] for two spikes j, j2, (..., J, J, {F}, {F})."""',
                 *_constants(monomials),
                 "    theta_w, theta_v = theta[..., :K], theta[..., K:]" if len(fams) == 2 else "    theta_w = theta"]
         shape = f"theta.shape[:-1] + theta.shape[-2:-1] + ({F}, {F})"
         output, free = "jikl", finite_engine.FREE_CROSS
     else:
-        head = [f"def noise_{name}(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho):",
+        head = [f"def noise_{name}(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho{_params(name)[0]}):",
                 f'    """Rule {name!r}: N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], (..., J, {F}, {F})."""',
                 *_constants(monomials),
                 "    S_ww, S_wv, S_vw, S_vv = _wv_blocks(S, K)" if len(fams) == 2 else "    S_ww = S"]
@@ -197,15 +205,16 @@ def _bias_functions(name, bias_drift, noise):
     fams = drift_engine.families(noise.rule)
     F, slot = _width(fams), _slots(fams)
     db = contraction.source(bias_drift.db, "k", eta=rules.eta)
-    lines = [f"def bias_drift_{name}(E, Q, R, T, T0, b, lr):",
+    signature, call = _params(name)
+    lines = [f"def bias_drift_{name}(E, Q, R, T, T0, b, lr{signature}):",
              *_doc(f"Rule {name!r} with a trained encoder bias b (..., K), lambda_k = w_k.x/sqrt(D) + b_k: drift_{name}\n"
                    "with the averages E over lambda ~ N(b, Q) (derive.drift.derive_bias_drift), and db_k/dt.\n"
                    "Returns (A, B, db) of shapes (..., 2K, 2K), (..., 2K, 2K), (..., K)."),
              *_constants(bias_drift.db),
-             f"    A, B = drift_{name}(E, Q, R, T, T0, lr)",
+             f"    A, B = drift_{name}(E, Q, R, T, T0, lr{call})",
              f"    return A, B, lr * ({db} + numpy.zeros(b.shape))", "", ""]
     monomials = noise.monomials()
-    lines += [f"def bias_noise_{name}(E, Q, R, T, T0, WW, lr, D, b, theta, rho_hat):",
+    lines += [f"def bias_noise_{name}(E, Q, R, T, T0, WW, lr, D, b, theta, rho_hat{signature}):",
               *_doc(f"Rule {name!r} with a trained encoder bias b (..., K): Nbb = D E[db_k db_l] (..., K, K) and\n"
                     "Nbt = D E[db_k d theta_j^T] (..., J, K, F) per unit of time for the spikes' direction vectors\n"
                     "theta (..., J, F), rho_hat (J,) = rho_j/D (derive.finite.derive_bias_noise); averages E over\n"
@@ -330,7 +339,8 @@ def source():
         "",
         "Each function reads the averages over the local fields lambda ~ N(0, Q) (N(b, Q) with a bias) from E:",
         "E.mean_<o> (..., K) is E[prod g^(o)(lambda_k)], E.pair_<o1>_<o2> (..., K, K) the average over units (k, l),",
-        "E.multi_<o1>_<o2>_... (..., K, K, ...) over a tuple of units (<o>: the derivative orders of g on that unit).",
+        "E.multi_<o1>_<o2>_... (..., K, K, ...) over a tuple of units (<o>: the derivative orders of g on that unit);",
+        "E.unit (K,) is 1 on a hidden unit and 0 on the output bias' unit (g = 1, w = 0: derive.rules).",
         "AVERAGES lists what each function reads.",
         "Each sum is factored, common factors pulled out (derive/contraction.py).",
         '"""',
@@ -350,6 +360,10 @@ def source():
         f"LIMITS = {tuple(limits)!r}",
         "#: rules that train an encoder bias (bias_drift_<rule>, bias_noise_<rule>)",
         f"BIASED = {tuple(biased)!r}",
+        "#: rules whose output bias c (x_hat = V^T g + c) is a first unit with g = 1 and w = 0 (derive.rules)",
+        f"OUTPUT_BIASED = {tuple(n for n in names if rules.output_bias_unit(rules.get(n)))!r}",
+        "#: each rule's parameters (keyword arguments of its functions) and their defaults",
+        f"PARAMS = {{{', '.join(f'{n!r}: {rules.get(n).defaults()!r}' for n in names)}}}",
         "#: the literature's averages written here; an activation may add others (I4) of its own",
         f"LITERATURE = {tuple(literature)!r}",
         "#: function -> the averages it reads from E",

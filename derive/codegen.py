@@ -15,7 +15,7 @@ from derive import assembly
 from derive import gaussian as G
 from derive import rules, shifted, smoothing, stein
 from derive.activations import Activation, x
-from derive.kernels import BASE, derive_kernel, from_name
+from derive.kernels import BASE, derive_kernel, from_name, with_constant_unit
 from derive.printer import NumpyPrinter, distribute, guard, rewrite_asin
 
 COMMAND = "make derive  (python -m derive)"
@@ -91,9 +91,9 @@ def derive_all(activation: Activation) -> Derivation:
                                 f"numerically, but g^({len(d.derivatives)}) is not a function")
     if not d.smoothed and not d.finite_missing:
         wanted |= _averages_of(("finite_drift_", "noise_", "spike_noise_"))
-    for kernel in sorted(wanted):
+    for kernel in sorted(with_constant_unit(wanted)):
         d.kernels[kernel] = derive_kernel(g, kernel)
-    for kernel in sorted(set(BASE) | _averages_of(("bias_drift_", "population_error"))):
+    for kernel in sorted(with_constant_unit(set(BASE) | _averages_of(("bias_drift_", "population_error")))):
         d.shifted[kernel] = shifted.derive_kernel(d.g, kernel)
     if d.finite_missing:
         d.bias_noise_missing = f"no finite-D equations ({d.finite_missing})"
@@ -215,6 +215,8 @@ def module_source(d: Derivation) -> str:
         "#: the equations of motion and the literature's averages of generated/rules.py, read with this module's",
         "#: kernels and averages (runtime/averages.py)",
         "DRIFTS, BIAS_DRIFTS, FINITE, SPIKE_NOISE, BIAS_NOISE = _averages.Equations(globals()).tables()",
+        "#: the learning rules' shared equations read here: generated/rules.py (derive.build: derived in memory)",
+        "RULES_MODULE = _averages.Equations(globals()).rules",
         f"{', '.join([f'drift_{n}' for n in limits] + [f'drift_{n}_bias' for n in biased])} = "
         f"{', '.join([f'DRIFTS[{n!r}]' for n in limits] + [f'BIAS_DRIFTS[{n!r}]' for n in biased])}",
         f"{', '.join(shared)}, population_error, population_error_tied = _averages.Equations(globals()).averages"

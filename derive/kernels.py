@@ -53,6 +53,18 @@ class Kernel:
         return sp.Function(self.name)
 
 
+def with_constant_unit(kernels):
+    """The kernels and the one-point kernels their two-point ones reduce to when one unit's g is
+    the constant 1 (the output bias, a unit with g = 1: derive.rules): pair_<o1>_<0...0> -> mean_<o1>."""
+    out = set(kernels)
+    for kernel in kernels:
+        if len(kernel.orders) == 2:
+            for mine, other in (kernel.orders, kernel.orders[::-1]):
+                if not any(other):
+                    out.add(Kernel((mine,)))
+    return out
+
+
 def product(g, orders):
     return sp.Mul(*(sp.diff(g, x, a) for a in orders))
 

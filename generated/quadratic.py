@@ -90,7 +90,11 @@ def pair_2_0(c11, c12, c22):
 
 
 #: the constant 0
-mean_1 = pair_1_0 = mean_3 = pair_3_1 = pair_3_3 = pair_4_0 = pair_4_2 = pair_5_1 = _averages.constant(0)
+mean_1 = pair_1_0 = mean_3 = pair_3_1 = pair_3_3 = mean_4 = pair_4_0 = pair_4_2 = pair_5_1 = _averages.constant(0)
+
+
+#: the constant 2
+mean_2 = _averages.constant(2)
 
 
 #: the constant 4
@@ -175,6 +179,8 @@ shifted_mean_3 = _averages.constant(0)
 #: the equations of motion and the literature's averages of generated/rules.py, read with this module's
 #: kernels and averages (runtime/averages.py)
 DRIFTS, BIAS_DRIFTS, FINITE, SPIKE_NOISE, BIAS_NOISE = _averages.Equations(globals()).tables()
+#: the learning rules' shared equations read here: generated/rules.py (derive.build: derived in memory)
+RULES_MODULE = _averages.Equations(globals()).rules
 drift_vanilla, drift_truncated, drift_vanilla_bias = DRIFTS['vanilla'], DRIFTS['truncated'], BIAS_DRIFTS['vanilla']
 J2, I2, I21, I22, I3, population_error, population_error_tied = _averages.Equations(globals()).averages('J2', 'I2', 'I21', 'I22', 'I3')
 #: runtime.integrate.integrate for this activation, with its signature and docstring

@@ -126,6 +126,14 @@ def mean_11(v):
     return _broadcast(numpy.select([numpy.equal(v, 0),True], [1/4,1/2], default=numpy.nan), v)
 
 
+def mean_2(v):
+    """E[g''(x)], x ~ N(0, v).
+
+    = sqrt(2)/(2*sqrt(pi)*sqrt(v))
+    """
+    return _broadcast(_div(numpy.sqrt(2), 2*numpy.sqrt(numpy.pi)*numpy.sqrt(v)), v)
+
+
 def pair_2_0(c11, c12, c22):
     """E[g''(x1) g(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
 
@@ -270,6 +278,8 @@ def shifted_mean_3(m, v):
 #: the equations of motion and the literature's averages of generated/rules.py, read with this module's
 #: kernels and averages (runtime/averages.py)
 DRIFTS, BIAS_DRIFTS, FINITE, SPIKE_NOISE, BIAS_NOISE = _averages.Equations(globals()).tables()
+#: the learning rules' shared equations read here: generated/rules.py (derive.build: derived in memory)
+RULES_MODULE = _averages.Equations(globals()).rules
 drift_vanilla, drift_truncated, drift_vanilla_bias = DRIFTS['vanilla'], DRIFTS['truncated'], BIAS_DRIFTS['vanilla']
 J2, I2, I21, I22, I3, population_error, population_error_tied = _averages.Equations(globals()).averages('J2', 'I2', 'I21', 'I22', 'I3')
 #: runtime.integrate.integrate for this activation, with its signature and docstring

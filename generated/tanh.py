@@ -58,7 +58,7 @@ DERIVATIVES = (g, dg, d2g, d3g, d4g, d5g,)
 
 
 #: the constant 0
-mean_0 = pair_1_0 = _averages.constant(0)
+mean_0 = pair_1_0 = mean_2 = mean_4 = _averages.constant(0)
 
 
 #: the kernels without a closed form: double-exponential quadrature over DERIVATIVES (runtime/quadrature.py)
@@ -72,6 +72,8 @@ shifted_mean_0, shifted_pair_0_0, shifted_mean_00, shifted_mean_1, shifted_pair_
 #: the equations of motion and the literature's averages of generated/rules.py, read with this module's
 #: kernels and averages (runtime/averages.py)
 DRIFTS, BIAS_DRIFTS, FINITE, SPIKE_NOISE, BIAS_NOISE = _averages.Equations(globals()).tables()
+#: the learning rules' shared equations read here: generated/rules.py (derive.build: derived in memory)
+RULES_MODULE = _averages.Equations(globals()).rules
 drift_vanilla, drift_truncated, drift_vanilla_bias = DRIFTS['vanilla'], DRIFTS['truncated'], BIAS_DRIFTS['vanilla']
 J2, I2, I21, I22, I3, population_error, population_error_tied = _averages.Equations(globals()).averages('J2', 'I2', 'I21', 'I22', 'I3')
 #: runtime.integrate.integrate for this activation, with its signature and docstring

@@ -35,12 +35,18 @@ class Equations:
 
     def __init__(self, namespace):
         self.act = _Namespace(namespace)      # read at call time: the module defines its kernels first
+        #: generated/rules.py, or the rules a module built in memory was derived with (derive.build)
+        self.rules = namespace.get("_rules", rules)
         self._last = (None, None)
 
     # -- averages --------------------------------------------------------------------------
 
-    def kernels(self, names, Q, b=None):
-        """{name: array} by the activation's kernel functions (shifted_* with a bias b)."""
+    def kernels(self, names, Q, b=None, constant=0):
+        """{name: array} by the activation's kernel functions (shifted_* with a bias b). The first
+        `constant` units have g = 1 (the output bias: derive.rules): an average is then the one over
+        the other units, or 0 where a derivative of g falls on a constant unit."""
+        if constant:
+            return {n: self._with_constant(n, Q, b, constant) for n in names}
         q, out = _diagonal(Q), {}
         for n in names:
             if b is None:
@@ -52,115 +58,154 @@ class Equations:
                     f(b[..., :, None], b[..., None, :], q[..., :, None], Q, q[..., None, :])
         return out
 
-    def numerical(self, names, Q, b=None):
+    def _with_constant(self, name, Q, b, n):
+        """Kernel `name` over units whose first n have g = 1: pair_o1_o2[c, l] = mean_o2(q_l) when
+        o1 has no derivative (else 0), and 1 or 0 where both units are constant."""
+        orders = _orders(name)
+        flat = [not any(o) for o in orders]        # the factor on a constant unit: 1, else 0
+        Qh, bh = Q[..., n:, n:], None if b is None else b[..., n:]
+
+        def one(o):
+            mean = "mean_" + "".join(map(str, o))
+            return self.kernels([mean], Qh, bh)[mean]
+        out = np.zeros(Q.shape[:-2] + (Q.shape[-1],) * len(orders))
+        if len(orders) == 1:
+            out[..., n:], out[..., :n] = self.kernels([name], Qh, bh)[name], float(flat[0])
+            return out
+        out[..., n:, n:] = self.kernels([name], Qh, bh)[name]
+        if flat[0]:
+            out[..., :n, n:] = one(orders[1])[..., None, :]
+        if flat[1]:
+            out[..., n:, :n] = one(orders[0])[..., :, None]
+        out[..., :n, :n] = float(flat[0] and flat[1])
+        return out
+
+    def numerical(self, names, Q, b=None, constant=0):
         """{name: array} of the averages by one expect_units call: over the smoothed activation
-        where g'' is a delta, else over g (exact Gauss-Hermite for a polynomial g)."""
+        where g'' is a delta, else over g (exact Gauss-Hermite for a polynomial g); the first
+        `constant` units have g = 1."""
         if not names:
             return {}
         orders = tuple(_orders(n) for n in names)
-        means = () if b is None else (b,)
         if getattr(self.act, "SMOOTHED", None):
             values = quadrature.smoothed(quadrature.expect_units, self.act.SMOOTHED, self.act.SMOOTHING, orders, Q,
-                                         *((None,) + means if means else ()))
+                                         None, b, constant=constant)
         else:
-            values = quadrature.expect_units(self.act.DERIVATIVES, orders, Q, self.act.POLYNOMIAL_DEGREE, *means)
+            values = quadrature.expect_units(self.act.DERIVATIVES, orders, Q, self.act.POLYNOMIAL_DEGREE, b,
+                                             constant=constant)
         return dict(zip(names, values))
 
-    def _finite_averages(self, rule, Q, b):
+    @staticmethod
+    def _namespace(values, Q, constant):
+        """The averages as E.<name>, and E.unit (K,): 0 on the output bias' (constant) units, else 1."""
+        unit = np.ones(Q.shape[-1])
+        unit[:constant] = 0.0
+        return types.SimpleNamespace(**values, unit=unit)
+
+    def _averages(self, function, Q, b=None, constant=0):
+        """E for one function of the shared rules (its AVERAGES) by the kernels."""
+        return self._namespace(self.kernels(self.rules.AVERAGES[function], Q, b, constant), Q, constant)
+
+    def _finite_averages(self, rule, Q, b, constant):
         """(E, E_limit) for the finite-D functions of `rule` at Q (and bias b), every one of their
         numerical averages in one expect_units call, remembered for the next call at the same Q, b."""
-        key = (rule, Q.shape, Q.tobytes(), None if b is None else (b.shape, b.tobytes()))
+        key = (rule, Q.shape, Q.tobytes(), None if b is None else (b.shape, b.tobytes()), constant)
         if self._last[0] == key:
             return self._last[1]
         parts = (("noise", "spike_noise", "bias_noise") if b is not None else
                  ("finite_drift", "noise", "spike_noise"))
-        names = sorted({n for p in parts for n in rules.AVERAGES.get(f"{p}_{rule}", ())})
-        limit = rules.AVERAGES.get(f"drift_{rule}", ()) if b is None else ()
+        names = sorted({n for p in parts for n in self.rules.AVERAGES.get(f"{p}_{rule}", ())})
+        limit = self.rules.AVERAGES.get(f"drift_{rule}", ()) if b is None else ()
         if b is not None or getattr(self.act, "SMOOTHED", None):
-            values = self.numerical(names, Q, b)
-            E, E_limit = types.SimpleNamespace(**values), types.SimpleNamespace(**self.kernels(limit, Q))
+            E = self._namespace(self.numerical(names, Q, b, constant), Q, constant)
+            E_limit = self._namespace(self.kernels(limit, Q, None, constant), Q, constant)
         else:
             multi = [n for n in names if n.startswith("multi_")]
             kernels = sorted((set(names) | set(limit)) - set(multi))
-            E = E_limit = types.SimpleNamespace(**self.kernels(kernels, Q), **self.numerical(multi, Q))
+            E = E_limit = self._namespace({**self.kernels(kernels, Q, None, constant),
+                                           **self.numerical(multi, Q, None, constant)}, Q, constant)
         self._last = (key, (E, E_limit))
         return E, E_limit
 
     # -- the module's functions ---------------------------------------------------------------
+    # Each takes the rule's parameters (generated/rules.py's PARAMS) as keywords, and output_bias=True
+    # when the first unit is the output bias (g = 1, w = 0: derive.rules).
 
     def tables(self):
         """DRIFTS, BIAS_DRIFTS, FINITE, SPIKE_NOISE, BIAS_NOISE of the module (SPEC section 6)."""
         finite = not getattr(self.act, "FINITE_MISSING", "")
         bias_noise = finite and not getattr(self.act, "BIAS_NOISE_MISSING", "")
-        return ({r: self._drift(r) for r in rules.LIMITS},
-                {r: self._bias_drift(r) for r in rules.BIASED},
-                {r: (self._finite_drift(r), self._noise(r, "noise")) for r in rules.RULES} if finite else {},
-                {r: self._noise(r, "spike_noise") for r in rules.RULES} if finite else {},
+        return ({r: self._drift(r) for r in self.rules.LIMITS},
+                {r: self._bias_drift(r) for r in self.rules.BIASED},
+                {r: (self._finite_drift(r), self._noise(r, "noise")) for r in self.rules.RULES} if finite else {},
+                {r: self._noise(r, "spike_noise") for r in self.rules.RULES} if finite else {},
                 {r: (self._noise(r, "noise", bias=True), self._noise(r, "spike_noise", bias=True),
-                     self._bias_noise(r)) for r in rules.BIASED} if bias_noise else {})
+                     self._bias_noise(r)) for r in self.rules.BIASED} if bias_noise else {})
 
     def _drift(self, rule):
-        shared = getattr(rules, f"drift_{rule}")
+        shared = getattr(self.rules, f"drift_{rule}")
 
-        def drift(Q, R, T, T0, lr):
-            return shared(types.SimpleNamespace(**self.kernels(rules.AVERAGES[f"drift_{rule}"], Q)), Q, R, T, T0, lr)
+        def drift(Q, R, T, T0, lr, output_bias=False, **params):
+            return shared(self._averages(f"drift_{rule}", Q, None, int(output_bias)), Q, R, T, T0, lr, **params)
         return _named(drift, shared, f"drift_{rule}")
 
     def _bias_drift(self, rule):
-        shared = getattr(rules, f"bias_drift_{rule}")
+        shared = getattr(self.rules, f"bias_drift_{rule}")
 
-        def bias_drift(Q, R, T, T0, b, lr):
-            E = types.SimpleNamespace(**self.kernels(rules.AVERAGES[f"bias_drift_{rule}"], Q, b))
-            return shared(E, Q, R, T, T0, b, lr)
+        def bias_drift(Q, R, T, T0, b, lr, output_bias=False, **params):
+            return shared(self._averages(f"bias_drift_{rule}", Q, b, int(output_bias)), Q, R, T, T0, b, lr, **params)
         return _named(bias_drift, shared, f"drift_{rule}_bias")
 
     def _finite_drift(self, rule):
-        shared = getattr(rules, f"finite_drift_{rule}")
+        shared = getattr(self.rules, f"finite_drift_{rule}")
 
-        def finite_drift(Q, R, T, T0, WW, lr, D):
-            return shared(*self._finite_averages(rule, Q, None), Q, R, T, T0, WW, lr, D)
+        def finite_drift(Q, R, T, T0, WW, lr, D, output_bias=False, **params):
+            return shared(*self._finite_averages(rule, Q, None, int(output_bias)), Q, R, T, T0, WW, lr, D, **params)
         return _named(finite_drift, shared, f"finite_drift_{rule}")
 
     def _noise(self, rule, kind, bias=False):
         """noise_<rule> or spike_noise_<rule> (`kind`); with `bias`, its averages over N(b, Q)."""
-        shared = getattr(rules, f"{kind}_{rule}")
+        shared = getattr(self.rules, f"{kind}_{rule}")
         if bias:
-            def noise_bias(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho, b):
-                return shared(self._finite_averages(rule, Q, b)[0], Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho)
+            def noise_bias(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho, b, output_bias=False, **params):
+                E = self._finite_averages(rule, Q, b, int(output_bias))[0]
+                return shared(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho, **params)
             return _named(noise_bias, shared, f"{kind}_{rule}_bias", "\nAverages over lambda ~ N(b, Q): b (..., K).")
 
-        def noise(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho):
-            return shared(self._finite_averages(rule, Q, None)[0], Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho)
+        def noise(Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho, output_bias=False, **params):
+            E = self._finite_averages(rule, Q, None, int(output_bias))[0]
+            return shared(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho, **params)
         return _named(noise, shared, f"{kind}_{rule}")
 
     def _bias_noise(self, rule):
-        shared = getattr(rules, f"bias_noise_{rule}")
+        shared = getattr(self.rules, f"bias_noise_{rule}")
 
-        def bias_noise(Q, R, T, T0, WW, lr, D, b, theta, rho_hat):
-            return shared(self._finite_averages(rule, Q, b)[0], Q, R, T, T0, WW, lr, D, b, theta, rho_hat)
+        def bias_noise(Q, R, T, T0, WW, lr, D, b, theta, rho_hat, output_bias=False, **params):
+            E = self._finite_averages(rule, Q, b, int(output_bias))[0]
+            return shared(E, Q, R, T, T0, WW, lr, D, b, theta, rho_hat, **params)
         return _named(bias_noise, shared, f"bias_noise_{rule}")
 
     def averages(self, *literature):
         """The literature's averages `literature` of generated/rules.py (J2, I2, ...) over this
         activation's kernels, and population_error, population_error_tied."""
         def bind(name):
-            shared = getattr(rules, name)
+            shared = getattr(self.rules, name)
             return _named(lambda C: shared(self.act, C), shared, name)
 
-        def population_error(Q, R, T, T0, half_trace, b=None):
+        def population_error(Q, R, T, T0, half_trace, b=None, output_bias=False):
             Q, R, T0 = (np.asarray(a, dtype=float) for a in (Q, R, T0))
             b = None if b is None else np.asarray(b, dtype=float)
-            E = types.SimpleNamespace(**self.kernels(rules.AVERAGES["population_error"], Q, b))
-            return rules.population_error(E, Q, R, T, T0, half_trace)
+            E = self._averages("population_error", Q, b, int(output_bias))
+            return self.rules.population_error(E, Q, R, T, T0, half_trace)
 
         def population_error_tied(Q, WW, half_trace, D):
             Q, WW = np.asarray(Q, dtype=float), np.asarray(WW, dtype=float)
-            E = types.SimpleNamespace(**self.kernels(rules.AVERAGES["population_error_tied"], Q))
-            return rules.population_error_tied(E, Q, WW, half_trace, D)
+            return self.rules.population_error_tied(self._averages("population_error_tied", Q), Q, WW, half_trace, D)
         return (*(bind(n) for n in literature),
-                _named(population_error, rules.population_error, "population_error",
-                       "\nb (..., K): an encoder bias (kernels over N(b, Q)) or None."),
-                _named(population_error_tied, rules.population_error_tied, "population_error_tied"))
+                _named(population_error, self.rules.population_error, "population_error",
+                       "\nb (..., K): an encoder bias (kernels over N(b, Q)) or None; output_bias: the first unit is "
+                       "the output bias c (g = 1, w = 0)."),
+                _named(population_error_tied, self.rules.population_error_tied, "population_error_tied"))
 
 
 def _orders(name):

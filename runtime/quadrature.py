@@ -153,9 +153,10 @@ def _triple_rule(C, m, scale=1.0):
 MAX_UNITS = 3
 
 
-def _polynomial_units(derivatives, orders_list, Q, degree, means):
+def _polynomial_units(derivatives, orders_list, Q, degree, means, constant=0):
     """expect_units for a polynomial g: lambda = m + L z on the tensor Gauss-Hermite grid of
-    z ~ N(0, I), L L^T = Q (eigen-square root, so a singular Q is fine)."""
+    z ~ N(0, I), L L^T = Q (eigen-square root, so a singular Q is fine); g = 1 on the first
+    `constant` units."""
     K, batch = Q.shape[-1], Q.shape[:-2]
     z, w = np.polynomial.hermite_e.hermegauss(2 * degree + 1)
     grid = np.stack(np.meshgrid(*[z] * K, indexing="ij"), axis=-1).reshape(-1, K)      # (nodes, K)
@@ -165,6 +166,8 @@ def _polynomial_units(derivatives, orders_list, Q, degree, means):
     if means is not None:
         lam = lam + means[..., None, :]
     at = {a: derivatives[a](lam) for a in {a for orders in orders_list for o in orders for a in o}}
+    for a in at:
+        at[a][..., :constant] = float(a == 0)
     letters = "abcdefgh"
     outs = []
     for orders in orders_list:
@@ -180,11 +183,11 @@ def _at_width(family, eps):
     return tuple(functools.partial(f, epsilon=eps) for f in family)
 
 
-def smoothed(average, family, eps, *args):
+def smoothed(average, family, eps, *args, **kwargs):
     """An average (expect1, expect2 or expect_units with their arguments after `derivatives`) over
     a smoothed activation, extrapolated to width 0: 2 f(eps) - f(2 eps), error O(eps^2)
     (derive/smoothing.py). `family`: the smoothed derivatives as functions of (x, epsilon)."""
-    near, far = (average(_at_width(family, e), *args, scale=e) for e in (eps, 2 * eps))
+    near, far = (average(_at_width(family, e), *args, scale=e, **kwargs) for e in (eps, 2 * eps))
     if isinstance(near, list):
         return [2 * a - b for a, b in zip(near, far)]
     return 2 * near - far
@@ -208,9 +211,11 @@ _LAST = [None, {}]      # (derivatives, Q, means) of the last call and its avera
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(K, orders_list):
+def _plan(K, orders_list, constant=0):
     """Per orders: [(tuple of units, its distinct units, their derivative orders)], and the
-    signatures needed per set of distinct units."""
+    signatures needed per set of distinct units. The first `constant` units have g = 1: a tuple
+    with a derivative on one of them averages to 0 (units None), the others drop out of the tuple
+    (none left: the average is 1, units ())."""
     plan, needed = [], {}
     for orders in orders_list:
         entries = []
@@ -218,6 +223,12 @@ def _plan(K, orders_list):
             by_unit = {}
             for unit, o in zip(idx, orders):
                 by_unit.setdefault(unit, []).extend(o)
+            if any(any(by_unit.pop(u, ())) for u in range(constant)):
+                entries.append((idx, None, None))
+                continue
+            if not by_unit:
+                entries.append((idx, (), ()))
+                continue
             units = tuple(sorted(by_unit, key=lambda u: (sorted(by_unit[u], reverse=True), u), reverse=True)
                           if len(by_unit) < 3 else sorted(by_unit))     # one rule for every triple's averages
             signature = tuple(tuple(sorted(by_unit[u], reverse=True)) for u in units)
@@ -252,7 +263,7 @@ def _fold(levels, at, signatures):
     return {sig: inner[index[sig]] for sig in signatures}
 
 
-def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0):
+def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0, constant=0):
     """For each `orders` of orders_list, E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))]
     for every tuple of units (k_1, ..., k_n), lambda ~ N(means, Q), Q of shape (..., K, K),
     means (..., K) or None (zero: no bias): a list of arrays (..., K, ..., K).
@@ -265,19 +276,22 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
 
     For a polynomial g of `degree` p every average is a polynomial moment of degree <= 4p, exact
     by Gauss-Hermite quadrature with 2p + 1 nodes per unit in whitened coordinates, for any K.
-    `scale`: the width of g's structure around 0 (a smoothed kink: derive.smoothing)."""
+    `scale`: the width of g's structure around 0 (a smoothed kink: derive.smoothing).
+    The first `constant` units have g = 1 (the output bias: derive.rules); they do not count
+    towards K's limit."""
     Q = np.asarray(Q, dtype=float)
     K, batch = Q.shape[-1], Q.shape[:-2]
     if means is not None:
         means = np.broadcast_to(np.asarray(means, dtype=float), batch + (K,))
     if degree is not None:
-        return _polynomial_units(derivatives, orders_list, Q, degree, means)
-    if K > MAX_UNITS:
-        raise ValueError(f"averages over {K} units: the finite-D equations are implemented for K <= {MAX_UNITS}")
-    plan, needed = _plan(K, tuple(orders_list))
+        return _polynomial_units(derivatives, orders_list, Q, degree, means, constant)
+    if K - constant > MAX_UNITS:
+        raise ValueError(f"averages over {K - constant} units: the finite-D equations are implemented for "
+                         f"K <= {MAX_UNITS}")
+    plan, needed = _plan(K, tuple(orders_list), constant)
     Qf = Q.reshape((-1, K, K))
     mf = np.zeros(Qf.shape[:2]) if means is None else means.reshape((-1, K))
-    key = (derivatives, scale, Q.shape, Q.tobytes(), None if means is None else means.tobytes())
+    key = (derivatives, scale, Q.shape, Q.tobytes(), None if means is None else means.tobytes(), constant)
     if _LAST[0] != key:            # the noise of the atoms and of the spikes average at the same Q
         _LAST[:] = [key, {}]
     values = _LAST[1]
@@ -294,6 +308,6 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
     for n, entries in plan:
         out = np.empty(batch + (K,) * n)
         for idx, units, sig in entries:
-            out[(Ellipsis,) + idx] = values[units, sig]
+            out[(Ellipsis,) + idx] = 0.0 if units is None else 1.0 if not units else values[units, sig]
         outs.append(out)
     return outs

@@ -7,6 +7,8 @@ actual weights (SPEC section 1) and averages the change of every S_j; the tolera
 standard errors of that average. The second-order terms alone are hundreds of standard errors,
 so the check sees them.
 """
+import functools
+
 import numpy as np
 import pytest
 
@@ -30,21 +32,28 @@ def _matrices(theta):
     return np.array([theta[a].T @ theta[a] for a in ATOMS])
 
 
-def _sgd_step(act, rule, W, V, x, b=None):
+def _sgd_step(act, rule, W, V, x, b=None, kappa=0.0, c=None):
     """The updates (dW, dV) of SPEC section 1 for each sample of x (n, D); with an encoder bias b
-    (rule vanilla) also db, as (dW, dV, db)."""
+    (rule vanilla) also db, as (dW, dV, db). kappa: weight decay, w, v -= (LR kappa/D) w, v. With an
+    output bias c (rule vanilla: x_hat = V^T g + c, c += (LR/D) e), dW and dV have its unit first:
+    a zero row, and dc."""
     g, dg = act.DERIVATIVES[0], act.DERIVATIVES[1]
     lam = x @ W.T / np.sqrt(D) + (0.0 if b is None else b)
     G, Gp = g(lam), dg(lam)
     if rule == "tied":
         e = x - G @ W
         dW = LR / D * (G[:, :, None] * e[:, None, :] + ((e @ W.T) * Gp)[:, :, None] * x[:, None, :] / np.sqrt(D))
+        dW = dW - LR * kappa / D * W
         return dW, dW
     K = W.shape[0]
     mask = np.tril(np.ones((K, K))) if rule == "truncated" else np.ones((K, K))
-    e = x[:, None, :] - np.einsum("kl,nl,ld->nkd", mask, G, V)              # e_k (n, K, D)
+    e = x[:, None, :] - np.einsum("kl,nl,ld->nkd", mask, G, V) - (0.0 if c is None else c)   # e_k (n, K, D)
     ve = np.einsum("kd,nkd->nk", V, e)
-    dW, dV = LR / D**2 * (ve * Gp)[:, :, None] * x[:, None, :] / np.sqrt(D), LR / D * G[:, :, None] * e
+    dW = LR / D**2 * (ve * Gp)[:, :, None] * x[:, None, :] / np.sqrt(D) - LR * kappa / D * W
+    dV = LR / D * G[:, :, None] * e - LR * kappa / D * V
+    if c is not None:
+        dW = np.concatenate([np.zeros_like(dW[:, :1]), dW], axis=1)
+        dV = np.concatenate([LR / D * e[:, :1], dV], axis=1)
     return (dW, dV) if b is None else (dW, dV, LR / D**2 * ve * Gp)
 
 
@@ -65,13 +74,13 @@ def _sample_means(draw, seed):
     return out
 
 
-def monte_carlo(act, rule, W, V, seed=0):
-    """Mean and standard error of D * (change of S_j) per step."""
+def monte_carlo(act, rule, W, V, seed=0, kappa=0.0, c=None):
+    """Mean and standard error of D * (change of S_j) per step (the output bias' unit first with c)."""
     tied = rule == "tied"
-    theta = _theta(W, V, tied)
+    theta = _theta(*((W, V) if c is None else _with_output_bias(W, V, c)), tied)
 
     def draw(x):
-        dW, dV = _sgd_step(act, rule, W, V, x)
+        dW, dV = _sgd_step(act, rule, W, V, x, kappa=kappa, c=c)
         dth = _theta(dW.transpose(1, 0, 2), dV.transpose(1, 0, 2), tied).transpose(1, 0, 2) if not tied \
             else dW.transpose(0, 2, 1)
         return {"dS": np.stack([np.einsum("iF,niG->nFG", theta[a], dth[:, a]) + np.einsum("niF,iG->nFG", dth[:, a], theta[a])
@@ -79,8 +88,13 @@ def monte_carlo(act, rule, W, V, seed=0):
     return _sample_means(draw, seed)["dS"]
 
 
-def equations(act, rule, S, K):
-    drift, noise = act.FINITE[rule]
+def _with_output_bias(W, V, c):
+    """The weights with the output bias' unit first: w = 0, v = c (derive.rules)."""
+    return np.concatenate([np.zeros((1, D)), W]), np.concatenate([c[None], V])
+
+
+def equations(act, rule, S, K, **params):
+    drift, noise = (functools.partial(f, **params) for f in act.FINITE[rule])
     system = _System(drift, LR, np.zeros(0), SPECTRUM.rho_hat, K, noise=noise,
                      m_rho=SPECTRUM.mult * SPECTRUM.rho, D=D, tied=rule == "tied")
     full = system(0.0, S.ravel()).reshape(S.shape)
@@ -106,6 +120,41 @@ def test_finite_equations_are_the_expected_sgd_step(name, rule, K):
     full, N = equations(act, rule, S, K)
     assert np.all(np.abs(full - mean) <= 5 * se + 1e-12), np.max(np.abs(full - mean) / se)
     assert np.max(np.abs(N) / se) > 50            # the second-order terms are resolved
+
+
+@pytest.mark.parametrize("name, rule", [("erf", "vanilla"), ("relu", "truncated"), ("linear", "tied")])
+def test_weight_decay_is_in_the_expected_sgd_step(name, rule):
+    """rule_params kappa (w, v -= (lr kappa/D) w, v per step) against one SGD step, every entry of
+    D E[change of S_j] within 5 standard errors; the decay's own terms are far above that."""
+    act, K, kappa = load(name), 2, 5.0
+    rng = np.random.default_rng(3)
+    W, V = 1.2 * rng.standard_normal((K, D)), 1.2 * rng.standard_normal((K, D))
+    if rule == "tied":
+        V = W
+    S = _matrices(_theta(W, V, rule == "tied"))
+    mean, se = monte_carlo(act, rule, W, V, kappa=kappa)
+    full, _ = equations(act, rule, S, K, kappa=kappa)
+    assert np.all(np.abs(full - mean) <= 5 * se + 1e-12), np.max(np.abs(full - mean) / se)
+    assert np.max(np.abs(full - equations(act, rule, S, K)[0]) / se) > 20
+
+
+@pytest.mark.parametrize("name", ["erf", "relu", "linear"])
+def test_output_bias_is_in_the_expected_sgd_step(name):
+    """The output bias c as a first unit with g = 1 and w = 0 (output_bias=True): D E[change of
+    S_j] of one SGD step with x_hat = V^T g + c, c += (lr/D) e, within 5 standard errors, the
+    second-order terms included; without the bias' unit's averages the check fails."""
+    act, K = load(name), 2
+    rng = np.random.default_rng(4)
+    W, V, c = (1.2 * rng.standard_normal((K, D)), 1.2 * rng.standard_normal((K, D)),
+               1.5 * rng.standard_normal(D))
+    S = _matrices(_theta(*_with_output_bias(W, V, c), False))
+    mean, se = monte_carlo(act, "vanilla", W, V, c=c)
+    full, N = equations(act, "vanilla", S, K + 1, output_bias=True)
+    assert np.all(np.abs(full - mean) <= 5 * se + 1e-12), np.max(np.abs(full - mean) / se)
+    moving = se > 0                                        # not the bias' unit's w = 0
+    assert np.max(np.abs(N)[moving] / se[moving]) > 50
+    wrong, _ = equations(act, "vanilla", S, K + 1)        # the bias' unit read as a unit with g
+    assert np.max(np.abs(wrong - mean)[moving] / se[moving]) > 50
 
 
 def monte_carlo_spikes(act, rule, W, V, seed=1):
