@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import generated
-from runtime import data, quadrature
+from runtime import data, quadrature, schedules
 
 RULES = ("vanilla", "truncated", "tied")
 EQUATIONS = ("limit", "finite", "fluctuations")
@@ -44,7 +44,8 @@ SCHEMA = {
     "activation": Key("str", "erf", "a module of generated/", choices=generated.ACTIVATIONS),
     "rule": Key("str", "vanilla", "learning rule", choices=RULES),
     "K": Key("int", 2, "hidden units", minimum=1),
-    "lr": Key("float", 1.0, "learning rate", minimum=0, strict=True),
+    "lr": Key("float", 1.0, "learning rate, or a schedule: {schedule = \"cosine\", lr = 1.0, t_max = 50} "
+              "(constant | inverse_time: lr, t0 | cosine: lr, t_max, lr_min)", minimum=0, strict=True),
     "init": Key("float", 0.1, "W0, V0 ~ init * N(0, 1), drawn from `seed`", minimum=0),
     "seed": Key("int", 0, "seed of the initial weights (and of the data set's patches and split)", minimum=0),
     "b0": Key("floats", None, "initial trained encoder bias, K numbers (rule vanilla)"),
@@ -155,6 +156,8 @@ def check_value(key, value):
     if key not in SCHEMA:
         raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(SCHEMA)}")
     spec = SCHEMA[key]
+    if key == "lr" and isinstance(value, dict):
+        return _lr_schedule(value)
     if spec.kind == "floats":
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{key}: expected a non-empty list of numbers, got {value!r}")
@@ -218,6 +221,15 @@ def _number(value, kind, spec, where):
     return float(value) if kind == "float" else value
 
 
+def _lr_schedule(value):
+    """lr = {schedule = "cosine", lr = 1.0, t_max = 50} (runtime.schedules), kept in its full config
+    form (every parameter, numbers as floats): what integrate and simulate take."""
+    try:
+        return schedules.schedule(value).config()
+    except ValueError as exc:
+        raise ConfigError(f"lr: {exc}") from None
+
+
 def _expected(spec):
     return {"str": "a string", "int": "an integer", "float": "a number", "floats": "a number"}[spec.kind] + \
         (f" (one of {', '.join(map(repr, spec.choices))})" if spec.choices else "")
@@ -228,7 +240,7 @@ def _flatten(raw, prefix):
     out = {}
     for name, value in raw.items():
         key = prefix + name
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "lr":           # lr = {schedule = ...}: a learning-rate schedule
             if prefix or name not in SECTIONS:
                 raise ConfigError(f"unknown table [{key}]; known tables: "
                                   f"{', '.join(f'[{s}]' for s in SECTIONS)} and [sweep]")

@@ -33,6 +33,7 @@ from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
 from runtime import progress as _progress
 from runtime import quadrature
+from runtime import schedules as _schedules
 from runtime import solver as _solver
 from runtime import spectrum as spec
 from runtime.fluctuations import FluctuationSystem
@@ -80,6 +81,7 @@ class IntegrationResult:
     b: np.ndarray | None = None   # encoder biases (n, K) when trained (b0 given), else None
     error_spread: np.ndarray | None = None   # predicted seed-to-seed std of error (fluctuations=True)
     finite_size_effect: float = float("nan")  # |F_D - F_inf| / |F_inf| on the run's states (D -> infinity runs)
+    lr: object = None             # the learning rate: a float, or its runtime.schedules schedule
 
     @property
     def success(self):
@@ -112,7 +114,8 @@ class _System:
     With V tied to W the state is omega alone (F = K), else theta = (omega, upsilon/sqrt(D))."""
 
     def __init__(self, drift, lr, rho_vec, rho_mat, K, *, noise=None, m_rho=None, D=None, tied=False):
-        self.drift, self.lr, self.K = drift, lr, K
+        self.drift, self.K = drift, K
+        self.schedule, self.lr = _learning_rate(lr)
         self.noise, self.m_rho, self.D, self.tied = noise, m_rho, D, tied
         self.F = K if tied else 2 * K
         self.extra = 0                # numbers after the atoms in the state (none)
@@ -174,8 +177,14 @@ class _System:
         A, B = self.drift(*order, self.lr, self.D)
         return A, B, self.noise(*order, self.lr, self.D, self.parts(Y)[1], self.rho_mat, self.m_rho)
 
+    def at(self, t):
+        """With a schedule, set lr to eta(t): frozen() and step_noise() use the lr of the latest call."""
+        if self.schedule is not None:
+            self.lr = self.schedule.rate(t)
+
     def __call__(self, t, y):
         """The right-hand side; y of shape (N,) or, vectorised over columns, (N, m)."""
+        self.at(t)
         Y = y[None] if y.ndim == 1 else y.T
         th, S = self.parts(Y)
         A, B, N = self.frozen(Y)
@@ -196,7 +205,8 @@ class _BiasSystem:
     terms are added, averaged over the shifted fields."""
 
     def __init__(self, bias_drift, lr, rho_vec, rho_mat, K, *, noise=None, m_rho=None, D=None):
-        self.bias_drift, self.bias_noise, self.K, self.lr, self.D = bias_drift, noise, K, lr, D
+        self.bias_drift, self.bias_noise, self.K, self.D = bias_drift, noise, K, D
+        self.schedule, self.lr = _learning_rate(lr)
         self.core = _System(self._weights_drift, lr, rho_vec, rho_mat, K,
                             noise=None if noise is None else self._noise, m_rho=m_rho, D=D)
         self.split, self.rho_vec, self.rho_mat, self.F = self.core.split, rho_vec, rho_mat, self.core.F
@@ -248,11 +258,21 @@ class _BiasSystem:
         self._b = Y[:, -self.K:]
         return (*self.core.frozen(Y[:, :-self.K], order), self._db)
 
+    at = _System.at
+
     def __call__(self, t, y):
+        self.at(t)                    # and self.core at t, in its own call below
         self._b = (y[None] if y.ndim == 1 else y.T)[:, -self.K:]
         weights = self.core(t, y[:-self.K])
         db = self._db if np.all(np.isfinite(self._db)) else np.zeros_like(self._db)
         return np.concatenate([weights, db[0]]) if y.ndim == 1 else np.concatenate([weights, db.T])
+
+
+def _learning_rate(lr):
+    """(schedule, lr) of a system: (None, lr) for a float lr, else (the schedule, eta(0))."""
+    if isinstance(lr, _schedules.Schedule):
+        return lr, lr.rate(0.0)
+    return None, lr
 
 
 def _biases(b0, K):
@@ -300,6 +320,9 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     Either eigvals (D,), eigvecs (D, D) (or None: the weights are given in the eigenbasis) and
     W0, V0 (K, D) (SPEC section 6), or `spectrum` (runtime.spectrum.Spectrum) with `init` =
     (q, r, t), each of shape (J, K, K) (runtime.spectrum.random_init_matrices builds them).
+    lr: a positive number, or a schedule eta(t) (a callable of t, runtime.schedules' constant,
+    inverse_time, cosine, or their config form {"schedule": name, ...}): every right-hand side at
+    time t is evaluated at eta(t); the result's `lr` records it (a constant one as its float).
     b0 (K,): an initial encoder bias, then trained (rule 'vanilla', SPEC section 1) with the
     activation's `drift_<rule>_bias`; the result's `b` (n, K) holds it and `error` includes it.
     Returns an IntegrationResult at `times`; on failure (solver failure, non-finite state, or
@@ -360,12 +383,15 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if b0 is not None and finite_size and rule not in getattr(act, "BIAS_NOISE", {}):
         raise ValueError(f"no finite-D equations with a trained bias (b0) for {act.NAME}: "
                          f"{getattr(act, 'BIAS_NOISE_MISSING', '')}")
-    try:
-        lr = float(lr)
-    except (TypeError, ValueError):
-        raise ValueError(f"lr must be a positive number, got {lr!r}") from None
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr}")
+    if callable(lr) or isinstance(lr, (dict, tuple, list)):
+        lr = _schedules.resolve(lr)   # a schedule, or the float of a constant one (the same arithmetic)
+    if not isinstance(lr, _schedules.Schedule):
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr must be a positive number, got {lr!r}") from None
+        if not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {lr}")
     times = np.asarray(times, dtype=float)
     if times.ndim != 1 or times.size == 0 or np.any(~np.isfinite(times)) or np.any(times < 0) \
             or np.any(np.diff(times) < 0):
@@ -430,8 +456,9 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
                                status, message, nfev, ys if keep_atoms else None, system,
                                b=None if b0 is None else system.biases(Y).copy(),
                                error_spread=system.error_spread(act, Y, half_trace) if fluctuations else None)
+    result.lr = lr
     if not finite_size and _finite_size_available(act, rule, K, b0 is not None) and ts.size:
-        result.finite_size_effect = _finite_size_effect(system, build(True), Y)
+        result.finite_size_effect = _finite_size_effect(system, build(True), Y, ts)
         if result.finite_size_effect > FINITE_SIZE_WARNING:
             warnings.warn(f"{act.NAME}/{rule} at D = {spectrum.D:g}, lr = {lr:g}: the finite-D terms change the "
                           f"drift by {100 * result.finite_size_effect:.0f}% along this run, so the D -> infinity "
@@ -488,15 +515,20 @@ def _finite_size_available(act, rule, K, bias):
             and (K <= quadrature.MAX_UNITS or act.POLYNOMIAL_DEGREE is not None))
 
 
-def _finite_size_effect(limit, finite, Y):
-    """max |F_D(y) - F_inf(y)| / max |F_inf(y)| over the recorded states Y (n, N): F_inf at
+def _finite_size_effect(limit, finite, Y, ts=None):
+    """max |F_D(y) - F_inf(y)| / max |F_inf(y)| over the recorded states Y (n, N) at times ts: F_inf at
     every state, F_D (costly: averages over up to three units) at the first, the last and the
-    one where F_inf is largest."""
+    one where F_inf is largest. With an lr schedule each state's field is at its own time."""
+    def field(system, rows):
+        if limit.schedule is None:
+            return system(0.0, Y[rows].T)
+        return np.stack([system(ts[i], Y[i]) for i in np.arange(len(Y))[rows]], axis=1)
+
     with np.errstate(all="ignore"):
-        f_inf = limit(0.0, Y.T)
+        f_inf = field(limit, slice(None))
         norms = np.linalg.norm(f_inf, axis=0)
         probes = np.unique([0, int(np.argmax(norms)), len(Y) - 1])
-        f_D = finite(0.0, Y[probes].T)
+        f_D = field(finite, probes)
     limit.failed = finite.failed = None
     scale, change = np.max(norms), np.max(np.linalg.norm(f_D - f_inf[:, probes], axis=0))
     return float(change / scale) if scale > 0 else float("inf") if change > 0 else 0.0

@@ -16,15 +16,15 @@ COLUMNS = ("point", "t", "theory", "theory_spread", "sgd_mean", "sgd_sd", "sgd_r
 
 
 def table(records, keys=()):
-    """One row per point and time: columns `keys` (values of the points' `values`, lists as
-    JSON text), then COLUMNS. `records`: JSON-able point records (hash, values, curves)."""
+    """One row per point and time: columns `keys` (values of the points' `values`, lists and
+    tables (an lr schedule) as JSON text), then COLUMNS. `records`: JSON-able point records (hash, values, curves)."""
     frames = []
     for r in records:
         frame = pd.DataFrame({"point": r["hash"], **{c: np.array(r["curves"][c], dtype=float) for c in COLUMNS[1:]}})
         frame["sgd_seeds"] = frame["sgd_seeds"].astype(int)
         for key in reversed(list(keys)):
             value = r["values"][key]
-            frame.insert(0, key, json.dumps(value) if isinstance(value, list) else value)
+            frame.insert(0, key, json.dumps(value) if isinstance(value, (list, dict)) else value)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, *COLUMNS])
 

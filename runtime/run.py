@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import config, experiment, output
+from runtime import config, experiment, output, schedules
 
 
 def run(cfg, out, progress=True, log=print):
@@ -80,7 +80,7 @@ def plot(file, cfg, curves, pca_errors):
         ax.set_xscale("log")
     ax.set_xlabel("t = steps / D")
     ax.set_ylabel("reconstruction error")
-    ax.set_title(f"{cfg['activation']}, {cfg['rule']}, K = {cfg['K']}, lr = {cfg['lr']:g}, {where}", fontsize=10)
+    ax.set_title(f"{cfg['activation']}, {cfg['rule']}, K = {cfg['K']}, lr = {schedules.schedule(cfg['lr']):g}, {where}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(file, format="png", dpi=120)

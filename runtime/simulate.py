@@ -25,6 +25,7 @@ up front (X U); the test error is then on `test_set` (held-out rows) if given, e
 `test_samples` rows of X drawn with replacement (test stream): the empirical distribution
 the training draws from.
 """
+import itertools
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ import numpy as np
 
 from runtime import progress as _progress
 from runtime.progress import DIVERGED, Interrupted, divergence_limit
+from runtime.schedules import Schedule, resolve
 from runtime.spectrum import Spectrum, eigenvalues, eigenvectors, encoder_weights, weights
 
 RULES = ("vanilla", "truncated", "tied", "sanger")
@@ -77,7 +79,7 @@ class SimulationResult:
     diverged: np.ndarray
     rule: str
     activation: str
-    lr: float
+    lr: object                    # a float, or the runtime.schedules schedule SGD followed
     status: int = 0
     message: str = ""
     steps_per_second: float = float("nan")
@@ -124,7 +126,9 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     activation: a generated module (e.g. generated.erf) or its name. eigvecs: (D, D) with
     orthonormal columns, or None for U = I. W0, V0: (K, D) (V0 is ignored, and may be None,
     for tied and sanger). times: sorted times >= 0 (default 0, 1, ..., 10), each recorded
-    after round(t D) steps. b0: initial encoder bias (K,), trains a bias (vanilla only).
+    after round(t D) steps. lr: a positive number, or a schedule eta(t) (runtime.schedules: a
+    callable of t, constant / inverse_time / cosine or their config form): step n (n = 0, 1,
+    ...) uses eta(n / D). b0: initial encoder bias (K,), trains a bias (vanilla only).
     c0: initial output bias (D,), trained by SGD on the same loss (x_hat = V^T g + c,
     c += (lr/D) e; vanilla only); the equations of motion do not include it.
     seeds: a count n (seeds 0..n-1) or a sequence of seeds. test_samples: held-out samples per
@@ -159,7 +163,10 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         if V0 is None:
             raise ValueError(f"rule {rule!r} needs V0 of shape ({K}, {D})")
         V0 = weights(np.asarray(V0, dtype=float), (K, D), "V0")
-    lr = _positive(lr, "lr")
+    if callable(lr) or isinstance(lr, (dict, tuple, list)):
+        lr = resolve(lr)              # a schedule, or the float of a constant one (the same arithmetic)
+    if not isinstance(lr, Schedule):
+        lr = _positive(lr, "lr")
     t = _times(np.arange(11.0) if times is None else times)
     if b0 is not None:
         if rule != "vanilla":
@@ -234,7 +241,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         live, W, b, c = live[ok], W[ok], None if b is None else b[ok], None if c is None else c[ok]
         V = W if tied else V[ok]
         gens = [g for g, k in zip(gens, ok) if k]
-        advance = _RULE_STEPS[rule](act, W, V, b, lr, D, c)
+        advance = _RULE_STEPS[rule](act, W, V, b, lr, D, c, step)
 
     def record(i):
         _record(rec, i, live, W, V, b, c, rho, D, act, total_2D, top, test)
@@ -327,14 +334,32 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
 
 
 # -- update rules: each returns advance(X, j0, j1) applying samples X[:, j0:j1] in order --------
+# (steps n0, n0 + 1, ... of the run, which a schedule's learning rate eta(n / D) follows)
 
-def _vanilla(act, W, V, b, lr, D, c=None):
+def _coefficients(lr, D, n0, *powers):
+    """rates(m): the coefficients lr / D**p of each of the next m steps, one tuple per step. A
+    float lr gives the same tuple at every step; a schedule (runtime.schedules) gives
+    eta(n / D) / D**p at step n, counting from n0, from one vectorised call per block."""
+    if not isinstance(lr, Schedule):
+        same = itertools.repeat(tuple(lr / D ** p for p in powers))
+        return lambda m: same
+    n = n0
+
+    def rates(m):
+        nonlocal n
+        eta = lr.rates((n + np.arange(m)) / D)
+        n += m
+        return zip(*[(eta / D ** p).tolist() for p in powers])
+    return rates
+
+
+def _vanilla(act, W, V, b, lr, D, c=None, n0=0):
     g_, dg_, mm = act.g, act.dg, np.matmul
-    isq, cw, cv, cb = D ** -0.5, lr / D ** 2.5, lr / D, lr / D ** 2
+    isq, rates = D ** -0.5, _coefficients(lr, D, n0, 2.5, 1, 2)
 
     def advance(X, j0, j1):
         nonlocal W, V, b, c
-        for j in range(j0, j1):
+        for j, (cw, cv, cb) in zip(range(j0, j1), rates(j1 - j0)):
             x = X[:, j, :]
             lam = mm(W, x[:, :, None])[:, :, 0]
             lam *= isq
@@ -355,13 +380,13 @@ def _vanilla(act, W, V, b, lr, D, c=None):
     return advance
 
 
-def _truncated(act, W, V, b, lr, D, c=None):
+def _truncated(act, W, V, b, lr, D, c=None, n0=0):
     g_, dg_, mm = act.g, act.dg, np.matmul
-    isq, cw, cv = D ** -0.5, lr / D ** 2.5, lr / D
+    isq, rates = D ** -0.5, _coefficients(lr, D, n0, 2.5, 1)
 
     def advance(X, j0, j1):
         nonlocal W, V
-        for j in range(j0, j1):
+        for j, (cw, cv) in zip(range(j0, j1), rates(j1 - j0)):
             x = X[:, j, :]
             lam = mm(W, x[:, :, None])[:, :, 0]
             lam *= isq
@@ -376,13 +401,13 @@ def _truncated(act, W, V, b, lr, D, c=None):
     return advance
 
 
-def _tied(act, W, V, b, lr, D, c=None):
+def _tied(act, W, V, b, lr, D, c=None, n0=0):
     g_, dg_, mm = act.g, act.dg, np.matmul
-    isq, cx, ce = D ** -0.5, lr / D ** 1.5, lr / D
+    isq, rates = D ** -0.5, _coefficients(lr, D, n0, 1.5, 1)
 
     def advance(X, j0, j1):
         nonlocal W
-        for j in range(j0, j1):
+        for j, (cx, ce) in zip(range(j0, j1), rates(j1 - j0)):
             x = X[:, j, :]
             lam = mm(W, x[:, :, None])[:, :, 0]
             lam *= isq
@@ -396,13 +421,13 @@ def _tied(act, W, V, b, lr, D, c=None):
     return advance
 
 
-def _sanger(act, W, V, b, lr, D, c=None):
+def _sanger(act, W, V, b, lr, D, c=None, n0=0):
     mm = np.matmul
-    isq, c = D ** -0.5, lr / D ** 2
+    isq, rates = D ** -0.5, _coefficients(lr, D, n0, 2)
 
     def advance(X, j0, j1):
         nonlocal W
-        for j in range(j0, j1):
+        for j, (c,) in zip(range(j0, j1), rates(j1 - j0)):
             x = X[:, j, :]
             y = mm(W, x[:, :, None])[:, :, 0]
             y *= isq
