@@ -233,7 +233,7 @@ def test_sgd_with_a_decaying_schedule_matches_the_equations(spiked, constant_the
     (lambda t: float("nan"), r"gave lr = nan at t = 0"),
     (lambda t: "fast", "expected a number"),
     (lambda: 1.0, "expected a number"),
-], ids=str)
+], ids=lambda value: "callable" if callable(value) else str(value))   # stable ids: pytest-xdist compares them
 def test_bad_schedules_raise_value_error_naming_the_problem(bad, message):
     with pytest.raises(ValueError, match=message):
         schedules.schedule(bad)
