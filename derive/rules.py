@@ -244,6 +244,9 @@ def register_rule(name, dw, dv=None, *, description="", db=None, dc=None, params
     rule = Rule(name, dw, dv, description or name, db=None if db is None else tuple(db),
                 params=tuple(symbols.items()), dc=dc)
     _check_symbols(rule)
+    coefficients = [t.coeff for v in (dw, dv, dc) if v is not None for t in v.terms] + [c for c, _ in rule.db or ()]
+    if any(sp.expand(c).diff(eta, 2) != 0 or sp.expand(c).subs(eta, 0) != 0 for c in coefficients):
+        raise ValueError(f"rule {name!r}: every term of the update must be proportional to eta (the learning rate)")
     from derive import drift, finite
     from derive.gaussian import NoClosedForm
     try:

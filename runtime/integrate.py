@@ -81,6 +81,7 @@ class IntegrationResult:
     b: np.ndarray | None = None   # encoder biases (n, K) when trained (b0 given), else None
     error_spread: np.ndarray | None = None   # predicted seed-to-seed std of error (fluctuations=True)
     finite_size_effect: float = float("nan")  # |F_D - F_inf| / |F_inf| on the run's states (D -> infinity runs)
+    output_bias: np.ndarray | None = None    # |c|^2/D (n,) of a trained output bias (c0 given), else None
     lr: object = None             # the learning rate: a float, or its runtime.schedules schedule
 
     @property
@@ -275,6 +276,62 @@ def _learning_rate(lr):
     return None, lr
 
 
+def _rule_params(act, rule, given):
+    """The rule's parameters (act.RULES_MODULE.PARAMS) with the values `given` (a dict), or ValueError."""
+    if given is None:
+        return {}
+    params = dict(act.RULES_MODULE.PARAMS.get(rule, {}))
+    if not isinstance(given, dict):
+        raise ValueError(f"rule_params must be a dict of parameter values, got {given!r}")
+    for name, value in given.items():
+        if name not in params:
+            raise ValueError(f"rule {rule!r} has no parameter {name!r}; its parameters: {', '.join(params) or 'none'}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"rule parameter {name} must be a number, got {value!r}") from None
+        if not np.isfinite(value):
+            raise ValueError(f"rule parameter {name} is {value}: it must be finite")
+        params[name] = value
+    return params
+
+
+class _Bound:
+    """The activation module with `rule`'s functions taking `params` (its parameters, and
+    output_bias=True for the output bias' unit), everything else read from the module."""
+
+    def __init__(self, act, rule, params):
+        def bind(name):
+            """act.<name> ({rule: function or tuple of functions}) for `rule` only, bound to params."""
+            table = getattr(act, name, {})
+            if rule not in table:
+                return {}
+            entry = table[rule]
+            if isinstance(entry, tuple):
+                return {rule: tuple(functools.partial(f, **params) for f in entry)}
+            return {rule: functools.partial(entry, **params)}
+        self._act = act
+        self.DRIFTS, self.BIAS_DRIFTS, self.FINITE, self.SPIKE_NOISE, self.BIAS_NOISE = (
+            bind(n) for n in ("DRIFTS", "BIAS_DRIFTS", "FINITE", "SPIKE_NOISE", "BIAS_NOISE"))
+        self.population_error = functools.partial(act.population_error, output_bias=params.get("output_bias", False))
+
+    def __getattr__(self, name):
+        return getattr(self._act, name)
+
+
+def _output_bias(c0, D):
+    """c0 as a finite float array of shape (1, D), or ValueError."""
+    try:
+        c0 = np.asarray(c0, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"c0 must be a numeric array of shape ({D},), got {c0!r}") from None
+    if c0.shape != (D,):
+        raise ValueError(f"c0 has shape {c0.shape}, expected ({D},) (one output bias per input dimension)")
+    if not np.all(np.isfinite(c0)):
+        raise ValueError("c0 contains NaN or inf")
+    return c0[None]
+
+
 def _biases(b0, K):
     """b0 as a finite float array of shape (K,), or ValueError."""
     try:
@@ -314,7 +371,7 @@ def _factor(S, m, j):
 def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(0.0, 1.0, 10.0),
               rule="vanilla", b0=None, *, spectrum=None, init=None, rtol=1e-6, atol=1e-9,
               method="auto", progress=True, keep_atoms=False, raise_on_failure=True, finite_size=None,
-              fluctuations=False):
+              fluctuations=False, rule_params=None, c0=None):
     """Integrate the equations of motion of `act` (a generated module) for `rule`.
 
     Either eigvals (D,), eigvecs (D, D) (or None: the weights are given in the eigenbasis) and
@@ -357,6 +414,13 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     order (runtime.fluctuations): `error` and the order parameters become averages over SGD runs
     from the same weights, and `error_spread` their predicted seed-to-seed standard deviation.
     With b0 the biases fluctuate with the spikes (the activation's BIAS_NOISE).
+
+    rule_params: the rule's parameters (weight decay: {"kappa": 0.01}; defaults in the activation's
+    RULES_MODULE.PARAMS). c0 (D,): an initial output bias, x_hat = V^T g + c, trained (c += (lr/D) e)
+    for the rules in RULES_MODULE.OUTPUT_BIASED; it enters the equations as a first unit with g = 1
+    and encoder weight 0 (derive.rules), projected on the eigenvectors like the weights. The result's
+    Q, R, T, T0 and b are the hidden units', `error` includes c, `output_bias` is |c|^2/D and, with
+    keep_atoms, directions() and matrices() hold the bias' unit first.
     """
     known = sorted(set(act.DRIFTS) | set(getattr(act, "FINITE", {})))
     if rule not in known:
@@ -397,17 +461,32 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
             or np.any(np.diff(times) < 0):
         raise ValueError("times must be a non-empty, sorted 1-D array of non-negative numbers")
 
+    params = _rule_params(act, rule, rule_params)
+    if c0 is not None:
+        if rule not in act.RULES_MODULE.OUTPUT_BIASED:
+            raise ValueError(f"rule {rule!r} trains no output bias (c0 given) in these equations; rules with one: "
+                             f"{', '.join(act.RULES_MODULE.OUTPUT_BIASED) or 'none'}")
+        if spectrum is not None:
+            raise ValueError("c0 needs the weights (eigvals, eigvecs, W0, V0), not spectrum= and init=")
+        params["output_bias"] = True
+    act = _Bound(act, rule, params)
     if spectrum is None:
         if any(a is None for a in (eigvals, W0, W0 if tied else V0)):
             raise ValueError("give eigvals, eigvecs, W0 and V0 (V0 is ignored for tied weights), "
                              "or spectrum= and init=")
         spectrum, atom_of = spec.Spectrum.from_eigvals(eigvals)
         omega, upsilon = spec.projections(W0, W0 if tied else V0, eigvecs, D=atom_of.size)
-        theta = (omega if tied else np.concatenate([omega, upsilon])).T    # (D, F)
         K = omega.shape[0]
+        if c0 is not None:      # the output bias' unit first: w = 0, v = c
+            c_omega, c_upsilon = spec.projections(np.zeros((1, atom_of.size)), _output_bias(c0, atom_of.size), eigvecs,
+                                                  D=atom_of.size)
+            omega, upsilon = np.concatenate([c_omega, omega]), np.concatenate([c_upsilon, upsilon])
+            b0 = None if b0 is None else np.concatenate([[0.0], _biases(b0, K)])
+        units = omega.shape[0]          # the hidden units and the output bias' unit
+        theta = (omega if tied else np.concatenate([omega, upsilon])).T    # (D, F)
         members = [np.flatnonzero(atom_of == j) for j in range(spectrum.J)]
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
-            spectrum, K, theta.shape[1], lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
+            spectrum, units, theta.shape[1], lambda j: theta[members[j]], lambda j: theta[members[j]].T @ theta[members[j]])
     else:
         if not isinstance(spectrum, spec.Spectrum):
             raise ValueError(f"spectrum must be a runtime.spectrum.Spectrum, got {type(spectrum).__name__}")
@@ -422,6 +501,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
             raise ValueError("init matrices have shape (J, 0, 0): no hidden units, K must be at least 1")
         if tied:
             S_all = S_all[:, :K, :K]
+        units = K
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
             spectrum, K, S_all.shape[-1], lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
     if finite_size and K > quadrature.MAX_UNITS and act.POLYNOMIAL_DEGREE is None:
@@ -431,8 +511,8 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")
     if b0 is not None:
-        y0 = np.concatenate([y0, _biases(b0, K)])
-    build = functools.partial(_system, act, rule, lr, rho_vec, rho_mat, K, b0 is not None, m_rho=m_rho,
+        y0 = np.concatenate([y0, _biases(b0, units)])
+    build = functools.partial(_system, act, rule, lr, rho_vec, rho_mat, units, b0 is not None, m_rho=m_rho,
                               D=spectrum.D, tied=tied)
     system = build(finite_size)
     if fluctuations:
@@ -444,7 +524,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if method == "auto":
         # with fluctuations each evaluation costs 2 n + 1 of the core's: no finite-difference Jacobian
         method = ("RK45" if fluctuations else "BDF" if y0.size <= AUTO_IMPLICIT_SIZE
-                  else "StructuredBDF" if K <= AUTO_STRUCTURED_MAX_K else "RK45")
+                  else "StructuredBDF" if units <= AUTO_STRUCTURED_MAX_K else "RK45")
     half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
     error_of = functools.partial(system.error, act, half_trace=half_trace)
     with _progress.bar(float(times[-1]), f"integrate {act.NAME}/{rule}", progress,
@@ -452,10 +532,12 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         ts, ys, status, message, nfev = _solve(system, y0, times, method, rtol, atol, bar, error_of, half_trace)
     Y = ys.reshape(len(ts), -1)
     Q, R, T, T0 = system.order_parameters(Y)
-    result = IntegrationResult(ts, error_of(Y), Q, R, T, T0, spectrum.pca_errors(K), act.NAME, rule,
-                               status, message, nfev, ys if keep_atoms else None, system,
-                               b=None if b0 is None else system.biases(Y).copy(),
-                               error_spread=system.error_spread(act, Y, half_trace) if fluctuations else None)
+    hidden = slice(units - K, None)     # without the output bias' unit
+    result = IntegrationResult(ts, error_of(Y), *(M[:, hidden, hidden] for M in (Q, R, T, T0)), spectrum.pca_errors(K),
+                               act.NAME, rule, status, message, nfev, ys if keep_atoms else None, system,
+                               b=None if b0 is None else system.biases(Y)[:, hidden].copy(),
+                               error_spread=system.error_spread(act, Y, half_trace) if fluctuations else None,
+                               output_bias=None if c0 is None else T0[:, 0, 0].copy())
     result.lr = lr
     if not finite_size and _finite_size_available(act, rule, K, b0 is not None) and ts.size:
         result.finite_size_effect = _finite_size_effect(system, build(True), Y, ts)

@@ -120,7 +120,7 @@ def output_bias_error(act, Q, b, CV, CC):
 
 def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="vanilla", b0=None,
              seeds=1, test_samples=10000, progress=True, n_overlap=8, prefetch=None,
-             samples=None, test_set=None, c0=None):
+             samples=None, test_set=None, c0=None, rule_params=None):
     """Online SGD from (W0, V0) on x ~ N(0, U diag(eigvals) U^T), recorded at `times`.
 
     activation: a generated module (e.g. generated.erf) or its name. eigvecs: (D, D) with
@@ -130,7 +130,10 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     callable of t, constant / inverse_time / cosine or their config form): step n (n = 0, 1,
     ...) uses eta(n / D). b0: initial encoder bias (K,), trains a bias (vanilla only).
     c0: initial output bias (D,), trained by SGD on the same loss (x_hat = V^T g + c,
-    c += (lr/D) e; vanilla only); the equations of motion do not include it.
+    c += (lr/D) e; vanilla only). rule_params: the rule's parameters, as integrate takes them
+    (weight decay {"kappa": 0.01}: w_k, v_k -= (lr kappa/D) w_k, v_k per step). rule: one of
+    RULES, or a rule added with derive.rules.register_rule, whose update derive.update runs
+    as written.
     seeds: a count n (seeds 0..n-1) or a sequence of seeds. test_samples: held-out samples per
     seed (0: no test error). n_overlap: eigen-directions kept in `overlap`. progress: a
     progress bar on stderr once a run has taken a few seconds. prefetch: draw the next block of samples in
@@ -148,9 +151,9 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     Ctrl-C raises runtime.progress.Interrupted, whose `.result` holds the records so far.
     Bad input raises ValueError naming the problem.
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(RULES)}")
+    registered = _registered_rule(rule)
     act = _activation(activation)
+    kappa = _decay(rule, rule_params, registered)
     if rule == "sanger" and act.NAME != "linear":
         raise ValueError(f"rule 'sanger' is defined for the linear activation only, got {act.NAME!r}")
     rho = eigenvalues(eigvals)
@@ -158,7 +161,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     U = None if eigvecs is None else eigenvectors(eigvecs, D)
     W0 = encoder_weights(W0, D)
     K = W0.shape[0]
-    tied = rule in ("tied", "sanger")
+    tied = rule in ("tied", "sanger") or (registered is not None and registered.dv is None)
     if not tied:
         if V0 is None:
             raise ValueError(f"rule {rule!r} needs V0 of shape ({K}, {D})")
@@ -169,11 +172,11 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         lr = _positive(lr, "lr")
     t = _times(np.arange(11.0) if times is None else times)
     if b0 is not None:
-        if rule != "vanilla":
+        if rule != "vanilla" and (registered is None or registered.db is None):
             raise ValueError(f"a trained bias (b0) is implemented for rule 'vanilla' only, not {rule!r}")
         b0 = weights(np.asarray(b0, dtype=float), (K,), "b0")
     if c0 is not None:
-        if rule != "vanilla":
+        if rule != "vanilla" and (registered is None or registered.dc is None):
             raise ValueError(f"a trained output bias (c0) is implemented for rule 'vanilla' only, not {rule!r}")
         c0 = weights(np.asarray(c0, dtype=float), (D,), "c0")
     seeds = _seeds(seeds)
@@ -204,7 +207,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     streams = [np.random.SeedSequence(s).spawn(2) for s in seeds]
     draw = _gaussian(sqrt_rho) if samples is None else _rows(samples)
     test = _TestSet([ss[1] for ss in streams], int(test_samples), draw, D, test_set)
-    advance = _RULE_STEPS[rule](act, W, V, b, lr, D, c)
+    advance = _steps(rule, registered)(act, W, V, b, lr, D, c, 0, kappa)
 
     n = t.size
     rec = dict(error=np.full((S, n), np.nan), test_error=np.full((S, n), np.nan),
@@ -241,7 +244,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
         live, W, b, c = live[ok], W[ok], None if b is None else b[ok], None if c is None else c[ok]
         V = W if tied else V[ok]
         gens = [g for g, k in zip(gens, ok) if k]
-        advance = _RULE_STEPS[rule](act, W, V, b, lr, D, c, step)
+        advance = _steps(rule, registered)(act, W, V, b, lr, D, c, step, kappa)
 
     def record(i):
         _record(rec, i, live, W, V, b, c, rho, D, act, total_2D, top, test)
@@ -353,7 +356,7 @@ def _coefficients(lr, D, n0, *powers):
     return rates
 
 
-def _vanilla(act, W, V, b, lr, D, c=None, n0=0):
+def _vanilla(act, W, V, b, lr, D, c=None, n0=0, kappa=0.0):
     g_, dg_, mm = act.g, act.dg, np.matmul
     isq, rates = D ** -0.5, _coefficients(lr, D, n0, 2.5, 1, 2)
 
@@ -373,6 +376,9 @@ def _vanilla(act, W, V, b, lr, D, c=None, n0=0):
             if b is not None:
                 b += cb * a
             a *= cw
+            if kappa:                                       # weight decay, from the weights before the step
+                W *= 1 - cv * kappa
+                V *= 1 - cv * kappa
             W += a[:, :, None] * x[:, None, :]
             V += (cv * g)[:, :, None] * e[:, None, :]
             if c is not None:
@@ -380,7 +386,7 @@ def _vanilla(act, W, V, b, lr, D, c=None, n0=0):
     return advance
 
 
-def _truncated(act, W, V, b, lr, D, c=None, n0=0):
+def _truncated(act, W, V, b, lr, D, c=None, n0=0, kappa=0.0):
     g_, dg_, mm = act.g, act.dg, np.matmul
     isq, rates = D ** -0.5, _coefficients(lr, D, n0, 2.5, 1)
 
@@ -396,12 +402,15 @@ def _truncated(act, W, V, b, lr, D, c=None, n0=0):
             np.subtract(x[:, None, :], E, out=E)            # e_k = x - sum_{l<=k} v_l g_l
             a = np.einsum("skd,skd->sk", V, E) * gp
             a *= cw
+            if kappa:
+                W *= 1 - cv * kappa
+                V *= 1 - cv * kappa
             W += a[:, :, None] * x[:, None, :]
             V += (cv * g)[:, :, None] * E
     return advance
 
 
-def _tied(act, W, V, b, lr, D, c=None, n0=0):
+def _tied(act, W, V, b, lr, D, c=None, n0=0, kappa=0.0):
     g_, dg_, mm = act.g, act.dg, np.matmul
     isq, rates = D ** -0.5, _coefficients(lr, D, n0, 1.5, 1)
 
@@ -417,11 +426,13 @@ def _tied(act, W, V, b, lr, D, c=None, n0=0):
             a *= cx
             upd = (ce * g)[:, :, None] * e[:, None, :]
             upd += a[:, :, None] * x[:, None, :]
+            if kappa:
+                W *= 1 - ce * kappa
             W += upd
     return advance
 
 
-def _sanger(act, W, V, b, lr, D, c=None, n0=0):
+def _sanger(act, W, V, b, lr, D, c=None, n0=0, kappa=0.0):
     mm = np.matmul
     isq, rates = D ** -0.5, _coefficients(lr, D, n0, 2)
 
@@ -439,6 +450,68 @@ def _sanger(act, W, V, b, lr, D, c=None, n0=0):
 
 
 _RULE_STEPS = {"vanilla": _vanilla, "truncated": _truncated, "tied": _tied, "sanger": _sanger}
+
+
+def _registered_rule(rule):
+    """The derive.rules.Rule of a rule added with register_rule, None for the built-in RULES;
+    ValueError for a rule neither knows."""
+    if rule in RULES:
+        return None
+    try:
+        from derive import rules as symbolic
+    except ImportError:          # SymPy absent: only the built-in rules
+        symbolic = None
+    if symbolic is None or rule not in symbolic.RULES or rule in symbolic.BUILT_IN:
+        extra = [] if symbolic is None else [r for r in symbolic.RULES if r not in symbolic.BUILT_IN]
+        raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(list(RULES) + extra)}")
+    return symbolic.RULES[rule]
+
+
+def _decay(rule, params, registered):
+    """The built-in rules' weight decay kappa from rule_params (the registered rules' parameters
+    go to derive.update as they are); ValueError for an unknown or non-finite parameter."""
+    known = {} if rule == "sanger" else {"kappa": 0.0}
+    if registered is not None:
+        known = registered.defaults()
+    out = dict(known)
+    for name, value in dict(params or {}).items():
+        if name not in known:
+            raise ValueError(f"rule {rule!r} has no parameter {name!r}; its parameters: {', '.join(known) or 'none'}")
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"rule parameter {name} must be a number, got {value!r}") from None
+        if not np.isfinite(out[name]):
+            raise ValueError(f"rule parameter {name} is {out[name]}: it must be finite")
+    return out if registered is not None else out.get("kappa", 0.0)
+
+
+def _steps(rule, registered):
+    """The step factory of a rule: its hand-written update, or a registered rule's (derive.update)."""
+    return _RULE_STEPS[rule] if registered is None else _compiled(registered)
+
+
+def _compiled(rule):
+    """advance() for a rule added with register_rule, its update compiled by derive.update; `kappa`
+    carries the rule's parameters."""
+    def factory(act, W, V, b, lr, D, c=None, n0=0, params=None):
+        from derive.update import Update
+        update, rates = Update(rule, 1.0, D, params), _coefficients(lr, D, n0, 0)
+        tied = rule.dv is None
+
+        def advance(X, j0, j1):
+            nonlocal W, V, b, c
+            for j, (eta,) in zip(range(j0, j1), rates(j1 - j0)):
+                dW, dV, db, dc = update(X[:, j, :], W, W if tied else V, b, c, act.DERIVATIVES, np)
+                W += eta * dW
+                if not tied:
+                    V += eta * dV
+                if db is not None:
+                    b += eta * db
+                if dc is not None:
+                    c += eta * dc
+        return advance
+    return factory
 
 
 # -- recording ---------------------------------------------------------------------------------

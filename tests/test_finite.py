@@ -157,6 +157,31 @@ def test_output_bias_is_in_the_expected_sgd_step(name):
     assert np.max(np.abs(wrong - mean)[moving] / se[moving]) > 50
 
 
+@pytest.mark.parametrize("rule", ["vanilla", "truncated", "tied"])
+def test_compiled_update_is_the_sgd_step(rule):
+    """derive.update runs a rule's update as written (simulate's path for registered rules): for the
+    built-in rules, with decay, an encoder and an output bias, it is the step written out above."""
+    from derive import rules
+    from derive.update import Update
+    act, K = load("relu"), 2
+    rng = np.random.default_rng(7)
+    W, V, x = rng.standard_normal((K, D)), rng.standard_normal((K, D)), rng.standard_normal((5, D))
+    b, c = (rng.standard_normal(K), rng.standard_normal(D)) if rule == "vanilla" else (None, None)
+    if rule == "tied":
+        V = W
+    runs = [None if a is None else np.repeat(a[None], len(x), axis=0) for a in (W, V, b, c)]
+    dW, dV, db, dc = Update(rules.get(rule), LR, D, {"kappa": 0.3})(x, *runs, act.DERIVATIVES, np)
+    expected = _sgd_step(act, rule, W, V, x, b=b, kappa=0.3, c=c)
+    if c is not None:
+        np.testing.assert_allclose(dc, expected[1][:, 0], atol=1e-14)
+        expected = (expected[0][:, 1:], expected[1][:, 1:], expected[2])
+    np.testing.assert_allclose(dW, expected[0], atol=1e-14)
+    if rule != "tied":
+        np.testing.assert_allclose(dV, expected[1], atol=1e-14)
+    if b is not None:
+        np.testing.assert_allclose(db, expected[2], atol=1e-14)
+
+
 def monte_carlo_spikes(act, rule, W, V, seed=1):
     """Mean and standard error of D d theta_s d theta_s'^T per step for the spikes s, s' (directions
     0 and 1), shape (2, 2, F, F)."""
