@@ -49,6 +49,8 @@ SCHEMA = {
     "init": Key("float", 0.1, "W0, V0 ~ init * N(0, 1), drawn from `seed`", minimum=0),
     "seed": Key("int", 0, "seed of the initial weights (and of the data set's patches and split)", minimum=0),
     "b0": Key("floats", None, "initial trained encoder bias, K numbers (rule vanilla)"),
+    "c0": Key("float", None, "initial trained output bias, the same number in every coordinate (rule vanilla)"),
+    "kappa": Key("float", 0.0, "weight decay of both layers: w, v -= (lr kappa/D) w, v per step", minimum=0),
     "data.D": Key("int", 500, "input dimension of the spiked model", minimum=1),
     "data.spikes": Key("floats", [2.0, 1.0], "spike eigenvalues s_i * D over the bulk", minimum=0, strict=True),
     "data.bulk": Key("float", 1.0, "eigenvalue of the D - M bulk directions", minimum=0, strict=True),
@@ -174,6 +176,8 @@ def check_point(cfg, given=()):
             raise ConfigError(f"b0: expected K = {K} numbers, got {len(cfg['b0'])}")
         if rule != "vanilla":
             raise ConfigError(f"b0: a trained bias needs rule = 'vanilla', got rule = {rule!r}")
+    if cfg["c0"] is not None and rule != "vanilla":
+        raise ConfigError(f"c0: a trained output bias needs rule = 'vanilla', got rule = {rule!r}")
     if rule == "tied" and equations != "finite":
         raise ConfigError(f"theory.equations: rule 'tied' has no D -> infinity limit and no fluctuation "
                           f"expansion; expected 'finite', got {equations!r}")

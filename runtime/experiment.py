@@ -33,12 +33,13 @@ ROBUST_SD = 1.482602218505602
 
 @dataclass(frozen=True)
 class Problem:
-    """The arrays of one point: eigvals (D,), W0, V0 (K, D), b0 (K,) or None, samples (N, D) in
-    the eigenbasis (a data set) or None (Gaussian inputs), times (n,), pca_errors (K + 1,)."""
+    """The arrays of one point: eigvals (D,), W0, V0 (K, D), b0 (K,) or None, c0 (D,) or None, samples
+    (N, D) in the eigenbasis (a data set) or None (Gaussian inputs), times (n,), pca_errors (K + 1,)."""
     eigvals: np.ndarray
     W0: np.ndarray
     V0: np.ndarray
     b0: np.ndarray | None
+    c0: np.ndarray | None
     samples: np.ndarray | None
     times: np.ndarray
     pca_errors: np.ndarray
@@ -57,8 +58,9 @@ def problem(cfg):
     W0 = cfg["init"] * rng.standard_normal((K, D))
     V0 = cfg["init"] * rng.standard_normal((K, D))
     b0 = None if cfg["b0"] is None else np.asarray(cfg["b0"], float)
+    c0 = None if cfg["c0"] is None else np.full(D, float(cfg["c0"]))
     times = time_grid(cfg["time"]["t_max"], cfg["time"]["points"], D)
-    return Problem(eigvals, W0, V0, b0, samples, times, Spectrum.from_eigvals(eigvals)[0].pca_errors(K))
+    return Problem(eigvals, W0, V0, b0, c0, samples, times, Spectrum.from_eigvals(eigvals)[0].pca_errors(K))
 
 
 @functools.lru_cache(maxsize=2)
@@ -67,6 +69,11 @@ def dataset(kind, path, patch, samples, seed):
     the tasks of a sweep on one worker load and rotate a data set once."""
     ds = data.load(kind, path, patch=patch, max_samples=samples, seed=seed)
     return ds.eigvals, ds.samples @ ds.eigvecs
+
+
+def _rule_params(cfg):
+    """The rule's parameters of a config: its weight decay."""
+    return {"kappa": cfg["kappa"]} if cfg["kappa"] else None
 
 
 def time_grid(t_max, points, D):
@@ -88,7 +95,8 @@ def theory(cfg, progress=False):
         act = generated.load(cfg["activation"])
         try:
             res = act.integrate(prob.eigvals, np.eye(prob.eigvals.size), prob.W0, prob.V0, lr=cfg["lr"],
-                                times=prob.times, rule=cfg["rule"], b0=prob.b0, progress=progress,
+                                times=prob.times, rule=cfg["rule"], b0=prob.b0, c0=prob.c0,
+                                rule_params=_rule_params(cfg), progress=progress,
                                 finite_size=equations != "limit", fluctuations=equations == "fluctuations")
         except (IntegrationError, Interrupted) as exc:                  # keep what was computed
             res = exc.result
@@ -110,7 +118,8 @@ def sgd(cfg, seeds, progress=False):
         real = prob.samples is not None
         try:
             res = simulate(cfg["activation"], prob.eigvals, None, prob.W0, prob.V0, lr=cfg["lr"], times=prob.times,
-                           rule=cfg["rule"], b0=prob.b0, seeds=seeds, test_samples=0, progress=progress,
+                           rule=cfg["rule"], b0=prob.b0, c0=prob.c0, rule_params=_rule_params(cfg), seeds=seeds,
+                           test_samples=0, progress=progress,
                            samples=prob.samples, test_set=prob.samples if real else None)
         except Interrupted as exc:                                       # keep the records so far
             res = exc.result

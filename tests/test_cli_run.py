@@ -90,8 +90,8 @@ def test_run_writes_what_the_api_returns(tmp_path, act, equations):
     assert summary["status"] == "done" and summary["errors"] == []
     assert summary["config"]["activation"] == act and summary["config"]["data"]["D"] == D
     assert summary["config"]["time"] == {"t_max": 5.0, "points": 12}                # echoed in full
-    assert set(summary["config"]) == {"activation", "rule", "K", "lr", "init", "seed", "b0", "data", "time",
-                                      "theory", "simulation"}
+    assert set(summary["config"]) == {"activation", "rule", "K", "lr", "init", "seed", "b0", "c0", "kappa", "data",
+                                      "time", "theory", "simulation"}
     gap = np.abs(sim.error.mean(0) - theory.error)
     assert summary["largest_gap"]["gap"] == pytest.approx(gap.max(), rel=1e-12)
     assert summary["largest_gap"]["t"] == t[np.argmax(gap)]

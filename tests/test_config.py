@@ -16,7 +16,8 @@ AE = Path(sys.executable).parent / "ae-dynamics"
 
 #: the defaults as the README documents them
 DEFAULTS = {
-    "activation": "erf", "rule": "vanilla", "K": 2, "lr": 1.0, "init": 0.1, "seed": 0, "b0": None,
+    "activation": "erf", "rule": "vanilla", "K": 2, "lr": 1.0, "init": 0.1, "seed": 0, "b0": None, "c0": None,
+    "kappa": 0.0,
     "data": {"D": 500, "spikes": [2.0, 1.0], "bulk": 1.0, "dataset": None, "path": None, "patch": None,
              "samples": None},
     "time": {"t_max": 50.0, "points": 40},
@@ -45,6 +46,8 @@ def test_an_empty_config_is_the_documented_defaults():
     ("init = 0", {"init": 0.0}),
     ("seed = 7", {"seed": 7}),
     ("b0 = [0.3, -0.2]", {"b0": [0.3, -0.2]}),
+    ("c0 = 0.5", {"c0": 0.5}),
+    ("kappa = 0.01", {"kappa": 0.01}),
     ("[data]\nD = 100", {"data.D": 100}),
     ("data.D = 100", {"data.D": 100}),              # a dotted key is the same as its table
     ("[data]\nspikes = [4, 3, 2]", {"data.spikes": [4.0, 3.0, 2.0]}),
@@ -101,6 +104,8 @@ BAD = [
     ('b0 = [0.3, "x"]', "b0[1]", "a number"),
     ("b0 = [0.3]", "b0", "K = 2 numbers"),
     ('b0 = [0.3, 0.1]\nrule = "truncated"', "b0", "rule = 'vanilla'"),
+    ('c0 = 0.1\nrule = "tied"', "c0", "rule = 'vanilla'"),
+    ("kappa = -0.1", "kappa", ">= 0"),
     ("[data]\nD = 0", "data.D", ">= 1"),
     ("[data]\nD = 1\nspikes = [1, 2]", "data.spikes", "at most D = 1"),
     ("K = 5\n[data]\nD = 4\nspikes = [1.0]", "K", "at most D = 4"),
