@@ -65,6 +65,8 @@ def test_bias_reports_seeds_and_biases(small_run):
     for name in ("bias + output bias", "output bias"):         # SGD with an output bias, first D
         assert len(late[f"relu/{name} D={cfg['D'][0]}"]["error"]) == cfg["seeds"][0]
     assert len(summary["theory_late"]["relu/bias"]["b"]) == cfg["K"]
+    for name in ("bias + output bias", "output bias"):         # the equations with an output bias
+        assert summary["theory_late"][name]["output_bias_c2_over_D"] >= 0
     assert "found" in summary["fixed_points"]["relu/bias"] and "found" in summary["fixed_points"]["relu/no bias"]
 
 

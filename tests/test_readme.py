@@ -49,3 +49,22 @@ def test_the_config_example_documents_every_key_and_its_default():
     commented = re.findall(r"^# (\w+) = ", block, re.M)
     documented = set(re.findall(r"^(\w+) = ", block.split("[sweep]")[0], re.M)) | set(commented)
     assert {key.split(".")[-1] for key in config.SCHEMA} == documented
+
+
+def test_adding_a_learning_rule_example(capsys):
+    """The README's rule (vanilla with decay on the decoder only): registered, derived in memory,
+    integrated with fluctuations and simulated with the same update, they agree within the seed
+    spread; the decay changes the run by more than that."""
+    from derive import rules
+    namespace = {}
+    try:
+        exec(compile(_block("## Adding a learning rule", "python"), "README rule", "exec"), namespace)
+    finally:
+        rules.RULES.pop("decoder_decay", None)
+    sol, sim = namespace["sol"], namespace["sim"]
+    spread = np.maximum(sim.std(), sol.error_spread)[1:]
+    assert np.all(np.abs(sol.error - sim.mean())[1:] <= 2 * spread)
+    assert "decoder_decay" in namespace["erf"].RULES_MODULE.RULES
+    plain = namespace["erf"].integrate(namespace["eigvals"], namespace["eigvecs"], namespace["W0"], namespace["V0"],
+                                       lr=0.5, times=[0, 1, 2, 4], fluctuations=True, progress=False)
+    assert np.max(np.abs(plain.error - sim.mean())[1:] / spread) > 5

@@ -29,13 +29,13 @@ def theory_overlaps(result):
 
 
 def integrate(activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, progress=False, b0=None,
-              fluctuations=False):
-    """The equations of motion from weights given in the eigenbasis (U = I), atoms kept (b0: a
-    trained encoder bias; rule "tied": the finite-D equations, V0 ignored; fluctuations: the
-    seed average and spread at the spectrum's D)."""
+              fluctuations=False, c0=None):
+    """The equations of motion from weights given in the eigenbasis (U = I), atoms kept (b0, c0: a
+    trained encoder, output bias; rule "tied": the finite-D equations, V0 ignored; fluctuations:
+    the seed average and spread at the spectrum's D)."""
     return generated.load(activation).integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times,
                                                 rule=rule, b0=b0, keep_atoms=True, progress=progress,
-                                                fluctuations=fluctuations)
+                                                fluctuations=fluctuations, c0=c0)
 
 
 class Run:
@@ -48,10 +48,10 @@ class Run:
         self.summary = {"experiment": name, "config": config, "seconds": {}}
 
     def integrate(self, label, activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, b0=None,
-                  fluctuations=False):
+                  fluctuations=False, c0=None):
         tic = time.perf_counter()
         res = integrate(activation, eigvals, W0, V0, times, rule=rule, lr=lr, progress=True, b0=b0,
-                        fluctuations=fluctuations)
+                        fluctuations=fluctuations, c0=c0)
         self.summary["seconds"][f"integrate {label}"] = round(time.perf_counter() - tic, 3)
         return res
 
