@@ -1,4 +1,7 @@
-"""Validation of covariance arguments: shape, finiteness, symmetry, positive semi-definiteness."""
+"""Validation of arguments: covariances (shape, finiteness, symmetry, positive semi-definiteness),
+numbers and a rule's parameters."""
+import math
+
 import numpy as np
 
 #: relative tolerance for asymmetry and for negative principal minors (rounding, not data)
@@ -63,3 +66,31 @@ def _check_psd(e, diag, n, what):
         lam = np.linalg.eigvalsh(M)
         if np.any(lam[..., 0] < -TOL * np.maximum(lam[..., -1], 0) - 1e-300):
             raise ValueError(f"{what}: covariance is not positive semi-definite (negative eigenvalue)")
+
+
+def number(value, what):
+    """value as a finite float, or ValueError naming `what`."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return value
+
+
+def rule_params(rule, defaults, given):
+    """The parameters of `rule` ({name: default}) updated with `given` (a dict or None), each a
+    finite number; ValueError for a parameter the rule does not have."""
+    if given is None:
+        return dict(defaults)
+    if not isinstance(given, dict):
+        raise ValueError(f"rule_params must be a dict of parameter values, got {given!r}")
+    out = dict(defaults)
+    for name, value in given.items():
+        if name not in defaults:
+            raise ValueError(f"rule {rule!r} has no parameter {name!r}; its parameters: {', '.join(defaults) or 'none'}")
+        out[name] = number(value, f"rule parameter {name}")
+    return out

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
+from runtime import check
 from runtime import progress as _progress
 from runtime import quadrature
 from runtime import schedules as _schedules
@@ -276,26 +277,6 @@ def _learning_rate(lr):
     return None, lr
 
 
-def _rule_params(act, rule, given):
-    """The rule's parameters (act.RULES_MODULE.PARAMS) with the values `given` (a dict), or ValueError."""
-    if given is None:
-        return {}
-    params = dict(act.RULES_MODULE.PARAMS.get(rule, {}))
-    if not isinstance(given, dict):
-        raise ValueError(f"rule_params must be a dict of parameter values, got {given!r}")
-    for name, value in given.items():
-        if name not in params:
-            raise ValueError(f"rule {rule!r} has no parameter {name!r}; its parameters: {', '.join(params) or 'none'}")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"rule parameter {name} must be a number, got {value!r}") from None
-        if not np.isfinite(value):
-            raise ValueError(f"rule parameter {name} is {value}: it must be finite")
-        params[name] = value
-    return params
-
-
 class _Bound:
     """The activation module with `rule`'s functions taking `params` (its parameters, and
     output_bias=True for the output bias' unit), everything else read from the module."""
@@ -317,32 +298,6 @@ class _Bound:
 
     def __getattr__(self, name):
         return getattr(self._act, name)
-
-
-def _output_bias(c0, D):
-    """c0 as a finite float array of shape (1, D), or ValueError."""
-    try:
-        c0 = np.asarray(c0, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"c0 must be a numeric array of shape ({D},), got {c0!r}") from None
-    if c0.shape != (D,):
-        raise ValueError(f"c0 has shape {c0.shape}, expected ({D},) (one output bias per input dimension)")
-    if not np.all(np.isfinite(c0)):
-        raise ValueError("c0 contains NaN or inf")
-    return c0[None]
-
-
-def _biases(b0, K):
-    """b0 as a finite float array of shape (K,), or ValueError."""
-    try:
-        b0 = np.asarray(b0, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"b0 must be a numeric array of shape ({K},), got {b0!r}") from None
-    if b0.shape != (K,):
-        raise ValueError(f"b0 has shape {b0.shape}, expected ({K},) (one bias per hidden unit)")
-    if not np.all(np.isfinite(b0)):
-        raise ValueError("b0 contains NaN or inf")
-    return b0
 
 
 def _initial_state(spectrum, K, F, vectors, matrices):
@@ -461,7 +416,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
             or np.any(np.diff(times) < 0):
         raise ValueError("times must be a non-empty, sorted 1-D array of non-negative numbers")
 
-    params = _rule_params(act, rule, rule_params)
+    params = {} if rule_params is None else check.rule_params(rule, act.RULES_MODULE.PARAMS.get(rule, {}), rule_params)
     if c0 is not None:
         if rule not in act.RULES_MODULE.OUTPUT_BIASED:
             raise ValueError(f"rule {rule!r} trains no output bias (c0 given) in these equations; rules with one: "
@@ -478,10 +433,10 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         omega, upsilon = spec.projections(W0, W0 if tied else V0, eigvecs, D=atom_of.size)
         K = omega.shape[0]
         if c0 is not None:      # the output bias' unit first: w = 0, v = c
-            c_omega, c_upsilon = spec.projections(np.zeros((1, atom_of.size)), _output_bias(c0, atom_of.size), eigvecs,
+            c_omega, c_upsilon = spec.projections(np.zeros((1, atom_of.size)), spec.weights(c0, (atom_of.size,), "c0")[None], eigvecs,
                                                   D=atom_of.size)
             omega, upsilon = np.concatenate([c_omega, omega]), np.concatenate([c_upsilon, upsilon])
-            b0 = None if b0 is None else np.concatenate([[0.0], _biases(b0, K)])
+            b0 = None if b0 is None else np.concatenate([[0.0], spec.weights(b0, (K,), "b0")])
         units = omega.shape[0]          # the hidden units and the output bias' unit
         theta = (omega if tied else np.concatenate([omega, upsilon])).T    # (D, F)
         members = [np.flatnonzero(atom_of == j) for j in range(spectrum.J)]
@@ -511,7 +466,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     if not np.all(np.isfinite(y0)):
         raise ValueError("initial state contains NaN or inf")
     if b0 is not None:
-        y0 = np.concatenate([y0, _biases(b0, units)])
+        y0 = np.concatenate([y0, spec.weights(b0, (units,), "b0")])
     build = functools.partial(_system, act, rule, lr, rho_vec, rho_mat, units, b0 is not None, m_rho=m_rho,
                               D=spectrum.D, tied=tied)
     system = build(finite_size)

@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from runtime.check import number
+
 
 class Schedule:
     """A learning rate eta(t): call it with a number (-> float) or an array of t (-> array)."""
@@ -117,7 +119,7 @@ class cosine(Schedule):
 
     def __init__(self, lr, t_max, lr_min=0.0):
         self.lr, self.t_max = _positive(lr, "lr"), _positive(t_max, "t_max")
-        self.lr_min = _number(lr_min, "lr_min")
+        self.lr_min = number(lr_min, "lr_min")
         if not 0 <= self.lr_min <= self.lr:
             raise ValueError(f"lr_min must be in [0, lr = {self.lr!r}], got {self.lr_min!r}")
 
@@ -236,20 +238,8 @@ def _build(name, args, kwargs):
         raise ValueError(f"{name} schedule: {exc}") from None
 
 
-def _number(value, what):
-    if isinstance(value, (bool, str, bytes)):
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{what} must be finite, got {value!r}")
-    return value
-
-
 def _positive(value, what):
-    value = _number(value, what)
+    value = number(value, what)
     if not value > 0:
         raise ValueError(f"{what} must be a positive number, got {value!r}")
     return value

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import progress as _progress
+from runtime.check import rule_params
 from runtime.progress import DIVERGED, Interrupted, divergence_limit
 from runtime.schedules import Schedule, resolve
 from runtime.spectrum import Spectrum, eigenvalues, eigenvectors, encoder_weights, weights
@@ -468,22 +469,11 @@ def _registered_rule(rule):
 
 
 def _decay(rule, params, registered):
-    """The built-in rules' weight decay kappa from rule_params (the registered rules' parameters
-    go to derive.update as they are); ValueError for an unknown or non-finite parameter."""
-    known = {} if rule == "sanger" else {"kappa": 0.0}
+    """The built-in rules' weight decay kappa from rule_params, or a registered rule's parameters
+    (derive.update takes them as they are); ValueError for an unknown or non-finite parameter."""
     if registered is not None:
-        known = registered.defaults()
-    out = dict(known)
-    for name, value in dict(params or {}).items():
-        if name not in known:
-            raise ValueError(f"rule {rule!r} has no parameter {name!r}; its parameters: {', '.join(known) or 'none'}")
-        try:
-            out[name] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"rule parameter {name} must be a number, got {value!r}") from None
-        if not np.isfinite(out[name]):
-            raise ValueError(f"rule parameter {name} is {out[name]}: it must be finite")
-    return out if registered is not None else out.get("kappa", 0.0)
+        return rule_params(rule, registered.defaults(), params)
+    return rule_params(rule, {} if rule == "sanger" else {"kappa": 0.0}, params).get("kappa", 0.0)
 
 
 def _steps(rule, registered):
