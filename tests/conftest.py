@@ -135,3 +135,26 @@ def assert_mc(value, values, what=""):
     deviation = abs(value - mean) / max(se, 1e-300)
     assert abs(value - mean) <= tol, (
         f"{what}: value {value!r}, Monte Carlo {mean!r} +- {se!r} ({deviation:.1f} SE)")
+
+
+#: a small spiked problem as a config file's tail (K = 2 by default)
+SMALL_CONFIG = "init = 0.3\nseed = 3\n[data]\nD = 100\nspikes = [3.0, 1.5]\n[time]\nt_max = 4\npoints = 6\n" \
+               "[simulation]\nseeds = 2\n"
+
+
+def run_small_config(tmp_path, head):
+    """Run the config `head` + SMALL_CONFIG (runtime.run); returns its curves.csv as a DataFrame and
+    the arrays the README's config section says it uses (eigvals, W0, V0), built here from that
+    description rather than by runtime.experiment."""
+    import tomllib
+
+    import pandas as pd
+
+    from runtime import config, run
+    cfg, _ = config.parse(tomllib.loads(head + "\n" + SMALL_CONFIG))
+    summary = run.run(cfg, tmp_path / "out", progress=False, log=lambda *a: None)
+    assert summary["status"] == "done", summary
+    eigvals = np.concatenate([np.array([3.0, 1.5]) * 100, np.ones(98)])
+    rng = np.random.default_rng(3)
+    W0, V0 = 0.3 * rng.standard_normal((2, 100)), 0.3 * rng.standard_normal((2, 100))
+    return pd.read_csv(tmp_path / "out" / "curves.csv"), eigvals, W0, V0

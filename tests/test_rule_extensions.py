@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import run_small_config
 from generated import load
 from runtime.experiments import bias
 from runtime.simulate import simulate
@@ -175,20 +176,7 @@ def test_register_rule_refuses_what_the_engine_cannot_take():
 
 def test_a_config_with_decay_and_output_bias_is_the_api(tmp_path):
     """kappa and c0 in a config file run the equations and SGD the API runs with rule_params and c0."""
-    import tomllib
-
-    import pandas as pd
-
-    from runtime import config, run
-    text = "kappa = 0.2\nc0 = 0.3\ninit = 0.3\nseed = 3\n[data]\nD = 100\nspikes = [3.0, 1.5]\n" \
-           "[time]\nt_max = 4\npoints = 6\n[simulation]\nseeds = 2\n"
-    cfg, _ = config.parse(tomllib.loads(text))
-    summary = run.run(cfg, tmp_path / "out", progress=False, log=lambda *a: None)
-    assert summary["status"] == "done", summary
-    eigvals = np.concatenate([np.array([3.0, 1.5]) * 100, np.ones(98)])
-    rng = np.random.default_rng(3)
-    W0, V0 = 0.3 * rng.standard_normal((2, 100)), 0.3 * rng.standard_normal((2, 100))
-    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    curves, eigvals, W0, V0 = run_small_config(tmp_path, "kappa = 0.2\nc0 = 0.3")
     extra = dict(times=curves["t"].to_numpy(), rule_params={"kappa": 0.2}, c0=np.full(100, 0.3), progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -13,11 +13,11 @@ import math
 import tomllib
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import generated
-from runtime import config, run, schedules
+from conftest import run_small_config
+from runtime import config, schedules
 from runtime import simulate as sim_module
 from runtime.simulate import simulate
 from runtime.spectrum import spiked_problem
@@ -280,26 +280,7 @@ def test_config_takes_a_number_or_an_inline_schedule_table():
 
 
 def test_run_with_a_schedule_config_is_the_api_with_that_schedule(tmp_path):
-    text = """
-lr = {schedule = "inverse_time", lr = 1.0, t0 = 2}
-init = 0.3
-seed = 3
-[data]
-D = 100
-spikes = [3.0, 1.5]
-[time]
-t_max = 4
-points = 6
-[simulation]
-seeds = 2
-"""
-    cfg, _ = config.parse(tomllib.loads(text))
-    summary = run.run(cfg, tmp_path / "out", progress=False, log=lambda *a: None)
-    assert summary["status"] == "done", summary
-    eigvals = np.concatenate([np.array([3.0, 1.5]) * 100, np.ones(98)])
-    rng = np.random.default_rng(3)
-    W0, V0 = 0.3 * rng.standard_normal((2, 100)), 0.3 * rng.standard_normal((2, 100))
-    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    curves, eigvals, W0, V0 = run_small_config(tmp_path, 'lr = {schedule = "inverse_time", lr = 1.0, t0 = 2}')
     lr = schedules.inverse_time(1.0, 2.0)
     theory = erf.integrate(eigvals, np.eye(100), W0, V0, lr=lr, times=curves["t"].to_numpy(), **QUIET)
     sgd = simulate(erf, eigvals, None, W0, V0, lr=lr, times=curves["t"].to_numpy(), seeds=2, test_samples=0, **QUIET)
