@@ -280,19 +280,24 @@ def _literature_functions():
     return out
 
 
-@_cached
 def table():
-    """generated/rules.py's function -> the averages it reads (its AVERAGES)."""
+    """generated/rules.py's function -> the averages it reads (its AVERAGES), for every rule
+    registered so far."""
+    return _table(tuple(rules.RULES))
+
+
+@_cached
+def _table(names):
     out = {}
-    for n in rules.RULES:
+    for n in names:
         if limit_drift(n) is not None:
             out[f"drift_{n}"] = averages(limit_drift(n).monomials())
-    for n in rules.RULES:
+    for n in names:
         if bias_equations(n) is not None:
             bias_drift, bias_noise = bias_equations(n)
             out[f"bias_drift_{n}"] = averages(bias_drift.monomials())
             out[f"bias_noise_{n}"] = averages(bias_noise.monomials())
-    for n in rules.RULES:
+    for n in names:
         drift, noise, spike_noise = finite_equations(n)
         out[f"finite_drift_{n}"] = averages((corrections(drift) if limit_drift(n) is not None else drift).monomials())
         out[f"noise_{n}"] = averages(noise.monomials())

@@ -206,11 +206,11 @@ def mean(name, orders, v):
     """E[prod_a g^(a)(x)], x ~ N(0, v)."""
     (v,) = _mp(v)
     orders = tuple(orders)
-    if orders == (3,) and has_delta(name, 3):
-        # Gaussian integration by parts three times: E[g'''(x)] = E[g(x) He3(x/sd)] / sd^3
-        sd = mp.sqrt(v)
+    if len(orders) == 1 and has_delta(name, orders[0]):
+        # Gaussian integration by parts n times: E[g^(n)(x)] = E[g(x) He_n(x/sd)] / sd^n
+        n, sd = orders[0], mp.sqrt(v)
         g = derivative(name, 0)
-        return normal_average(lambda y: g(y) * ((y / sd) ** 3 - 3 * y / sd), 0, sd) / sd**3
+        return normal_average(lambda y: g(y) * mp.hermite(n, y / (sd * mp.sqrt(2))) / mp.sqrt(2) ** n, 0, sd) / sd**n
     return normal_average(product(name, orders), 0, mp.sqrt(v), xcap=OSCILLATING.get(name))
 
 

@@ -53,10 +53,10 @@ def _mean_samples(activation, module, orders, v):
     x = np.sqrt(v) * standard_normals(1)[:, 0]
     if all(a < len(module.DERIVATIVES) for a in orders):
         return _product(module, orders, x)
-    if orders == (3,):
-        # E[g'''(x)] = E[g(x) He3(x/sd)] / sd^3 (Gaussian integration by parts, three times)
-        z = x / np.sqrt(v)
-        return module.g(x) * (z**3 - 3 * z) / v**1.5
+    if len(orders) == 1:
+        # E[g^(n)(x)] = E[g(x) He_n(x/sd)] / sd^n (Gaussian integration by parts, n times)
+        (n,) = orders
+        return module.g(x) * np.polynomial.hermite_e.hermeval(x / np.sqrt(v), [0] * n + [1]) / v ** (n / 2)
     raise AssertionError(f"no Monte Carlo estimator for mean of orders {orders} of {activation}")
 
 

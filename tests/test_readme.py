@@ -24,6 +24,14 @@ def test_adding_an_activation_example(capsys):
     expected = 2 / np.pi * np.arcsin(2 * 0.5 / np.sqrt(3.0 * 5.0))
     assert abs(module.I2(C) - expected) < 1e-14
     assert f"{expected:.10f}"[:10] in capsys.readouterr().out
+    # the equations integrated with the built module follow SGD run with it: within the seed spread
+    # (the larger of the measured one and the one the fluctuation equations predict) at t = 1, 2, 3
+    sol, sim = namespace["sol"], namespace["sim"]
+    assert sol.status == 0 and sim.status == 0
+    assert abs(sol.error[0] - sim.mean()[0]) <= 1e-10 * sol.error[0]      # the same initial state
+    gap, spread = namespace["gap"][1:], namespace["spread"][1:]
+    assert np.all(gap <= spread), gap / spread
+    assert sol.error[0] - sol.error[-1] > 10 * spread.max()      # while the error falls by far more
 
 
 def _block(section, language):
@@ -55,7 +63,8 @@ def test_adding_a_learning_rule_example(capsys):
     """The README's rule (vanilla with decay on the decoder only): registered, derived in memory,
     integrated with fluctuations and simulated with the same update, they agree within the seed
     spread; the decay changes the run by more than that."""
-    from derive import rules
+    from derive import assembly, rules
+    assembly.table()            # the rules derived before the registration, as after an earlier build
     namespace = {}
     try:
         exec(compile(_block("## Adding a learning rule", "python"), "README rule", "exec"), namespace)
