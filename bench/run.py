@@ -3,7 +3,7 @@
 Prints markdown tables (copied into docs/performance.md) and writes bench/results.json.
 Timings are the best of a few repeats, on one core (OpenBLAS threads pinned to 1); sweeps run
 on a LocalCluster of 1 and of 2 worker processes. `python bench/run.py sweep` runs one part
-(kernels, integrator, solver, simulator, sweep) and updates its entry in results.json. The
+(kernels, integrator, solver, simulator, fast_kernels, sweep) and updates its entry in results.json. The
 solver part (issue 13's cases, StructuredBDF against scipy's RK45 and BDF in one run, scipy's
 runs stopped after BUDGET seconds) takes about 15 minutes.
 """
@@ -280,6 +280,50 @@ def bench_sweep():
     return {"sweeps": rows, "overhead_s_per_task": overhead, "load_average": load, "cores": os.cpu_count()}
 
 
+def bench_fast_kernels(rng):
+    """Numerical pair kernels (tanh, sigmoid): evaluations/s of the module's kernel (the fast Mehler
+    path of runtime.fast_kernels where it applies) against runtime.quadrature.expect2 and erf's
+    closed form, on 10^5 random covariances (variances log-uniform in [1e-2, 1e2], rho uniform in
+    [-0.9, 0.9], and in [-0.999, 0.999] where the fast path hands |rho| > 0.92 to expect2); then
+    the tanh / erf run time of a spiked run (D = 500, K = 2, t <= 50), in the D -> infinity limit
+    and at finite D, in a fresh process (tables built on first use included) and warm."""
+    import subprocess
+    from runtime import quadrature
+    rows, n = [], 10**5
+    v1, v2 = 10 ** rng.uniform(-2, 2, n), 10 ** rng.uniform(-2, 2, n)
+    erf = generated.load("erf")
+    for rmax in (0.9, 0.999):
+        c12 = rng.uniform(-rmax, rmax, n) * np.sqrt(v1 * v2)
+        closed = n / best_of(lambda: erf.pair_0_0(v1, c12, v2), 3)
+        for name in ("tanh", "sigmoid"):
+            act = generated.load(name)
+            for kernel in ("pair_0_0", "pair_1_1", "pair_2_0"):
+                f = getattr(act, kernel)
+                f(v1[:10], c12[:10], v2[:10])                                       # build its tables
+                fast = n / best_of(lambda: f(v1, c12, v2), 3)
+                o1, o2 = (tuple(int(c) for c in p) for p in kernel.split("_")[1:])
+                m = 2000
+                slow = m / best_of(lambda: quadrature.expect2(act.DERIVATIVES, o1, o2, v1[:m], c12[:m], v2[:m]), 1)
+                rows.append({"activation": name, "kernel": kernel, "rho_max": rmax, "fast_per_s": fast,
+                             "expect2_per_s": slow, "erf_closed_per_s": closed})
+                print(f"| {name} {kernel} | {rmax} | {fast:.3g} | {slow:.3g} | {closed:.3g} |", flush=True)
+    code = ("import sys, time, numpy\nfrom generated import tanh, erf\nfrom runtime.spectrum import spiked_problem\n"
+            "args = spiked_problem(500, 2, [3.0, 2.0], seed=0)\nfs = sys.argv[1] == '1'\nout = []\n"
+            "for mod in (erf, tanh, erf, tanh):\n    t = time.perf_counter()\n"
+            "    mod.integrate(*args, times=numpy.linspace(0, 50, 11), progress=False, finite_size=fs)\n"
+            "    out.append(time.perf_counter() - t)\nprint(*out)\n")
+    runs = []
+    for finite in (False, True):
+        out = subprocess.run([sys.executable, "-c", code, str(int(finite))], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+        e1, t1, e2, t2 = map(float, out.stdout.split())
+        runs.append({"finite_size": finite, "erf_s": e1, "tanh_cold_s": t1, "tanh_warm_s": t2, "erf_warm_s": e2,
+                     "ratio_cold": t1 / e1, "ratio_warm": t2 / e2})
+        print(f"\nspiked run D=500 K=2 t<=50, finite_size={finite}: erf {e1:.3f} s, tanh {t1:.3f} s (fresh process, "
+              f"ratio {t1 / e1:.2f}), warm {t2:.3f} s vs {e2:.3f} s (ratio {t2 / e2:.2f})", flush=True)
+    return {"kernels": rows, "spiked": runs}
+
+
 PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|",
                      lambda rng: bench_kernels(rng)),
          "integrator": ("| integrator case | seconds | RHS evaluations | solver |\n|---|---|---|---|",
@@ -288,6 +332,8 @@ PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 eva
                     "| physical floor |\n|---|---|---|---|---|", bench_solver),
          "simulator": ("| SGD simulator, D=1000, K=4, erf | steps/s | seed-steps/s |\n|---|---|---|",
                        lambda rng: bench_simulator()),
+         "fast_kernels": ("| numerical kernel | max abs rho | evals/s (fast path) | evals/s (expect2) | "
+                          "erf closed form |\n|---|---|---|---|---|", bench_fast_kernels),
          "sweep": ("| sweep (erf, D = 250/500, t <= 20) | tasks | points/min, 1 worker | 2 workers | scaling |\n"
                    "|---|---|---|---|---|", lambda rng: bench_sweep())}
 

@@ -22,7 +22,7 @@ import types
 import numpy as np
 
 from generated import rules
-from runtime import quadrature
+from runtime import fast_kernels, quadrature
 from runtime.elementwise import broadcast
 
 
@@ -232,26 +232,43 @@ def constant(value):
 
 def numerical_kernels(derivatives, names):
     """The kernels `names` (mean_*, pair_*, shifted_mean_*, shifted_pair_*) that have no closed
-    form, by double-exponential quadrature over `derivatives` = (g, g', ...) (runtime.quadrature):
-    mean_o(v), pair_o1_o2(c11, c12, c22), shifted_mean_o(m, v), shifted_pair_o1_o2(m1, m2, c11, c12, c22)."""
+    form, numerically over `derivatives` = (g, g', ...): mean_o(v), pair_o1_o2(c11, c12, c22),
+    shifted_mean_o(m, v), shifted_pair_o1_o2(m1, m2, c11, c12, c22).
+
+    pair_* by runtime.fast_kernels.pair: Mehler's series in the correlation over Hermite
+    coefficients tabulated (lazily, per factor, in ~10-100 ms) in log(variance), for variances in
+    [1e-2, 1e2] and |rho| up to the kernel's limit (0.92 for tanh and sigmoid), error <= 1e-9 of
+    the value + 1e-10 of the Cauchy-Schwarz scale; tabulated or one-dimensional rules at rho = +-1;
+    every other point by the double-exponential quadrature of runtime.quadrature.expect2 (~1e-10).
+    mean_* by a tabulated Chebyshev series in log(variance) on [1e-2, 1e2] (equal to
+    runtime.quadrature.expect1 to ~1e-14), expect1 outside; shifted_* by double-exponential
+    quadrature (runtime.quadrature.expect1, expect2)."""
     def kernel(name):
         shifted = name.startswith("shifted_")
         kind, *digits = name[len("shifted_") if shifted else 0:].split("_")
         orders = [tuple(int(c) for c in d) for d in digits]
-        if kind == "mean":
-            def mean(*args):
-                m, v = args if shifted else (0.0, args[0])
+        if kind == "mean" and shifted:
+            def shifted_mean(m, v):
                 return quadrature.expect1(derivatives, orders[0], v, m)
-            f = mean
-        else:
-            def pair(*args):
-                m1, m2, c11, c12, c22 = args if shifted else (0.0, 0.0, *args)
+            f, method = shifted_mean, "double-exponential quadrature (runtime.quadrature)"
+        elif kind == "mean":
+            def mean(v):
+                return fast_kernels.mean(derivatives, orders[0], v)
+            f, method = mean, ("a Chebyshev series in log(variance) tabulated by quadrature in its domain, else "
+                               "double-exponential quadrature (runtime.fast_kernels)")
+        elif shifted:
+            def shifted_pair(*args):
+                m1, m2, c11, c12, c22 = args
                 return quadrature.expect2(derivatives, orders[0], orders[1], c11, c12, c22, m1, m2)
-            f = pair
+            f, method = shifted_pair, "double-exponential quadrature (runtime.quadrature)"
+        else:
+            def pair(c11, c12, c22):
+                return fast_kernels.pair(derivatives, orders[0], orders[1], c11, c12, c22)
+            f, method = pair, ("Mehler's series over tabulated Hermite coefficients in its domain, else "
+                               "double-exponential quadrature (runtime.fast_kernels)")
         f.__name__ = f.__qualname__ = name
         factors = " ".join(f"g^({a})(x{i + 1})" for i, o in enumerate(orders) for a in o)
-        f.__doc__ = (f"E[{factors}] over a {'shifted ' if shifted else ''}Gaussian, by double-exponential quadrature "
-                     "(runtime.quadrature).")
+        f.__doc__ = f"E[{factors}] over a {'shifted ' if shifted else ''}Gaussian, by {method}."
         return f
     return tuple(kernel(n) for n in names)
 

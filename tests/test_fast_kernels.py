@@ -1,0 +1,144 @@
+"""runtime.fast_kernels (Mehler's series over tabulated Hermite coefficients) against mpmath at 30
+digits (tests/reference.py) and against runtime.quadrature, for tanh and sigmoid.
+
+Stated bound (runtime/fast_kernels.py): |error| <= 1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]) for
+variances in [1e-2, 1e2] and every correlation (the fast path up to the kernel's |rho| limit, a
+tabulated or one-dimensional rule at rho = +-1, expect2 elsewhere).
+"""
+import math
+import subprocess
+import sys
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+import reference as R
+from conftest import ROOT, load
+from runtime import fast_kernels as fk
+from runtime import quadrature
+
+RTOL, SCALE_TOL = 1e-9, 1e-10
+KERNELS = [("pair_0_0", 0, 0), ("pair_1_1", 1, 1), ("pair_2_0", 2, 0)]
+
+
+def _scale_mp(name, a, b, v1, v2):
+    return float(mp.sqrt(R.mean(name, (a, a), v1) * R.mean(name, (b, b), v2)))
+
+
+def _points(seed, n):
+    """(v1, rho, v2): log-uniform variances in [1e-2, 1e2], |rho| uniform up to 0.999, plus the
+    domain's corners and rho = +-1 at equal variances."""
+    rng = np.random.default_rng(seed)
+    out = [(10 ** rng.uniform(-2, 2), rng.uniform(-0.999, 0.999), 10 ** rng.uniform(-2, 2)) for _ in range(n)]
+    v = 10 ** rng.uniform(-2, 2)
+    corner = [(100.0, 0.92, 100.0), (0.01, -0.9, 100.0)][seed % 2]
+    return out + [corner, (v, 1.0, v), (v, -1.0, v)]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("kernel, a, b", KERNELS, ids=[k[0] for k in KERNELS])
+def test_pair_kernels_match_mpmath(activation, kernel, a, b):
+    """Seeded random covariances over the whole domain (and its corners, rho = +-1): the module's
+    kernel (the fast path where it applies) within the stated bound of mpmath."""
+    module = load(activation)
+    seed = 1000 * ["tanh", "sigmoid"].index(activation) + 10 * a + b
+    for v1, r, v2 in _points(seed, 2):
+        c12 = r * math.sqrt(v1 * v2)
+        value = float(getattr(module, kernel)(np.array(v1), np.array(c12), np.array(v2)))
+        ref = float(R.pair(activation, a, b, v1, c12, v2))
+        tol = RTOL * abs(ref) + SCALE_TOL * _scale_mp(activation, a, b, v1, v2)
+        assert abs(value - ref) <= tol, (f"{activation}.{kernel}({v1}, {c12}, {v2}) = {value!r}, mpmath {ref!r}: "
+                                         f"error {abs(value - ref):.2e} > {tol:.2e}")
+
+
+def _grid(limit):
+    v = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
+    r = np.array([-limit, -0.75, -0.3, 0.0, 0.5, 0.85, limit])
+    V1, R_, V2 = np.meshgrid(v, r, v, indexing="ij")
+    return V1.ravel(), (R_ * np.sqrt(V1 * V2)).ravel(), V2.ravel()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_fast_path_equals_expect2_on_a_grid(activation):
+    """Every numerical pair kernel of the module: the Mehler series equals expect2 within the bound
+    on a grid of variances (1e-2 ... 1e2) and correlations up to the kernel's fast limit."""
+    module = load(activation)
+    D = module.DERIVATIVES
+    for name in (n for n in module.NUMERIC_KERNELS if n.startswith("pair_")):
+        o1, o2 = (tuple(int(c) for c in part) for part in name.split("_")[1:])
+        kernel = fk._pair(D, o1, o2)
+        assert kernel.limit >= 0.9, (name, kernel.limit)
+        c11, c12, c22 = _grid(kernel.limit)
+        fast = kernel.mehler(c11, c12, c22)
+        slow = quadrature.expect2(D, o1, o2, c11, c12, c22)
+        tol = RTOL * np.abs(slow) + SCALE_TOL * kernel.scale(c11, c22)
+        bad = np.abs(fast - slow) > tol
+        assert not bad.any(), (name, c11[bad], c12[bad], c22[bad], fast[bad] - slow[bad])
+        # and the module's kernel (its small-batch path here) agrees
+        assert np.all(np.abs(getattr(module, name)(c11, c12, c22) - slow) <= tol), name
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_means_and_degenerate_points_equal_quadrature(activation):
+    """mean_* tables equal expect1 and rho = +-1 (equal or unequal variances) equals expect2, at
+    1e-12; outside the domain both are the quadrature itself."""
+    module = load(activation)
+    D = module.DERIVATIVES
+    v = np.concatenate([10 ** np.linspace(-2, 2, 17), [1e-3, 300.0]])
+    for name in (n for n in module.NUMERIC_KERNELS if n.startswith("mean_")):
+        orders = tuple(int(c) for c in name.split("_")[1])
+        assert np.allclose(getattr(module, name)(v), quadrature.expect1(D, orders, v), rtol=0, atol=1e-12), name
+    for sign in (1.0, -1.0):
+        for c22 in (v, v[::-1]):                 # equal variances (tables), unequal (one-dimensional rule)
+            c12 = sign * np.sqrt(v * c22)
+            for o1, o2 in [((0,), (0,)), ((2,), (0,)), ((1,), (1,))]:
+                fast = fk.pair(D, o1, o2, v, c12, c22)
+                slow = quadrature.expect2(D, o1, o2, v, c12, c22)
+                assert np.allclose(fast, slow, rtol=0, atol=1e-12), (o1, o2, sign)
+
+
+def test_outside_the_domain_is_expect2_exactly():
+    """Variances outside [1e-2, 1e2], |rho| above the fast limit: the values are expect2's, bit for
+    bit, in a batch mixed with fast points and alone; NaN stays NaN."""
+    tanh = load("tanh")
+    D = tanh.DERIVATIVES
+    c11 = np.array([1e-3, 500.0, 1.0, 2.0, 0.5, 1.0, np.nan])
+    c22 = np.array([1.0, 2.0, 1e-4, 2.0, 0.7, 1.0, 1.0])
+    rho = np.array([0.5, -0.3, 0.2, 0.97, -0.999, 0.4, 0.1])
+    c12 = rho * np.sqrt(c11 * c22)
+    slow = quadrature.expect2(D, (0,), (0,), c11, c12, c22)
+    for batch in (slice(None), slice(0, 5)):
+        fast = fk.pair(D, (0,), (0,), c11[batch], c12[batch], c22[batch])
+        out = [0, 1, 2, 3, 4, 6][: len(fast) - (1 if batch == slice(None) else 0)]
+        assert np.array_equal(fast[out[:5]], slow[batch][out[:5]])
+    assert np.isnan(fk.pair(D, (0,), (0,), c11, c12, c22)[-1])
+    big = np.repeat(c11[:5], 80), np.repeat(c12[:5], 80), np.repeat(c22[:5], 80)      # the large-batch path
+    assert np.array_equal(fk.pair(D, (0,), (0,), *big), quadrature.expect2(D, (0,), (0,), *big))
+
+
+def test_shapes_and_determinism():
+    tanh = load("tanh")
+    C = np.array([[1.0, 0.3], [0.3, 2.0]])
+    q = np.diagonal(C)
+    a = tanh.pair_1_1(q[:, None], C, q[None, :])
+    assert a.shape == (2, 2) and np.array_equal(a, tanh.pair_1_1(q[:, None], C, q[None, :]))
+    assert np.isclose(a[0, 1], a[1, 0], rtol=0, atol=1e-15)
+    assert np.ndim(tanh.pair_0_0(1.0, 0.2, 3.0)) == 0 and np.ndim(tanh.mean_1(2.0)) == 0
+    assert tanh.pair_2_0(np.ones((0,)), np.ones((0,)), np.ones((0,))).shape == (0,)
+
+
+def test_import_builds_nothing_and_needs_no_sympy():
+    """Importing a module with numerical kernels builds no table and does not import sympy; the
+    first evaluation of every kernel builds its tables in well under a second."""
+    code = ("import sys, time; sys.modules['sympy'] = None\n"
+            "from generated import tanh\n"
+            "from runtime import fast_kernels as fk\n"
+            "assert not fk._PAIRS and not fk._TABLES and not fk._MEANS\n"
+            "t = time.perf_counter()\n"
+            "for n in tanh.NUMERIC_KERNELS:\n"
+            "    f = getattr(tanh, n)\n"
+            "    f(1.0) if n.startswith('mean') else f(1.0, 0.3, 2.0)\n"
+            "print(time.perf_counter() - t)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 2.0, out.stdout
