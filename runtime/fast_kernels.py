@@ -62,7 +62,7 @@ _K = np.arange(N_CHEB, dtype=float)
 _SMALL = 256         # below this many points: direct formulas with fewer numpy calls
 
 _U0, _U1 = 0.5 * np.log(V_MIN), 0.5 * np.log(V_MAX)     # log(sigma) range
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()     # re-entrant: a pair builds its two tables under it
 
 
 @functools.lru_cache(maxsize=1)
@@ -263,20 +263,21 @@ def _coefficients(table, v):
 _TABLES, _PAIRS = {}, {}
 
 
+def _built(store, cls, *key):
+    """store[key], built once as cls(*key) (under the lock: worker threads share the tables)."""
+    if key not in store:
+        with _LOCK:
+            if key not in store:
+                store[key] = cls(*key)
+    return store[key]
+
+
 def _table(derivatives, orders):
-    key = (derivatives, orders)
-    if key not in _TABLES:
-        _TABLES[key] = _Table(derivatives, orders)
-    return _TABLES[key]
+    return _built(_TABLES, _Table, derivatives, orders)
 
 
 def _pair(derivatives, orders1, orders2):
-    key = (derivatives, orders1, orders2)
-    if key not in _PAIRS:
-        with _LOCK:
-            if key not in _PAIRS:
-                _PAIRS[key] = _Pair(derivatives, orders1, orders2)
-    return _PAIRS[key]
+    return _built(_PAIRS, _Pair, derivatives, orders1, orders2)
 
 
 def domain(derivatives, orders1, orders2):
@@ -299,12 +300,7 @@ _MEANS = {}
 
 
 def _mean_table(derivatives, orders1, orders2=()):
-    key = (derivatives, orders1, orders2)
-    if key not in _MEANS:
-        with _LOCK:
-            if key not in _MEANS:
-                _MEANS[key] = _Mean(derivatives, orders1, orders2)
-    return _MEANS[key]
+    return _built(_MEANS, _Mean, derivatives, orders1, orders2)
 
 
 def mean(derivatives, orders, v):
