@@ -158,3 +158,11 @@ def run_small_config(tmp_path, head):
     rng = np.random.default_rng(3)
     W0, V0 = 0.3 * rng.standard_normal((2, 100)), 0.3 * rng.standard_normal((2, 100))
     return pd.read_csv(tmp_path / "out" / "curves.csv"), eigvals, W0, V0
+
+
+def ctrl_c_as_in_a_terminal():
+    """preexec_fn for a subprocess the tests interrupt: SIGINT at its default, as in a terminal. A
+    process started with SIGINT ignored (which a test runner's worker may pass on) keeps ignoring
+    it, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -18,6 +18,7 @@ from scipy.stats import median_abs_deviation
 
 import generated
 from runtime.simulate import simulate
+from conftest import ctrl_c_as_in_a_terminal
 
 AE = Path(sys.executable).parent / "ae-dynamics"
 
@@ -127,7 +128,7 @@ def test_ctrl_c_during_sgd_keeps_the_theory_and_the_sgd_so_far(tmp_path):
     config.write_text("[data]\nD = 100\n[time]\nt_max = 3000\npoints = 30\n[simulation]\nseeds = 2\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([str(AE), "run", str(config), "--out", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while not (out / "error.png").exists():                    # the last file written after the theory

@@ -18,6 +18,7 @@ import pytest
 import generated
 from runtime import config, output
 from runtime.simulate import simulate
+from conftest import ctrl_c_as_in_a_terminal
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -112,7 +113,8 @@ def cluster(tmp_path):
 
 def start_sweep(config_file, out, *where, env=ENV):
     return subprocess.Popen([str(BIN / "ae-dynamics"), "sweep", str(config_file), "--out", str(out), "--quiet", *where],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 def finish(proc, timeout=300):
