@@ -1,7 +1,7 @@
 """A rule's per-sample update as numpy: what runtime.simulate runs for a registered rule.
 
 `derive.rules` writes a rule as vectors with scalar SymPy coefficients in the local fields, the
-order parameters and g; `compile_update` turns each term into one numpy.einsum over a batch of
+order parameters and g; `Update` turns each term into one numpy.einsum over a batch of
 independent runs (seeds), with the scalars (D, eta, the rule's parameters) evaluated once:
 
     dw_k = sum_terms sum_(summed indices) coeff(k, ...) * (x | w_i | v_i)
@@ -91,14 +91,14 @@ class Update:
         values = {str(p): v for p, v in rule.params}
         values.update(params or {})
         subs = {eta: lr, D: D_value, **{p: values[str(p)] for p, _ in rule.params}}
-        self.rule, self.D = rule, D_value
+        self.D = D_value
         self.dw = _compile_vec(rule.dw, subs)
         self.dv = None if rule.dv is None else _compile_vec(rule.dv, subs)
         self.db = None if rule.db is None else _compile_scalars(rule.db, subs)
         self.dc = None if rule.dc is None else _compile_vec(rule.dc, subs, free=None)
 
     def __call__(self, x, W, V, b, c, derivatives, numpy):
-        D_, K = self.D, W.shape[1]
+        D_ = self.D
         if c is not None:       # the output bias as the first unit: g = 1, w = 0 (derive.rules)
             W = numpy.concatenate([numpy.zeros_like(W[:, :1]), W], axis=1)
             V = numpy.concatenate([c[:, None], V], axis=1)
