@@ -37,6 +37,7 @@ from runtime import quadrature
 from runtime import schedules as _schedules
 from runtime import solver as _solver
 from runtime import spectrum as spec
+from runtime import validity
 from runtime.fluctuations import FluctuationSystem
 from runtime.progress import DIVERGED, Interrupted, divergence_limit
 
@@ -84,6 +85,7 @@ class IntegrationResult:
     finite_size_effect: float = float("nan")  # |F_D - F_inf| / |F_inf| on the run's states (D -> infinity runs)
     output_bias: np.ndarray | None = None    # |c|^2/D (n,) of a trained output bias (c0 given), else None
     lr: object = None             # the learning rate: a float, or its runtime.schedules schedule
+    spread_check: object = None   # runtime.validity.SpreadCheck of error_spread (fluctuations=True)
 
     @property
     def success(self):
@@ -482,18 +484,30 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
                   else "StructuredBDF" if units <= AUTO_STRUCTURED_MAX_K else "RK45")
     half_trace = 0.5 * float(np.sum(spectrum.mult * spectrum.rho_hat))
     error_of = functools.partial(system.error, act, half_trace=half_trace)
+    # with fluctuations also solved at the times the spread's check needs (runtime.validity)
+    solved = np.union1d(times, validity.check_times(times[-1])) if fluctuations else times
     with _progress.bar(float(times[-1]), f"integrate {act.NAME}/{rule}", progress,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g} of {total:.4g} [{elapsed}<{remaining}]") as bar:
-        ts, ys, status, message, nfev = _solve(system, y0, times, method, rtol, atol, bar, error_of, half_trace)
+        ts, ys, status, message, nfev = _solve(system, y0, solved, method, rtol, atol, bar, error_of, half_trace)
     Y = ys.reshape(len(ts), -1)
+    spread = spread_check = None
+    if fluctuations:
+        spread = system.error_spread(act, Y, half_trace)
+        spread_check = validity.check_spread(system, ts, Y, spread,
+                                             functools.partial(system.core.error, act, half_trace=half_trace))
+        rows = np.searchsorted(solved, times)           # the requested times (repeats kept) among the solved
+        rows = rows[rows < ts.size]
+        ts, ys, Y, spread = ts[rows], ys[rows], Y[rows], spread[rows]
     Q, R, T, T0 = system.order_parameters(Y)
     hidden = slice(units - K, None)     # without the output bias' unit
     result = IntegrationResult(ts, error_of(Y), *(M[:, hidden, hidden] for M in (Q, R, T, T0)), spectrum.pca_errors(K),
                                act.NAME, rule, status, message, nfev, ys if keep_atoms else None, system,
                                b=None if b0 is None else system.biases(Y)[:, hidden].copy(),
-                               error_spread=system.error_spread(act, Y, half_trace) if fluctuations else None,
-                               output_bias=None if c0 is None else T0[:, 0, 0].copy())
+                               error_spread=spread, output_bias=None if c0 is None else T0[:, 0, 0].copy(),
+                               spread_check=spread_check)
     result.lr = lr
+    if spread_check is not None and not spread_check.valid:
+        warnings.warn(spread_check.message(f"{act.NAME}/{rule} at D = {spectrum.D:g}"), RuntimeWarning, stacklevel=3)
     if not finite_size and _finite_size_available(act, rule, K, b0 is not None) and ts.size:
         result.finite_size_effect = _finite_size_effect(system, build(True), Y, ts)
         if result.finite_size_effect > FINITE_SIZE_WARNING:
