@@ -110,17 +110,40 @@ def _pair_rule(c11, c12, c22, m1, m2, n_outer=N_OUTER, n_inner=N_INNER, scale=1.
 
 
 def _conditional_rule(m, s, n=N_INNER, scale=1.0):
-    """Nodes y (..., n) and weights for E[f(m + s z)], z ~ N(0, 1), elementwise over m, s."""
+    """Nodes y (..., n) and weights for E[f(m + s z)], z ~ N(0, 1), elementwise over m, s.
+    Where every element is centred (the common case) the weights are one vector of n numbers,
+    returned broadcast to y's shape (a read-only view: _fold sums with it as a matrix product)."""
     centred = (s <= scale) | (np.abs(m) > _FAR * s)
-    U = np.where(centred, np.arcsinh(_TAIL), np.arcsinh((np.abs(m) + _TAIL * s) / scale))
-    u, h = _nodes(U, n)
+    if np.all(centred):
+        sinh, weights = _centred_nodes(n)
+        y = m[..., None] + s[..., None] * sinh
+        return y, np.broadcast_to(weights, y.shape)
+    # centred: y = m + s sinh(u), z = sinh(u);  otherwise: y = scale sinh(u), z = (y - m)/s,
+    # u in [-U, U] with U = arcsinh((|m| + _TAIL s) / scale), each element's rule on its own nodes
+    m, s = np.broadcast_arrays(m, s)
+    y, w = np.empty(m.shape + (n,)), np.empty(m.shape + (n,))
+    sinh, weights = _centred_nodes(n)
+    y[centred] = m[centred][:, None] + s[centred][:, None] * sinh
+    w[centred] = weights
+    off = ~centred
+    mo, so = m[off], s[off]
+    u, h = _nodes(np.arcsinh((np.abs(mo) + _TAIL * so) / scale), n)
+    yo = scale * np.sinh(u)
+    z = (yo - mo[:, None]) / so[:, None]
+    y[off] = yo
+    w[off] = np.exp(-0.5 * z * z) / _SQRT_2PI * (scale * np.cosh(u) / so[:, None]) * h[:, None]
+    return y, w
+
+
+@functools.lru_cache(maxsize=8)
+def _centred_nodes(n):
+    """sinh(u) and the weights of the centred conditional rule (the same numbers, operation for
+    operation, as _conditional_rule's general branch computes for a centred element)."""
+    u, h = _nodes(np.asarray(np.arcsinh(_TAIL)), n)
     sinh, cosh = np.sinh(u), np.cosh(u)
-    safe_s = np.where(centred, 1.0, s)[..., None]
-    # centred: y = m + s sinh(u), z = sinh(u);  otherwise: y = scale sinh(u), z = (y - m)/s
-    y = np.where(centred[..., None], m[..., None] + s[..., None] * sinh, scale * sinh)
-    z = np.where(centred[..., None], sinh, (scale * sinh - m[..., None]) / safe_s)
-    dz = np.where(centred[..., None], cosh, scale * cosh / safe_s)
-    return y, np.exp(-0.5 * z * z) / _SQRT_2PI * dz * h[..., None]
+    weights = np.exp(-0.5 * sinh * sinh) / _SQRT_2PI * cosh * h
+    sinh.flags.writeable = weights.flags.writeable = False
+    return sinh, weights
 
 
 #: nodes per level of the three-unit rule (N_TRIPLE^3 nodes per triple of units), and its relative
@@ -241,24 +264,38 @@ def _plan(K, orders_list, constant=0):
 def _fold(levels, at, signatures):
     """{signature: the nested rule's average of prod_a g^(a) at each level's nodes}, for the
     signatures (one tuple of orders per level) on one set of units: innermost level first, each
-    sum leaving the next level's shape. Level by level, the products of each distinct orders tuple
-    are computed once and the sums the signatures need are taken together, _FOLD numbers to a numpy
-    call (temporaries that stay in cache): the signatures share their inner levels, which hold most
-    of the nodes."""
+    sum leaving the next level's shape. Level by level, the product of each distinct orders tuple
+    is computed once (from its prefix's) and the sums the signatures need are taken together:
+    the innermost level's as one matrix product with its weights where they are one vector
+    (_conditional_rule's centred case), the others _FOLD numbers to a numpy call (temporaries
+    that stay in cache). The signatures share their inner levels, which hold most of the nodes."""
     inner, index = None, {}
     for i in reversed(range(len(levels))):
         w = levels[i][1]
         suffixes = sorted({sig[i:] for sig in signatures})
         heads = sorted({suffix[0] for suffix in suffixes})
-        P = np.stack([np.prod([at[i][a] for a in orders], axis=0) for orders in heads])
+        products = {}
+
+        def product(orders):
+            if orders not in products:
+                products[orders] = at[i][orders[0]] if len(orders) == 1 else product(orders[:-1]) * at[i][orders[-1]]
+            return products[orders]
         head = np.array([heads.index(suffix[0]) for suffix in suffixes])
-        rest = None if inner is None else np.array([index[suffix[1:]] for suffix in suffixes])
-        step = max(1, _FOLD // w.size)
-        total = np.empty((len(suffixes),) + w.shape[:-1])
-        for lo in range(0, len(suffixes), step):
-            sl = slice(lo, lo + step)
-            terms = w * P[head[sl]] if rest is None else w * P[head[sl]] * inner[rest[sl]]
-            total[sl] = np.sum(terms, axis=-1)
+        if inner is None:
+            if w.ndim > 1 and not any(w.strides[:-1]):          # one weight vector, broadcast
+                w0 = w[(0,) * (w.ndim - 1)]
+                sums = np.stack([product(orders) @ w0 for orders in heads])
+            else:
+                sums = np.stack([np.einsum("...n,...n->...", product(orders), w) for orders in heads])
+            total = sums[head]
+        else:
+            WP = np.stack([w * product(orders) for orders in heads])
+            rest = np.array([index[suffix[1:]] for suffix in suffixes])
+            step = max(1, _FOLD // w.size)
+            total = np.empty((len(suffixes),) + w.shape[:-1])
+            for lo in range(0, len(suffixes), step):
+                sl = slice(lo, lo + step)
+                total[sl] = np.einsum("s...n,s...n->s...", WP[head[sl]], inner[rest[sl]])
         inner, index = total, {suffix: k for k, suffix in enumerate(suffixes)}
     return {sig: inner[index[sig]] for sig in signatures}
 
@@ -304,10 +341,21 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
               for i, (x, _) in enumerate(levels)]
         for sig, value in _fold(levels, at, signatures).items():
             values[units, sig] = value.reshape(batch)
-    outs = []
-    for n, entries in plan:
-        out = np.empty(batch + (K,) * n)
-        for idx, units, sig in entries:
-            out[(Ellipsis,) + idx] = 0.0 if units is None else 1.0 if not units else values[units, sig]
-        outs.append(out)
-    return outs
+    keys, gather = _gather(K, tuple(orders_list), constant)
+    stacked = np.empty((2 + len(keys), Qf.shape[0]))         # rows 0 and 1: the constants 0 and 1
+    stacked[0], stacked[1] = 0.0, 1.0
+    for row, key in enumerate(keys, 2):
+        stacked[row] = values[key].ravel()
+    return [np.ascontiguousarray(stacked[rows].T).reshape(batch + (K,) * n) for n, rows in gather]
+
+
+@functools.lru_cache(maxsize=64)
+def _gather(K, orders_list, constant=0):
+    """_plan's entries as rows of one stacked array of the averages: (the (units, signature)
+    keys of rows 2, 3, ..., per orders (n, the row of each index tuple in C order)), with row 0
+    the average 0 and row 1 the average 1."""
+    plan, needed = _plan(K, orders_list, constant)
+    keys = sorted((units, sig) for units, signatures in needed.items() for sig in signatures)
+    row = {key: r for r, key in enumerate(keys, 2)}
+    return keys, [(n, np.array([0 if units is None else 1 if not units else row[units, sig]
+                                for _, units, sig in entries])) for n, entries in plan]

@@ -1,0 +1,88 @@
+"""expect_units' fast paths (issue 13) against the plain evaluation of the same nested rules:
+_conditional_rule against its elementwise formula, and the folded sums and the gathered output
+against a sum per signature and an assignment per index tuple, at rtol 1e-12 (the rules are the
+same; only the order of the floating-point sums differs)."""
+import numpy as np
+import pytest
+
+from generated import load
+from runtime import quadrature
+from runtime.quadrature import _SQRT_2PI, _FAR, _TAIL, _nodes
+
+
+def _conditional_reference(m, s, n, scale=1.0):
+    """_conditional_rule as one elementwise formula (its form before the centred fast path)."""
+    centred = (s <= scale) | (np.abs(m) > _FAR * s)
+    U = np.where(centred, np.arcsinh(_TAIL), np.arcsinh((np.abs(m) + _TAIL * s) / scale))
+    u, h = _nodes(U, n)
+    sinh, cosh = np.sinh(u), np.cosh(u)
+    safe_s = np.where(centred, 1.0, s)[..., None]
+    y = np.where(centred[..., None], m[..., None] + s[..., None] * sinh, scale * sinh)
+    z = np.where(centred[..., None], sinh, (scale * sinh - m[..., None]) / safe_s)
+    dz = np.where(centred[..., None], cosh, scale * cosh / safe_s)
+    return y, np.exp(-0.5 * z * z) / _SQRT_2PI * dz * h[..., None]
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.05])
+@pytest.mark.parametrize("kind", ["mixed", "centred", "off"])
+def test_conditional_rule_matches_its_formula(kind, scale):
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(4, 7)) * 3
+    s = {"mixed": rng.uniform(0.1, 3, (4, 7)), "centred": np.full((4, 7), 0.5 * scale),
+         "off": np.full((4, 7), 2.0)}[kind]
+    if kind == "off":
+        m = np.clip(m, -1, 1)
+    y, w = quadrature._conditional_rule(m, s, 31, scale)
+    y0, w0 = _conditional_reference(m, s, 31, scale)
+    np.testing.assert_allclose(y, y0, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(w, w0, rtol=1e-15, atol=0)
+
+
+def _reference_units(derivatives, orders_list, Q, means=None, scale=1.0, constant=0):
+    """expect_units by one nested sum per signature and one assignment per index tuple."""
+    K, batch = Q.shape[-1], Q.shape[:-2]
+    plan, needed = quadrature._plan(K, tuple(orders_list), constant)
+    Qf = Q.reshape(-1, K, K)
+    mf = np.zeros(Qf.shape[:2]) if means is None else np.broadcast_to(means, batch + (K,)).reshape(-1, K)
+    values = {}
+    for units, signatures in needed.items():
+        levels = quadrature._levels(Qf, mf, units, scale)
+        for sig in signatures:
+            inner = None
+            for (x, w), orders in reversed(list(zip(levels, sig))):
+                f = np.ones_like(x)
+                for a in orders:
+                    f = f * derivatives[a](x)
+                inner = np.sum(w * f if inner is None else w * f * inner, axis=-1)
+            values[units, sig] = inner.reshape(batch)
+    outs = []
+    for n, entries in plan:
+        out = np.empty(batch + (K,) * n)
+        for idx, units, sig in entries:
+            out[(Ellipsis,) + idx] = 0.0 if units is None else 1.0 if not units else values[units, sig]
+        outs.append(out)
+    return outs
+
+
+ORDERS = (((0,), (0,), (0,), (0,)), ((1,), (0,), (0,)), ((2,), (1,), (0,)), ((1,), (1,), (1,), (1,)),
+          ((3,), (2,), (0,)), ((2,), (2,)))
+
+
+@pytest.mark.parametrize("name", ["erf", "tanh", "relu"])
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_expect_units_matches_the_plain_sums(name, K):
+    act = load(name)
+    rng = np.random.default_rng(K)
+    smoothed = getattr(act, "SMOOTHED", None)      # ReLU: the smoothed kink at its width, as averages.py uses it
+    derivatives = quadrature._at_width(smoothed, act.SMOOTHING) if smoothed else act.DERIVATIVES
+    scale = act.SMOOTHING if smoothed else 1.0
+    for batch, with_means, constant in (((), False, 0), ((3,), True, 0), ((2,), False, int(K > 1))):
+        A = rng.normal(size=batch + (K, K + 1)) * rng.uniform(0.3, 2.5)
+        Q = A @ np.swapaxes(A, -1, -2)
+        means = rng.normal(size=batch + (K,)) if with_means else None
+        quadrature._LAST[:] = [None, {}]
+        got = quadrature.expect_units(derivatives, ORDERS, Q, None, means, scale, constant)
+        want = _reference_units(derivatives, ORDERS, Q, means, scale, constant)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * np.max(np.abs(w)))
