@@ -233,7 +233,8 @@ def constant(value):
 def numerical_kernels(derivatives, names):
     """The kernels `names` (mean_*, pair_*, shifted_mean_*, shifted_pair_*) that have no closed
     form, numerically over `derivatives` = (g, g', ...): mean_o(v), pair_o1_o2(c11, c12, c22),
-    shifted_mean_o(m, v), shifted_pair_o1_o2(m1, m2, c11, c12, c22).
+    shifted_mean_o(m, v), shifted_pair_o1_o2(m1, m2, c11, c12, c22), each family by the method
+    runtime.fast_kernels.METHODS states (and the generated modules' headers repeat):
 
     pair_* by runtime.fast_kernels.pair: Mehler's series in the correlation over Hermite
     coefficients tabulated (lazily, per factor, in ~10-100 ms) in log(variance), for variances in
@@ -243,32 +244,24 @@ def numerical_kernels(derivatives, names):
     mean_* by a tabulated Chebyshev series in log(variance) on [1e-2, 1e2] (equal to
     runtime.quadrature.expect1 to ~1e-14), expect1 outside; shifted_* by double-exponential
     quadrature (runtime.quadrature.expect1, expect2)."""
+    def evaluate(family, orders):
+        if family == "shifted_mean":
+            return lambda m, v: quadrature.expect1(derivatives, orders[0], v, m)
+        if family == "mean":
+            return lambda v: fast_kernels.mean(derivatives, orders[0], v)
+        if family == "shifted_pair":
+            return lambda m1, m2, c11, c12, c22: quadrature.expect2(derivatives, orders[0], orders[1],
+                                                                   c11, c12, c22, m1, m2)
+        return lambda c11, c12, c22: fast_kernels.pair(derivatives, orders[0], orders[1], c11, c12, c22)
+
     def kernel(name):
-        shifted = name.startswith("shifted_")
-        kind, *digits = name[len("shifted_") if shifted else 0:].split("_")
-        orders = [tuple(int(c) for c in d) for d in digits]
-        if kind == "mean" and shifted:
-            def shifted_mean(m, v):
-                return quadrature.expect1(derivatives, orders[0], v, m)
-            f, method = shifted_mean, "double-exponential quadrature (runtime.quadrature)"
-        elif kind == "mean":
-            def mean(v):
-                return fast_kernels.mean(derivatives, orders[0], v)
-            f, method = mean, ("a Chebyshev series in log(variance) tabulated by quadrature in its domain, else "
-                               "double-exponential quadrature (runtime.fast_kernels)")
-        elif shifted:
-            def shifted_pair(*args):
-                m1, m2, c11, c12, c22 = args
-                return quadrature.expect2(derivatives, orders[0], orders[1], c11, c12, c22, m1, m2)
-            f, method = shifted_pair, "double-exponential quadrature (runtime.quadrature)"
-        else:
-            def pair(c11, c12, c22):
-                return fast_kernels.pair(derivatives, orders[0], orders[1], c11, c12, c22)
-            f, method = pair, ("Mehler's series over tabulated Hermite coefficients in its domain, else "
-                               "double-exponential quadrature (runtime.fast_kernels)")
+        family = fast_kernels.family(name)
+        orders = [tuple(int(c) for c in d) for d in name[len(family) + 1:].split("_")]
+        f = evaluate(family, orders)
         f.__name__ = f.__qualname__ = name
         factors = " ".join(f"g^({a})(x{i + 1})" for i, o in enumerate(orders) for a in o)
-        f.__doc__ = f"E[{factors}] over a {'shifted ' if shifted else ''}Gaussian, by {method}."
+        shifted = family.startswith("shifted_")
+        f.__doc__ = f"E[{factors}] over a {'shifted ' if shifted else ''}Gaussian, by {fast_kernels.METHODS[family]}."
         return f
     return tuple(kernel(n) for n in names)
 

@@ -59,6 +59,25 @@ DEGENERATE = 1e-14   # conditional variance below which a point is treated as rh
 PROBE_TOLERANCE = 1e-10
 _STEP, _ZMAX = 0.02, 14.0
 _K = np.arange(N_CHEB, dtype=float)
+
+#: how runtime.averages.numerical_kernels evaluates each family of kernels without a closed form:
+#: the one description its kernels' docstrings and the generated modules' headers (derive/codegen.py) use
+METHODS = {
+    "mean": (f"a Chebyshev series in log(variance) tabulated by quadrature for variances in [{V_MIN:g}, {V_MAX:g}] "
+             "(runtime/fast_kernels.py, equal to the quadrature to ~1e-14), double-exponential quadrature "
+             "outside (runtime/quadrature.py)"),
+    "pair": ("Mehler's series in the correlation over tabulated Hermite coefficients (runtime/fast_kernels.py) "
+             f"for variances in [{V_MIN:g}, {V_MAX:g}] and |rho| up to the kernel's limit, double-exponential "
+             "quadrature elsewhere (runtime/quadrature.py)"),
+    "shifted_mean": "double-exponential quadrature with the mean (runtime/quadrature.py)",
+    "shifted_pair": "double-exponential quadrature with the means (runtime/quadrature.py)",
+}
+
+
+def family(name):
+    """The family of a kernel's name, a key of METHODS: 'pair_1_1' -> 'pair', 'shifted_mean_0' -> 'shifted_mean'."""
+    shifted = name.startswith("shifted_")
+    return ("shifted_" if shifted else "") + name.split("_")[1 if shifted else 0]
 _SMALL = 256         # below this many points: direct formulas with fewer numpy calls
 
 _U0, _U1 = 0.5 * np.log(V_MIN), 0.5 * np.log(V_MAX)     # log(sigma) range
