@@ -9,6 +9,8 @@ function reads. Adding a rule changes this one emitted file.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import sympy as sp
 
 from derive import contraction
@@ -128,14 +130,93 @@ def _constants(monomials):
     return lines
 
 
+# -- the terms that several rules' limits share, written once ---------------------------
+
+#: the function of generated/rules.py holding the drift terms shared by several rules
+SHARED = "_drift_shared"
+
+
+def _key(block, m):
+    """A monomial of a block, comparable across rules (summed indices renamed canonically)."""
+    subscripts, names = m.einsum()
+    return block, m.coeff, subscripts, tuple(names)
+
+
+def _without(drift, shared):
+    """The Drift less the monomials of `shared` (each block's, once each)."""
+    left = Counter(_key((part, key), m) for part in ("A", "B")
+                   for key, ms in getattr(shared, part).items() for m in ms)
+    out = drift_engine.Drift(drift.rule, drift.finite)
+    for part in ("A", "B"):
+        for key, ms in getattr(drift, part).items():
+            kept = []
+            for m in ms:
+                k = _key((part, key), m)
+                if left[k]:
+                    left[k] -= 1
+                else:
+                    kept.append(m)
+            if kept:
+                getattr(out, part)[key] = kept
+    return out
+
+
+@_cached
+def shared_drift(names):
+    """(rules, Drift): the D -> infinity drift's terms that every rule of `names` with a limit
+    shares (the same monomial in the same block), when two or more rules with the same weight
+    families and parameters have one; else None."""
+    limits = [n for n in names if limit_drift(n) is not None]
+    if len(limits) < 2:
+        return None
+    first = limit_drift(limits[0])
+    if any(drift_engine.families(limit_drift(n).rule) != drift_engine.families(first.rule)
+           or rules.get(n).params != rules.get(limits[0]).params for n in limits):
+        return None
+    common = None
+    for n in limits:
+        d = limit_drift(n)
+        keys = Counter(_key((part, key), m) for part in ("A", "B") for key, ms in getattr(d, part).items() for m in ms)
+        common = keys if common is None else common & keys
+    if not common:
+        return None
+    out = drift_engine.Drift(first.rule, False)
+    for part in ("A", "B"):
+        for key, ms in getattr(first, part).items():
+            kept = []
+            for m in ms:
+                k = _key((part, key), m)
+                if common[k]:
+                    common[k] -= 1
+                    kept.append(m)
+            if kept:
+                getattr(out, part)[key] = kept
+    return tuple(limits), out
+
+
+def _shared_function(limits, shared):
+    """_drift_shared: the terms of (A, B) the rules' limits share, for each drift_<rule> to add to."""
+    fams = drift_engine.families(shared.rule)
+    F = _width(fams)
+    names = [f"drift_{n}" for n in limits]
+    doc = (f"The terms of (A, B) that {', '.join(names[:-1])} and {names[-1]} share, written once: "
+           "each adds its own terms.\n"
+           f"Averages E at Q, R, T (..., K, K); returns (A, B) of shape (..., {F}, {F}), without the factor lr.")
+    shape = f"Q.shape[:-2] + ({F}, {F})"
+    lines = [f"def {SHARED}(E, Q, R, T, T0{_params(limits[0])[0]}):", *_doc(doc), *_constants(shared.monomials())]
+    lines += _blocks("A", shared.A, fams, shape=shape) + _blocks("B", shared.B, fams, shape=shape)
+    return lines + ["    return A, B", "", ""]
+
+
 def _blocks(label, blocks, fams, output="ka", free=None, shape=None):
-    """`label` = zeros(shape), then label[..., f, h] = (factored sum) for its nonzero blocks."""
+    """`label` = zeros(shape), then label[..., f, h] = (factored sum) for its nonzero blocks;
+    shape None: label exists already (the shared terms), label[..., f, h] += (factored sum)."""
     slot = _slots(fams)
-    lines = [f"    {label} = numpy.zeros({shape})"]
+    lines = [f"    {label} = numpy.zeros({shape})"] if shape is not None else []
     for (f, h), ms in sorted(blocks.items()):
         expr = contraction.source(ms, output, free, rules.eta, indent=" " * 8)
         if expr != "0.0":
-            lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] = {expr}")
+            lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] {'=' if shape is not None else '+='} {expr}")
     return lines
 
 
@@ -145,7 +226,9 @@ def _params(name):
     return ("".join(f", {p}={float(v)!r}" for p, v in params), "".join(f", {p}={p}" for p, _ in params))
 
 
-def _drift_function(name, drift, fname, args, what, limit=None):
+def _drift_function(name, drift, fname, args, what, limit=None, shared=None):
+    """`shared`: the Drift of the terms this rule shares with others, written once (_drift_shared),
+    which the function starts from and adds its own terms to."""
     fams = drift_engine.families(drift.rule)
     F = _width(fams)
     theta = "(omega_tau, upsilon_tau/sqrt(D))" if len(fams) == 2 else "omega_tau"
@@ -153,8 +236,15 @@ def _drift_function(name, drift, fname, args, what, limit=None):
            f"d theta_tau/dt = (rho_hat_tau A + B) theta_tau, theta_tau = {theta}: {what} (derive.drift).\n"
            f"Averages E at Q, R, T (..., K, K); returns (A, B) of shape (..., {F}, {F}).")
     shape = f"Q.shape[:-2] + ({F}, {F})"
-    lines = [f"def {fname}({args}{_params(name)[0]}):", *_doc(doc), *_constants(drift.monomials())]
-    lines += _blocks("A", drift.A, fams, shape=shape) + _blocks("B", drift.B, fams, shape=shape)
+    lines = [f"def {fname}({args}{_params(name)[0]}):", *_doc(doc)]
+    if shared is not None:
+        own = _without(drift, shared)
+        lines += [*_constants(own.monomials()),
+                  f"    A, B = {SHARED}(E, Q, R, T, T0{_params(name)[1]})"]
+        lines += _blocks("A", own.A, fams) + _blocks("B", own.B, fams)
+    else:
+        lines += _constants(drift.monomials())
+        lines += _blocks("A", drift.A, fams, shape=shape) + _blocks("B", drift.B, fams, shape=shape)
     if limit:
         lines += [f"    A_limit, B_limit = {limit}", "    return A_limit + lr * A, B_limit + lr * B"]
     else:
@@ -292,6 +382,8 @@ def _table(names):
     for n in names:
         if limit_drift(n) is not None:
             out[f"drift_{n}"] = averages(limit_drift(n).monomials())
+    if shared_drift(names) is not None:
+        out[SHARED] = averages(shared_drift(names)[1].monomials())
     for n in names:
         if bias_equations(n) is not None:
             bias_drift, bias_noise = bias_equations(n)
@@ -318,8 +410,12 @@ def source():
     limits = [n for n in names if limit_drift(n) is not None]
     biased = [n for n in names if bias_equations(n) is not None]
     body = []
+    shared = shared_drift(tuple(names))
+    if shared is not None:
+        body += _shared_function(*shared)
     for n in limits:
-        body += _drift_function(n, limit_drift(n), f"drift_{n}", "E, Q, R, T, T0, lr", "the D -> infinity limit")
+        body += _drift_function(n, limit_drift(n), f"drift_{n}", "E, Q, R, T, T0, lr", "the D -> infinity limit",
+                                shared=shared[1] if shared is not None and n in shared[0] else None)
     for n in biased:
         body += _bias_functions(n, *bias_equations(n))
     for n in names:
@@ -347,7 +443,8 @@ def source():
         "E.multi_<o1>_<o2>_... (..., K, K, ...) over a tuple of units (<o>: the derivative orders of g on that unit);",
         "E.unit (K,) is 1 on a hidden unit and 0 on the output bias' unit (g = 1, w = 0: derive.rules).",
         "AVERAGES lists what each function reads.",
-        "Each sum is factored, common factors pulled out (derive/contraction.py).",
+        "Each sum is factored, common factors pulled out (derive/contraction.py); the terms several rules' limits",
+        "share are written once (_drift_shared), each drift_<rule> adding its own.",
         '"""',
         "import numpy",
         "",

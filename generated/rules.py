@@ -16,7 +16,8 @@ E.mean_<o> (..., K) is E[prod g^(o)(lambda_k)], E.pair_<o1>_<o2> (..., K, K) the
 E.multi_<o1>_<o2>_... (..., K, K, ...) over a tuple of units (<o>: the derivative orders of g on that unit);
 E.unit (K,) is 1 on a hidden unit and 0 on the output bias' unit (g = 1, w = 0: derive.rules).
 AVERAGES lists what each function reads.
-Each sum is factored, common factors pulled out (derive/contraction.py).
+Each sum is factored, common factors pulled out (derive/contraction.py); the terms several rules' limits
+share are written once (_drift_shared), each drift_<rule> adding its own.
 """
 import numpy
 
@@ -44,6 +45,7 @@ LITERATURE = ('J2', 'I2', 'I21', 'I22', 'I3')
 AVERAGES = {
     'drift_vanilla': ('mean_1', 'mean_3', 'pair_0_0', 'pair_1_1', 'pair_2_0'),
     'drift_truncated': ('mean_1', 'mean_3', 'pair_0_0', 'pair_1_1', 'pair_2_0'),
+    '_drift_shared': ('mean_1', 'mean_3'),
     'bias_drift_vanilla': ('mean_1', 'mean_2', 'mean_3', 'pair_0_0', 'pair_1_0', 'pair_1_1', 'pair_2_0'),
     'bias_noise_vanilla': ('mean_2', 'pair_1_0', 'pair_1_1', 'pair_2_1', 'pair_2_2', 'pair_3_0', 'pair_3_1', 'pair_3_2', 'pair_4_1', 'multi_1_0_0_0', 'multi_1_1_0', 'multi_1_1_0_0', 'multi_1_1_1', 'multi_1_1_1_0', 'multi_2_0_0', 'multi_2_1_0', 'multi_2_1_0_0', 'multi_2_1_1', 'multi_2_2_0', 'multi_3_1_0'),
     'finite_drift_vanilla': (),
@@ -60,6 +62,23 @@ AVERAGES = {
 }
 
 
+def _drift_shared(E, Q, R, T, T0, kappa=0.0):
+    """The terms of (A, B) that drift_vanilla and drift_truncated share, written once: each adds its own terms.
+    Averages E at Q, R, T (..., K, K); returns (A, B) of shape (..., 2 * K, 2 * K), without the factor lr.
+    """
+    K = Q.shape[-1]
+    eye = numpy.eye(K)
+    unit = E.unit
+    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    A[..., K:2 * K, 0:K] = numpy.einsum('...ak,...k->...ka', eye, E.mean_1)
+    A[..., 0:K, K:2 * K] = numpy.einsum('...ak,...k->...ka', eye, E.mean_1)
+    A[..., 0:K, 0:K] = numpy.einsum('...kk,...ak,...k->...ka', R, eye, E.mean_3)
+    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
+    B[..., K:2 * K, K:2 * K] = -(kappa) * numpy.einsum('...ak,...k->...ka', eye, unit)
+    B[..., 0:K, 0:K] = -(kappa) * numpy.einsum('...ak,...k->...ka', eye, unit)
+    return A, B
+
+
 def drift_vanilla(E, Q, R, T, T0, lr, kappa=0.0):
     """Rule 'vanilla': w_k += (eta/D^2)(v_k.e) g'(lambda_k) x/sqrt(D);  v_k += (eta/D) g(lambda_k) e; weight decay: w_k, v_k -= (eta kappa/D) w_k, v_k.
 
@@ -68,21 +87,12 @@ def drift_vanilla(E, Q, R, T, T0, lr, kappa=0.0):
     """
     K = Q.shape[-1]
     eye = numpy.eye(K)
-    unit = E.unit
-    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
-    A[..., K:2 * K, 0:K] = numpy.einsum('...ak,...k->...ka', eye, E.mean_1)
-    A[..., 0:K, K:2 * K] = numpy.einsum('...ak,...k->...ka', eye, E.mean_1)
-    A[..., 0:K, 0:K] = (
-        numpy.einsum('...kk,...ak,...k->...ka', R, eye, E.mean_3)
-        - numpy.einsum('...ka,...ak->...ka', T0, E.pair_1_1)
+    A, B = _drift_shared(E, Q, R, T, T0, kappa=kappa)
+    A[..., 0:K, 0:K] += (
+        -numpy.einsum('...ka,...ak->...ka', T0, E.pair_1_1)
         - numpy.einsum('...kb,...ak,...kb->...ka', T0, eye, E.pair_2_0)
     )
-    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
-    B[..., K:2 * K, K:2 * K] = (
-        -numpy.einsum('...ak->...ka', E.pair_0_0)
-        - (kappa) * numpy.einsum('...ak,...k->...ka', eye, unit)
-    )
-    B[..., 0:K, 0:K] = -(kappa) * numpy.einsum('...ak,...k->...ka', eye, unit)
+    B[..., K:2 * K, K:2 * K] += -numpy.einsum('...ak->...ka', E.pair_0_0)
     return lr * A, lr * B
 
 
@@ -95,21 +105,12 @@ def drift_truncated(E, Q, R, T, T0, lr, kappa=0.0):
     K = Q.shape[-1]
     eye = numpy.eye(K)
     tril = numpy.tril(numpy.ones((K, K)))
-    unit = E.unit
-    A = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
-    A[..., K:2 * K, 0:K] = numpy.einsum('...ak,...k->...ka', eye, E.mean_1)
-    A[..., 0:K, K:2 * K] = numpy.einsum('...ak,...k->...ka', eye, E.mean_1)
-    A[..., 0:K, 0:K] = (
-        numpy.einsum('...kk,...ak,...k->...ka', R, eye, E.mean_3)
-        - numpy.einsum('...ka,...ak,...ka->...ka', T0, E.pair_1_1, tril)
+    A, B = _drift_shared(E, Q, R, T, T0, kappa=kappa)
+    A[..., 0:K, 0:K] += (
+        -numpy.einsum('...ka,...ak,...ka->...ka', T0, E.pair_1_1, tril)
         - numpy.einsum('...kb,...ak,...kb,...kb->...ka', T0, eye, E.pair_2_0, tril)
     )
-    B = numpy.zeros(Q.shape[:-2] + (2 * K, 2 * K))
-    B[..., K:2 * K, K:2 * K] = (
-        -numpy.einsum('...ak,...ka->...ka', E.pair_0_0, tril)
-        - (kappa) * numpy.einsum('...ak,...k->...ka', eye, unit)
-    )
-    B[..., 0:K, 0:K] = -(kappa) * numpy.einsum('...ak,...k->...ka', eye, unit)
+    B[..., K:2 * K, K:2 * K] += -numpy.einsum('...ak,...ka->...ka', E.pair_0_0, tril)
     return lr * A, lr * B
 
 
