@@ -13,7 +13,7 @@ from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
-from runtime.elementwise import bvn as _bvn
+from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'erf', 'erf(sqrt(2)*x/2)', {}, None
 CLOSED_FORM, NUMERIC_KERNELS, SHIFTED_NUMERIC_KERNELS = True, (), ()
@@ -114,10 +114,7 @@ def pair_2_2(c11, c12, c22):
 
     = 2*c12/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(3/2))
     """
-    t0 = c11*c22
-    t1 = c12**2
-    t2 = numpy.pi*_sqrt0(c11 + c22 + t0 - t1 + 1)
-    return _broadcast(_div(2*c12, c11*t2 + c22*t2 + t0*t2 - t1*t2 + t2), c11, c12, c22)
+    return _broadcast(_div(2*c12, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + c22 + 1)**(3/2)), c11, c12, c22)
 
 
 def mean_3(v):
@@ -132,94 +129,49 @@ def mean_3(v):
 def pair_3_1(c11, c12, c22):
     """E[g'''(x1) g'(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
 
-    = 2*(-c22 - 1)/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(3/2))
+    = -2*(c22 + 1)/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(3/2))
     """
-    t0 = c11*c22
-    t1 = c12**2
-    t2 = numpy.pi*_sqrt0(c11 + c22 + t0 - t1 + 1)
-    t3 = c11*t2 + c22*t2 + t0*t2 - t1*t2 + t2
-    return _broadcast(_div(-2, t3) + _div(-2*c22, t3), c11, c12, c22)
+    return _broadcast(_div(-2*c22 - 2, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + c22 + 1)**(3/2)), c11, c12, c22)
 
 
 def pair_3_3(c11, c12, c22):
     """E[g'''(x1) g'''(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
 
-    = 2*(c11*c22 + c11 + 2*c12**2 + c22 + 1)/(pi*sqrt(c11*c22 + c11 - c12**2 + c22 +
-        1)*(c11**2*c22**2 + 2*c11**2*c22 + c11**2 - 2*c11*c12**2*c22 - 2*c11*c12**2 +
-        2*c11*c22**2 + 4*c11*c22 + 2*c11 + c12**4 - 2*c12**2*c22 - 2*c12**2 + c22**2 + 2*c22
-        + 1))
+    = 2*(c11*c22 + c11 + 2*c12**2 + c22 + 1)/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(5/2))
     """
-    t0 = c11*c22
+    t0 = 2*c11
     t1 = c12**2
-    t2 = numpy.pi*_sqrt0(c11 + c22 + t0 - t1 + 1)
-    t3 = 2*c11
-    t4 = 2*c22
-    t5 = c11**2*t2
-    t6 = c22**2
-    t7 = t2*t6
-    t8 = t1*t2
-    t9 = 2*t0
-    t10 = c12**4*t2 + 4*t0*t2 + t2*t3 + t2*t4 + t2 + t3*t7 - t3*t8 + t4*t5 - t4*t8 + t5*t6 + t5 + t7 - t8*t9 - 2*t8
-    return _broadcast(_div(2, t10) + _div(4*t1, t10) + _div(t3, t10) + _div(t4, t10) + _div(t9, t10), c11, c12, c22)
+    return _broadcast(_div(c22*t0 + 2*c22 + t0 + 4*t1 + 2, numpy.pi*numpy.maximum(0, c11*c22 + c11 + c22 - t1 + 1)**(5/2)), c11, c12, c22)
 
 
 def pair_4_0(c11, c12, c22):
     """E[g^(4)(x1) g(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
 
-    = 2*c12*(3*c11*c22 + 3*c11 - 2*c12**2 + 3*c22 + 3)/(pi*sqrt(c11*c22 + c11 - c12**2 + c22 +
-        1)*(c11**3*c22 + c11**3 - c11**2*c12**2 + 3*c11**2*c22 + 3*c11**2 - 2*c11*c12**2 +
-        3*c11*c22 + 3*c11 - c12**2 + c22 + 1))
+    = 2*c12*(3*c11*c22 + 3*c11 - 2*c12**2 + 3*c22 + 3)/(pi*(c11 + 1)**2*(c11*c22 + c11 -
+        c12**2 + c22 + 1)**(3/2))
     """
-    t0 = 6*c12
-    t1 = c11*c22
-    t2 = c12**2
-    t3 = numpy.pi*_sqrt0(c11 + c22 + t1 - t2 + 1)
-    t4 = c22*t3
-    t5 = 3*t3
-    t6 = c11**3
-    t7 = c11**2
-    t8 = t2*t3
-    t9 = c11*t5 - 2*c11*t8 + t1*t5 + t3*t6 + t3 + t4*t6 + 3*t4*t7 + t4 + t5*t7 - t7*t8 - t8
-    return _broadcast(_div(-4*c12**3, t9) + _div(t0, t9) + _div(c11*t0, t9) + _div(c22*t0, t9) + _div(t0*t1, t9), c11, c12, c22)
+    t0 = 3*c11
+    t1 = c12**2
+    t2 = c11 + 1
+    return _broadcast(_div(2*c12*(c22*t0 + 3*c22 + t0 - 2*t1 + 3), numpy.pi*t2**2*numpy.maximum(0, c11*c22 + c22 - t1 + t2)**(3/2)), c11, c12, c22)
 
 
 def pair_4_2(c11, c12, c22):
     """E[g^(4)(x1) g''(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
 
-    = 6*c12*(-c22 - 1)/(pi*sqrt(c11*c22 + c11 - c12**2 + c22 + 1)*(c11**2*c22**2 +
-        2*c11**2*c22 + c11**2 - 2*c11*c12**2*c22 - 2*c11*c12**2 + 2*c11*c22**2 + 4*c11*c22 +
-        2*c11 + c12**4 - 2*c12**2*c22 - 2*c12**2 + c22**2 + 2*c22 + 1))
+    = -6*c12*(c22 + 1)/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(5/2))
     """
-    t0 = 6*c12
-    t1 = c11*c22
-    t2 = c12**2
-    t3 = numpy.pi*_sqrt0(c11 + c22 + t1 - t2 + 1)
-    t4 = 2*t3
-    t5 = c11**2*t3
-    t6 = c22**2
-    t7 = t3*t6
-    t8 = t2*t4
-    t9 = c11*t4 + 2*c11*t7 - c11*t8 + c12**4*t3 + c22*t4 + 2*c22*t5 - c22*t8 + 4*t1*t3 - t1*t8 + t3 + t5*t6 + t5 + t7 - t8
-    return _broadcast(_div(-t0, t9) + _div(-c22*t0, t9), c11, c12, c22)
+    t0 = c22 + 1
+    return _broadcast(_div(-6*c12*t0, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + t0)**(5/2)), c11, c12, c22)
 
 
 def pair_5_1(c11, c12, c22):
     """E[g^(5)(x1) g'(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
 
-    = 6*(c22**2 + 2*c22 + 1)/(pi*sqrt(c11*c22 + c11 - c12**2 + c22 + 1)*(c11**2*c22**2 +
-        2*c11**2*c22 + c11**2 - 2*c11*c12**2*c22 - 2*c11*c12**2 + 2*c11*c22**2 + 4*c11*c22 +
-        2*c11 + c12**4 - 2*c12**2*c22 - 2*c12**2 + c22**2 + 2*c22 + 1))
+    = 6*(c22 + 1)**2/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(5/2))
     """
-    t0 = c11*c22
-    t1 = c12**2
-    t2 = numpy.pi*_sqrt0(c11 + c22 + t0 - t1 + 1)
-    t3 = 2*t2
-    t4 = c11**2*t2
-    t5 = c22**2
-    t6 = t2*t5
-    t7 = t1*t3
-    t8 = c11*t3 + 2*c11*t6 - c11*t7 + c12**4*t2 + c22*t3 + 2*c22*t4 - c22*t7 + 4*t0*t2 - t0*t7 + t2 + t4*t5 + t4 + t6 - t7
-    return _broadcast(_div(6, t8) + _div(12*c22, t8) + _div(6*t5, t8), c11, c12, c22)
+    t0 = c22 + 1
+    return _broadcast(_div(6*t0**2, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + t0)**(5/2)), c11, c12, c22)
 
 
 #: the constant 0

@@ -14,7 +14,7 @@ from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
-from runtime.elementwise import bvn as _bvn
+from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'leaky_relu', 'x*Heaviside(-x)/100 + x*Heaviside(x)', {'slope': '1/100'}, None
 CLOSED_FORM, NUMERIC_KERNELS, SHIFTED_NUMERIC_KERNELS = True, (), ()
@@ -36,13 +36,12 @@ DERIVATIVES = (g, dg,)
 
 def g_smoothed(x, epsilon):
     """g_eps^(0)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
-    t0 = numpy.sqrt(2)
-    return _broadcast((99/200)*epsilon*t0*numpy.exp(_div(-x**2, 2*epsilon**2))/numpy.sqrt(numpy.pi) - 99/200*x*scipy.special.erfc(_div(t0*x, 2*epsilon)) + x, x, epsilon)
+    return _broadcast((99/200)*numpy.sqrt(2)*epsilon*numpy.exp(_div(-x**2, 2*epsilon**2))/numpy.sqrt(numpy.pi) - 99/100*x*scipy.special.ndtr(_div(-x, epsilon)) + x, x, epsilon)
 
 
 def dg_smoothed(x, epsilon):
     """g_eps^(1)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
-    return _broadcast(1 - 99/200*scipy.special.erfc(_div(numpy.sqrt(2)*x, 2*epsilon)), x, epsilon)
+    return _broadcast(1 - 99/100*scipy.special.ndtr(_div(-x, epsilon)), x, epsilon)
 
 
 def d2g_smoothed(x, epsilon):
@@ -197,44 +196,34 @@ def shifted_pair_0_0(m1, m2, c11, c12, c22):
         c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
         c12**2)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)*sqrt(c11)))/100
     """
-    t0 = numpy.sqrt(c11)
-    t1 = _div(m1, t0)
-    t2 = numpy.sqrt(c22)
-    t3 = _div(m2, t2)
-    t4 = t0*t2
-    t5 = _div(c12, t4)
-    t6 = _bvn(t1, t3, t5)
-    t7 = _div(-m1, t0)
-    t8 = _div(-m2, t2)
-    t9 = _bvn(t7, t8, t5)
-    t10 = _div(-c12, t4)
-    t11 = _bvn(t7, t3, t10)
-    t12 = (1/100)*c12
-    t13 = _bvn(t1, t8, t10)
-    t14 = c11*m2 - c12*m1
-    t15 = c11*c22 - c12**2
-    t16 = _sqrt0(t15)
-    t17 = t0*t16
-    t18 = scipy.special.ndtr(_div(t14, t17))
-    t19 = numpy.sqrt(2)
-    t20 = 2*c11
-    t21 = t16*t19*numpy.exp(_div(-t14**2, t15*t20))
-    t22 = numpy.sqrt(numpy.pi)
-    t23 = 2*t0*t22
-    t24 = t22**(-1.0)
-    t25 = t19*numpy.exp(_div(-m1**2, t20))
-    t26 = t0*t24*t25
-    t27 = scipy.special.ndtr(_div(-t14, t17))
-    t28 = c12*m2 - c22*m1
-    t29 = t16*t2
-    t30 = (1/2)*t19*t2*t24*numpy.exp(_div(-m2**2, 2*c22))
-    t31 = t30*scipy.special.ndtr(_div(-t28, t29))
-    t32 = c12*t25
-    t33 = t18*t32
-    t34 = t27*t32
-    t35 = (1/100)*m1
-    t36 = t30*scipy.special.ndtr(_div(t28, t29))
-    return _broadcast(c12*t6 + (1/10000)*c12*t9 + m1*(m2*t6 + t31 + _div(t33, t23)) + (1/10000)*m1*(m2*t9 - t36 + _div(-t34, t23)) + t11*t12 + t12*t13 + (99/20000)*t26*(_div(-t21, t23) + _div(t14*t27, c11)) + (99/200)*t26*(_div(t21, t23) + _div(t14*t18, c11)) + t35*(m2*t11 + t36 + _div(-t33, t23)) + t35*(m2*t13 - t31 + _div(t34, t23)), m1, m2, c11, c12, c22)
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
+    t0 = _bvn(h1, h2, r)
+    t1 = -h1
+    t2 = -h2
+    t3 = _bvn(t1, t2, r)
+    t4 = -r
+    t5 = _bvn(t1, h2, t4)
+    t6 = (1/100)*c12
+    t7 = _bvn(h1, t2, t4)
+    t8 = numpy.sqrt(2)
+    t9 = numpy.sqrt(numpy.pi)
+    t10 = t9**(-1.0)
+    t11 = (1/2)*numpy.sqrt(c22)*t10*t8*numpy.exp(-1/2*h2**2)
+    t12 = t11*scipy.special.ndtr(k1)
+    t13 = scipy.special.ndtr(k2)
+    t14 = t8*numpy.exp(-1/2*h1**2)
+    t15 = c12*t14
+    t16 = t13*t15
+    t17 = numpy.sqrt(c11)
+    t18 = 2*t17*t9
+    t19 = scipy.special.ndtr(-k2)
+    t20 = t15*t19
+    t21 = (1/100)*m1
+    t22 = t11*scipy.special.ndtr(-k1)
+    t23 = c11*m2 - c12*m1
+    t24 = t8*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2)
+    t25 = t10*t14*t17
+    return _broadcast(c12*t0 + (1/10000)*c12*t3 + m1*(m2*t0 + t12 + _div(t16, t18)) + (1/10000)*m1*(m2*t3 - t22 + _div(-t20, t18)) + t21*(m2*t5 + t22 + _div(-t16, t18)) + t21*(m2*t7 - t12 + _div(t20, t18)) + (99/20000)*t25*(_div(-t24, t18) + _div(t19*t23, c11)) + (99/200)*t25*(_div(t24, t18) + _div(t13*t23, c11)) + t5*t6 + t6*t7, m1, m2, c11, c12, c22)
 
 
 def shifted_mean_00(m, v):
@@ -275,27 +264,17 @@ def shifted_pair_1_0(m1, m2, c11, c12, c22):
         99*sqrt(2)*c12*ndtr((c11*m2 - c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
         c12**2)))*exp(-m1**2/(2*c11))/(200*sqrt(pi)*sqrt(c11))
     """
-    t0 = numpy.sqrt(c11)
-    t1 = _div(m1, t0)
-    t2 = numpy.sqrt(c22)
-    t3 = _div(m2, t2)
-    t4 = t0*t2
-    t5 = _div(c12, t4)
-    t6 = _div(-m1, t0)
-    t7 = _div(-m2, t2)
-    t8 = _div(-c12, t4)
-    t9 = (1/100)*m2
-    t10 = c12*m2 - c22*m1
-    t11 = _sqrt0(c11*c22 - c12**2)
-    t12 = t11*t2
-    t13 = numpy.sqrt(2)
-    t14 = numpy.sqrt(numpy.pi)
-    t15 = t13*t2*numpy.exp(_div(-m2**2, 2*c22))/t14
-    t16 = c11*m2 - c12*m1
-    t17 = t0*t11
-    t18 = 99*c12*t13*numpy.exp(_div(-m1**2, 2*c11))
-    t19 = t0*t14
-    return _broadcast(m2*_bvn(t1, t3, t5) + (1/10000)*m2*_bvn(t6, t7, t5) + (99/200)*t15*scipy.special.ndtr(_div(-t10, t12)) + (99/20000)*t15*scipy.special.ndtr(_div(t10, t12)) + t9*_bvn(t1, t7, t8) + t9*_bvn(t6, t3, t8) + _div(t18*scipy.special.ndtr(_div(-t16, t17)), 20000*t19) + _div(t18*scipy.special.ndtr(_div(t16, t17)), 200*t19), m1, m2, c11, c12, c22)
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
+    t0 = -h1
+    t1 = -h2
+    t2 = -r
+    t3 = (1/100)*m2
+    t4 = numpy.sqrt(2)
+    t5 = numpy.sqrt(numpy.pi)
+    t6 = numpy.sqrt(c22)*t4*numpy.exp(-1/2*h2**2)/t5
+    t7 = 99*c12*t4*numpy.exp(-1/2*h1**2)
+    t8 = numpy.sqrt(c11)*t5
+    return _broadcast(m2*_bvn(h1, h2, r) + (1/10000)*m2*_bvn(t0, t1, r) + t3*_bvn(h1, t1, t2) + t3*_bvn(t0, h2, t2) + (99/20000)*t6*scipy.special.ndtr(-k1) + (99/200)*t6*scipy.special.ndtr(k1) + _div(t7*scipy.special.ndtr(-k2), 20000*t8) + _div(t7*scipy.special.ndtr(k2), 200*t8), m1, m2, c11, c12, c22)
 
 
 def shifted_pair_1_1(m1, m2, c11, c12, c22):
@@ -306,16 +285,11 @@ def shifted_pair_1_1(m1, m2, c11, c12, c22):
         -c12/(sqrt(c11)*sqrt(c22)))/100 + bvn(m1/sqrt(c11), m2/sqrt(c22),
         c12/(sqrt(c11)*sqrt(c22)))
     """
-    t0 = numpy.sqrt(c11)
-    t1 = _div(m1, t0)
-    t2 = numpy.sqrt(c22)
-    t3 = _div(m2, t2)
-    t4 = t0*t2
-    t5 = _div(c12, t4)
-    t6 = _div(-m1, t0)
-    t7 = _div(-m2, t2)
-    t8 = _div(-c12, t4)
-    return _broadcast(_bvn(t1, t3, t5) + (1/100)*_bvn(t1, t7, t8) + (1/100)*_bvn(t6, t3, t8) + (1/10000)*_bvn(t6, t7, t5), m1, m2, c11, c12, c22)
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
+    t0 = -h1
+    t1 = -h2
+    t2 = -r
+    return _broadcast(_bvn(h1, h2, r) + (1/100)*_bvn(h1, t1, t2) + (1/100)*_bvn(t0, h2, t2) + (1/10000)*_bvn(t0, t1, r), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_11(m, v):
@@ -347,18 +321,14 @@ def shifted_pair_2_0(m1, m2, c11, c12, c22):
         c12*m1)**2/(2*c11*(c11*c22 -
         c12**2)))/(2*sqrt(pi)*sqrt(c11)))*exp(-m1**2/(2*c11))/(200*sqrt(pi)*sqrt(c11))
     """
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
     t0 = c11*m2 - c12*m1
-    t1 = numpy.sqrt(c11)
-    t2 = c11*c22 - c12**2
-    t3 = _sqrt0(t2)
-    t4 = t1*t3
-    t5 = numpy.sqrt(2)
-    t6 = 2*c11
-    t7 = t3*t5*numpy.exp(_div(-t0**2, t2*t6))
-    t8 = numpy.sqrt(numpy.pi)*t1
-    t9 = 2*t8
-    t10 = 99*t5*numpy.exp(_div(-m1**2, t6))
-    return _broadcast(_div(t10*(_div(-t7, t9) + _div(t0*scipy.special.ndtr(_div(-t0, t4)), c11)), 20000*t8) + _div(t10*(_div(t7, t9) + _div(t0*scipy.special.ndtr(_div(t0, t4)), c11)), 200*t8), m1, m2, c11, c12, c22)
+    t1 = numpy.sqrt(2)
+    t2 = t1*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2)
+    t3 = numpy.sqrt(numpy.pi)*numpy.sqrt(c11)
+    t4 = 2*t3
+    t5 = 99*t1*numpy.exp(-1/2*h1**2)
+    return _broadcast(_div(t5*(_div(-t2, t4) + _div(t0*scipy.special.ndtr(-k2), c11)), 20000*t3) + _div(t5*(_div(t2, t4) + _div(t0*scipy.special.ndtr(k2), c11)), 200*t3), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_3(m, v):

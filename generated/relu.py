@@ -14,7 +14,7 @@ from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
-from runtime.elementwise import bvn as _bvn
+from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'relu', 'x*Heaviside(x)', {}, None
 CLOSED_FORM, NUMERIC_KERNELS, SHIFTED_NUMERIC_KERNELS = True, (), ()
@@ -36,13 +36,12 @@ DERIVATIVES = (g, dg,)
 
 def g_smoothed(x, epsilon):
     """g_eps^(0)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
-    t0 = numpy.sqrt(2)
-    return _broadcast((1/2)*epsilon*t0*numpy.exp(_div(-x**2, 2*epsilon**2))/numpy.sqrt(numpy.pi) - 1/2*x*scipy.special.erfc(_div(t0*x, 2*epsilon)) + x, x, epsilon)
+    return _broadcast((1/2)*numpy.sqrt(2)*epsilon*numpy.exp(_div(-x**2, 2*epsilon**2))/numpy.sqrt(numpy.pi) - x*scipy.special.ndtr(_div(-x, epsilon)) + x, x, epsilon)
 
 
 def dg_smoothed(x, epsilon):
     """g_eps^(1)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
-    return _broadcast(1 - 1/2*scipy.special.erfc(_div(numpy.sqrt(2)*x, 2*epsilon)), x, epsilon)
+    return _broadcast(1 - scipy.special.ndtr(_div(-x, epsilon)), x, epsilon)
 
 
 def d2g_smoothed(x, epsilon):
@@ -173,20 +172,16 @@ def shifted_pair_0_0(m1, m2, c11, c12, c22):
         c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
         c12**2)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)*sqrt(c11)))
     """
-    t0 = numpy.sqrt(c11)
-    t1 = numpy.sqrt(c22)
-    t2 = _bvn(_div(m1, t0), _div(m2, t1), _div(c12, t0*t1))
-    t3 = c11*m2 - c12*m1
-    t4 = c11*c22 - c12**2
-    t5 = _sqrt0(t4)
-    t6 = scipy.special.ndtr(_div(t3, t0*t5))
-    t7 = numpy.sqrt(2)
-    t8 = 2*c11
-    t9 = numpy.sqrt(numpy.pi)
-    t10 = 2*t0*t9
-    t11 = t7*numpy.exp(_div(-m1**2, t8))
-    t12 = (1/2)/t9
-    return _broadcast(c12*t2 + m1*(m2*t2 + t1*t12*t7*scipy.special.ndtr(_div(-c12*m2 + c22*m1, t1*t5))*numpy.exp(_div(-m2**2, 2*c22)) + _div(c12*t11*t6, t10)) + t0*t11*t12*(_div(t3*t6, c11) + _div(t5*t7*numpy.exp(_div(-t3**2, t4*t8)), t10)), m1, m2, c11, c12, c22)
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
+    t0 = _bvn(h1, h2, r)
+    t1 = numpy.sqrt(2)
+    t2 = numpy.sqrt(numpy.pi)
+    t3 = (1/2)/t2
+    t4 = scipy.special.ndtr(k2)
+    t5 = t1*numpy.exp(-1/2*h1**2)
+    t6 = numpy.sqrt(c11)
+    t7 = 2*t2*t6
+    return _broadcast(c12*t0 + m1*(numpy.sqrt(c22)*t1*t3*scipy.special.ndtr(k1)*numpy.exp(-1/2*h2**2) + m2*t0 + _div(c12*t4*t5, t7)) + t3*t5*t6*(_div(t4*(c11*m2 - c12*m1), c11) + _div(t1*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2), t7)), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_00(m, v):
@@ -217,12 +212,10 @@ def shifted_pair_1_0(m1, m2, c11, c12, c22):
         c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
         c12**2)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)*sqrt(c11))
     """
-    t0 = numpy.sqrt(c11)
-    t1 = numpy.sqrt(c22)
-    t2 = numpy.sqrt(2)
-    t3 = numpy.sqrt(numpy.pi)
-    t4 = _sqrt0(c11*c22 - c12**2)
-    return _broadcast(m2*_bvn(_div(m1, t0), _div(m2, t1), _div(c12, t0*t1)) + (1/2)*t1*t2*scipy.special.ndtr(_div(-c12*m2 + c22*m1, t1*t4))*numpy.exp(_div(-m2**2, 2*c22))/t3 + _div(c12*t2*scipy.special.ndtr(_div(c11*m2 - c12*m1, t0*t4))*numpy.exp(_div(-m1**2, 2*c11)), 2*t0*t3), m1, m2, c11, c12, c22)
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
+    t0 = numpy.sqrt(2)
+    t1 = numpy.sqrt(numpy.pi)
+    return _broadcast((1/2)*numpy.sqrt(c22)*t0*scipy.special.ndtr(k1)*numpy.exp(-1/2*h2**2)/t1 + m2*_bvn(h1, h2, r) + _div(c12*t0*scipy.special.ndtr(k2)*numpy.exp(-1/2*h1**2), 2*numpy.sqrt(c11)*t1), m1, m2, c11, c12, c22)
 
 
 def shifted_pair_1_1(m1, m2, c11, c12, c22):
@@ -230,17 +223,8 @@ def shifted_pair_1_1(m1, m2, c11, c12, c22):
 
     = bvn(m1/sqrt(c11), m2/sqrt(c22), c12/(sqrt(c11)*sqrt(c22)))
     """
-    t0 = numpy.sqrt(c11)
-    t1 = numpy.sqrt(c22)
-    return _broadcast(_bvn(_div(m1, t0), _div(m2, t1), _div(c12, t0*t1)), m1, m2, c11, c12, c22)
-
-
-def shifted_mean_11(m, v):
-    """E[g'(x) g'(x)], x ~ N(m, v).
-
-    = ndtr(m/sqrt(v))
-    """
-    return _broadcast(scipy.special.ndtr(_div(m, numpy.sqrt(v))), m, v)
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
+    return _broadcast(_bvn(h1, h2, r), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_2(m, v):
@@ -259,12 +243,9 @@ def shifted_pair_2_0(m1, m2, c11, c12, c22):
         c12*m1)/(sqrt(c11)*sqrt(c11*c22 -
         c12**2)))*exp(-m1**2/(2*c11))/(2*sqrt(pi)*c11**(3/2))
     """
-    t0 = c11*c22 - c12**2
-    t1 = _sqrt0(t0)
-    t2 = 2*c11
-    t3 = numpy.exp(_div(-m1**2, t2))
-    t4 = c11*m2 - c12*m1
-    return _broadcast(_div(t1*t3*numpy.exp(_div(-t4**2, t0*t2)), numpy.pi*t2) + _div(numpy.sqrt(2)*t3*t4*scipy.special.ndtr(_div(t4, numpy.sqrt(c11)*t1)), 2*numpy.sqrt(numpy.pi)*c11**(3/2)), m1, m2, c11, c12, c22)
+    h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
+    t0 = numpy.exp(-1/2*h1**2)
+    return _broadcast(_div(t0*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2), 2*numpy.pi*c11) + _div(numpy.sqrt(2)*t0*(c11*m2 - c12*m1)*scipy.special.ndtr(k2), 2*numpy.sqrt(numpy.pi)*c11**(3/2)), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_3(m, v):
@@ -273,6 +254,10 @@ def shifted_mean_3(m, v):
     = -sqrt(2)*m*exp(-m**2/(2*v))/(2*sqrt(pi)*v**(3/2))
     """
     return _broadcast(_div(-numpy.sqrt(2)*m*numpy.exp(_div(-m**2, 2*v)), 2*numpy.sqrt(numpy.pi)*v**(3/2)), m, v)
+
+
+#: shifted_mean_11 = E[g'(x) g'(x)]: the closed form of shifted_mean_1, E[g'(x)]
+shifted_mean_11 = shifted_mean_1
 
 
 #: the equations of motion and the literature's averages of generated/rules.py, read with this module's

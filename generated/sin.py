@@ -13,7 +13,7 @@ from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
 from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
-from runtime.elementwise import bvn as _bvn
+from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'sin', 'sin(x)', {}, None
 CLOSED_FORM, NUMERIC_KERNELS, SHIFTED_NUMERIC_KERNELS = True, (), ()
@@ -40,14 +40,12 @@ def d3g(x):
     return _broadcast(-numpy.cos(x), x)
 
 
-def d4g(x):
-    """g^(4)(x) = sin(x)"""
-    return _broadcast(numpy.sin(x), x)
+#: d4g = g^(4)(x) = sin(x): the closed form of g, g^(0)(x) = sin(x)
+d4g = g
 
 
-def d5g(x):
-    """g^(5)(x) = cos(x)"""
-    return _broadcast(numpy.cos(x), x)
+#: d5g = g^(5)(x) = cos(x): the closed form of dg, g^(1)(x) = cos(x)
+d5g = dg
 
 
 DERIVATIVES = (g, dg, d2g, d3g, d4g, d5g,)
@@ -105,15 +103,6 @@ def pair_2_0(c11, c12, c22):
     return _broadcast(-1/2*t0*t1*numpy.exp(c12) + (1/2)*t0*t1*numpy.exp(-c12), c11, c12, c22)
 
 
-def pair_2_2(c11, c12, c22):
-    """E[g''(x1) g''(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
-
-    = (exp(2*c12) - 1)*exp(-c11/2 - c12 - c22/2)/2
-    """
-    t0 = (1/2)*numpy.exp(-1/2*c11)*numpy.exp(-1/2*c22)
-    return _broadcast(t0*numpy.exp(c12) - t0*numpy.exp(-c12), c11, c12, c22)
-
-
 def mean_3(v):
     """E[g'''(x)], x ~ N(0, v).
 
@@ -131,41 +120,16 @@ def pair_3_1(c11, c12, c22):
     return _broadcast(-t0*numpy.exp(c12) - t0*numpy.exp(-c12), c11, c12, c22)
 
 
-def pair_3_3(c11, c12, c22):
-    """E[g'''(x1) g'''(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
-
-    = (exp(2*c12) + 1)*exp(-c11/2 - c12 - c22/2)/2
-    """
-    t0 = (1/2)*numpy.exp(-1/2*c11)*numpy.exp(-1/2*c22)
-    return _broadcast(t0*numpy.exp(c12) + t0*numpy.exp(-c12), c11, c12, c22)
+#: pair_2_2 = E[g''(x1) g''(x2)]; pair_4_0 = E[g^(4)(x1) g(x2)]: the closed form of pair_0_0, E[g(x1) g(x2)]
+pair_2_2 = pair_4_0 = pair_0_0
 
 
-def pair_4_0(c11, c12, c22):
-    """E[g^(4)(x1) g(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
-
-    = (exp(2*c12) - 1)*exp(-c11/2 - c12 - c22/2)/2
-    """
-    t0 = (1/2)*numpy.exp(-1/2*c11)*numpy.exp(-1/2*c22)
-    return _broadcast(t0*numpy.exp(c12) - t0*numpy.exp(-c12), c11, c12, c22)
+#: pair_3_3 = E[g'''(x1) g'''(x2)]; pair_5_1 = E[g^(5)(x1) g'(x2)]: the closed form of pair_1_1, E[g'(x1) g'(x2)]
+pair_3_3 = pair_5_1 = pair_1_1
 
 
-def pair_4_2(c11, c12, c22):
-    """E[g^(4)(x1) g''(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
-
-    = (1 - exp(2*c12))*exp(-c11/2 - c12 - c22/2)/2
-    """
-    t0 = numpy.exp(-1/2*c11)
-    t1 = numpy.exp(-1/2*c22)
-    return _broadcast(-1/2*t0*t1*numpy.exp(c12) + (1/2)*t0*t1*numpy.exp(-c12), c11, c12, c22)
-
-
-def pair_5_1(c11, c12, c22):
-    """E[g^(5)(x1) g'(x2)], (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]).
-
-    = (exp(2*c12) + 1)*exp(-c11/2 - c12 - c22/2)/2
-    """
-    t0 = (1/2)*numpy.exp(-1/2*c11)*numpy.exp(-1/2*c22)
-    return _broadcast(t0*numpy.exp(c12) + t0*numpy.exp(-c12), c11, c12, c22)
+#: pair_4_2 = E[g^(4)(x1) g''(x2)]: the closed form of pair_2_0, E[g''(x1) g(x2)]
+pair_4_2 = pair_2_0
 
 
 #: the constant 0

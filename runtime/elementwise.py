@@ -10,7 +10,9 @@ domain (inputs are validated before they get here, see `runtime.check`):
 * `atan2(c, s)`, `angle(c, s)`: asin(c/sqrt(X)) printed as atan2(c, sqrt(X - c^2)) or, where
   that is shorter, pi/2 + asin as atan2(sqrt(X - c^2), -c): exact near |correlation| 1;
 * `bvn(h, k, rho)`: the bivariate normal CDF of the shifted-Gaussian kernels (derive/shifted.py),
-  with its limits at infinite h, k and at rho = +-1.
+  with its limits at infinite h, k and at rho = +-1;
+* `standardised(m1, m2, c11, c12, c22)`: the standardised means, correlation and conditional means
+  that the shifted pair kernels' normal CDFs and densities take (derive/codegen.py writes them so).
 """
 import numpy as np
 from scipy.special import ndtr, owens_t
@@ -78,3 +80,14 @@ def bvn(h, k, rho):
         value = np.where((h == 0) & (k == 0), 0.25 + np.arcsin(rho) / (2 * np.pi), value)
         edge = np.where(rho > 0, ndtr(np.minimum(h, k)), np.maximum(ndtr(h) + ndtr(k) - 1.0, 0.0))
     return np.clip(np.where(general, value, edge), 0.0, 1.0)
+
+
+def standardised(m1, m2, c11, c12, c22):
+    """(h1, h2, r, k1, k2) for (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]): the standardised
+    means h1 = m1/sqrt(c11), h2 = m2/sqrt(c22), the correlation r = c12/sqrt(c11 c22), and the
+    standardised conditional means k1 = (c22 m1 - c12 m2)/sqrt(c22 det) (of x1 given x2 = 0) and
+    k2 = (c11 m2 - c12 m1)/sqrt(c11 det), det = c11 c22 - c12^2 (sqrt0), each a div (0/0 -> 0).
+    derive/codegen.py writes the shifted pair kernels in these (derive.codegen._standardisation)."""
+    s1, s2, sd = np.sqrt(c11), np.sqrt(c22), sqrt0(c11 * c22 - c12 ** 2)
+    return (div(m1, s1), div(m2, s2), div(c12, s1 * s2),
+            div(c22 * m1 - c12 * m2, s2 * sd), div(c11 * m2 - c12 * m1, s1 * sd))
