@@ -38,6 +38,11 @@ from scipy.sparse import csc_matrix
 
 #: relative size of the forward-difference steps in the order parameters
 DIFFERENCE_STEP = 1e-7
+#: a Newton solve reads Pc^-1 U w off the stored P x n product (P numbers per state number) while
+#: P <= STORED_PRODUCT_MAX * F, else forms U w in O(n F) and applies Pc^-1 again (F^2 per number, and
+#: no P x n array to keep). Measured (2 cores, loaded): K = 4 (P = 46, F = 8), the stiff case: the
+#: stored product as fast or faster; K = 8 (P = 172, F = 16), 32x32 patches: forming it 25 % faster
+STORED_PRODUCT_MAX = 6
 
 
 class _Layout:
@@ -126,8 +131,11 @@ class StructuredJacobian:
         for i in range(layout.n_bias):
             Yrep[len(layout.coords) + 1 + i, y.size - layout.n_bias + i] += steps[len(layout.coords) + i]
         field = layout.system.frozen(Yrep, tuple(perturbed))
-        f = layout.apply(field, self.th, np.repeat(S, P + 1, axis=0))
-        self.U = (f[1:] - f[0]) / steps[:, None]                        # (P, n): row k is df/dp_k
+        # the derivatives of the fields (A, B, N[, db]) in p; f is linear in them at fixed y, so
+        # row k of U (P, n) is apply(dfield_k), and U v = apply(sum_k v_k dfield_k) in O(n F)
+        self.dfield = [(x[1:] - x[0]) / steps.reshape((-1,) + (1,) * (np.ndim(x) - 1)) if np.ndim(x) else 0.0
+                       for x in field]
+        self.U = layout.apply(self.dfield, self.th, np.repeat(S, P, axis=0))
         A, B = field[0][0], field[1][0]
         self.M = layout.rho_vec[:, None, None] * A + B                  # (Jv, F, F)
         Mj = layout.rho_mat[:, None, None] * A + B                      # (Jm, F, F)
@@ -135,6 +143,11 @@ class StructuredJacobian:
         I = np.eye(F)
         self.L = (Mj[:, :, None, :, None] * I[None, None, :, None, :]
                   + I[None, :, None, :, None] * Mj[:, None, :, None, :]).reshape(-1, F * F, F * F)
+
+    def U_times(self, v):
+        """U v = sum_k v_k df/dp_k (n,) for v of size P, from the fields' derivatives: O(n F)."""
+        field = [np.tensordot(v, d, axes=1)[None] if np.ndim(d) else 0.0 for d in self.dfield]
+        return self.layout.apply(field, self.th[None], self.S[None])[0]
 
     def __rmul__(self, c):
         return _Scaled(c, self)
@@ -172,25 +185,31 @@ class _Woodbury:
         F = layout.F
         self.Pv = np.linalg.inv(np.eye(F) - c * J.M)
         self.Pm = np.linalg.inv(np.eye(F * F) - c * J.L)
-        self.Z = self.inverse_blocks(J.U)                                # Pc^-1 U, (P, n)
-        capacitance = np.eye(J.U.shape[0]) - c * layout.dp(J.th, J.S, self.Z).T
+        Z = self.inverse_blocks(J.U)                                     # Pc^-1 U, (P, n)
+        capacitance = np.eye(J.U.shape[0]) - c * layout.dp(J.th, J.S, Z).T
         self.cap = lu_factor(capacitance)
+        self.Z = Z if J.U.shape[0] <= STORED_PRODUCT_MAX * F else None
 
     def inverse_blocks(self, V):
         """Pc^-1 applied to the rows of V (m, n)."""
         layout = self.J.layout
         th, S, b = layout.pieces(V)
         m = V.shape[0]
-        out = [np.einsum("tab,tb->ta", self.Pv, th[0]).reshape(1, -1) if m == 1 else
+        out = [(self.Pv @ th[0][..., None]).reshape(1, -1) if m == 1 else
                (self.Pv @ th.transpose(1, 2, 0)).transpose(2, 0, 1).reshape(m, -1),
                (self.Pm @ S.reshape(m, S.shape[1], S.shape[2] ** 2).transpose(1, 2, 0)).transpose(2, 0, 1).reshape(m, -1),
                b.astype(self.Pv.dtype)]
         return np.concatenate(out, axis=1)
 
     def solve(self, r):
+        """Pc^-1 r + Pc^-1 U w, w = (capacitance)^-1 c W Pc^-1 r; Pc^-1 U w is read off the stored
+        P x n product Pc^-1 U for small P, else formed from the fields' derivatives
+        (StructuredJacobian.U_times) and Pc^-1 applied once more (STORED_PRODUCT_MAX)."""
         z = self.inverse_blocks(r[None])
         w = lu_solve(self.cap, self.c * self.J.layout.dp(self.J.th, self.J.S, z)[0])
-        return (z[0] + w @ self.Z) / self.a
+        if self.Z is not None:
+            return (z[0] + w @ self.Z) / self.a
+        return (z[0] + self.inverse_blocks(self.J.U_times(w)[None])[0]) / self.a
 
 
 def _structured(solver, base, fun, t0, y0, t_bound, options):
