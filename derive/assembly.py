@@ -142,23 +142,28 @@ def _key(block, m):
     return block, m.coeff, subscripts, tuple(names)
 
 
-def _without(drift, shared):
-    """The Drift less the monomials of `shared` (each block's, once each)."""
-    left = Counter(_key((part, key), m) for part in ("A", "B")
-                   for key, ms in getattr(shared, part).items() for m in ms)
-    out = drift_engine.Drift(drift.rule, drift.finite)
+def _keys(drift):
+    """The Counter of a Drift's monomials by _key."""
+    return Counter(_key((part, key), m) for part in ("A", "B") for key, ms in getattr(drift, part).items() for m in ms)
+
+
+def _split(drift, keys):
+    """(the Drift's monomials counted in `keys`, once each, as a Drift; the others, as a Drift)."""
+    left = Counter(keys)
+    parts = drift_engine.Drift(drift.rule, drift.finite), drift_engine.Drift(drift.rule, drift.finite)
     for part in ("A", "B"):
         for key, ms in getattr(drift, part).items():
-            kept = []
             for m in ms:
                 k = _key((part, key), m)
-                if left[k]:
-                    left[k] -= 1
-                else:
-                    kept.append(m)
-            if kept:
-                getattr(out, part)[key] = kept
-    return out
+                inside = left[k] > 0
+                left[k] -= inside
+                getattr(parts[0 if inside else 1], part).setdefault(key, []).append(m)
+    return parts
+
+
+def _without(drift, shared):
+    """The Drift less the monomials of `shared`."""
+    return _split(drift, _keys(shared))[1]
 
 
 @_cached
@@ -173,25 +178,12 @@ def shared_drift(names):
     if any(drift_engine.families(limit_drift(n).rule) != drift_engine.families(first.rule)
            or rules.get(n).params != rules.get(limits[0]).params for n in limits):
         return None
-    common = None
-    for n in limits:
-        d = limit_drift(n)
-        keys = Counter(_key((part, key), m) for part in ("A", "B") for key, ms in getattr(d, part).items() for m in ms)
-        common = keys if common is None else common & keys
+    common = _keys(first)
+    for n in limits[1:]:
+        common &= _keys(limit_drift(n))
     if not common:
         return None
-    out = drift_engine.Drift(first.rule, False)
-    for part in ("A", "B"):
-        for key, ms in getattr(first, part).items():
-            kept = []
-            for m in ms:
-                k = _key((part, key), m)
-                if common[k]:
-                    common[k] -= 1
-                    kept.append(m)
-            if kept:
-                getattr(out, part)[key] = kept
-    return tuple(limits), out
+    return tuple(limits), _split(first, common)[0]
 
 
 def _shared_function(limits, shared):
