@@ -37,6 +37,7 @@ from runtime import quadrature
 from runtime import schedules as _schedules
 from runtime import solver as _solver
 from runtime import spectrum as spec
+from runtime import stochastic as _stochastic
 from runtime import validity
 from runtime.fluctuations import FluctuationSystem
 from runtime.progress import DIVERGED, Interrupted, divergence_limit
@@ -86,6 +87,8 @@ class IntegrationResult:
     output_bias: np.ndarray | None = None    # |c|^2/D (n,) of a trained output bias (c0 given), else None
     lr: object = None             # the learning rate: a float, or its runtime.schedules schedule
     spread_check: object = None   # runtime.validity.SpreadCheck of error_spread (fluctuations=True)
+    error_paths: np.ndarray | None = None    # (paths, n) each sample path's error (stochastic=True)
+    basins: np.ndarray | None = None         # (paths,) the spike each unit ends on (stochastic=True)
 
     @property
     def success(self):
@@ -93,16 +96,34 @@ class IntegrationResult:
 
     def directions(self):
         """theta_tau = (omega_tau, upsilon_tau/sqrt(D)) of the small atoms (spikes) at each t:
-        shape (n_t, n_directions, 2K), in decreasing order of eigenvalue."""
-        if self.state is None:
-            raise ValueError("directions need integrate(..., keep_atoms=True)")
-        return self.system.parts(self.state)[0]
+        shape (n_t, n_directions, 2K), in decreasing order of eigenvalue ((n_t, paths, ...) with
+        stochastic=True)."""
+        return self._parts(0)
 
     def matrices(self):
-        """S_j of the large atoms (bulks) at each t, shape (n_t, n_atoms, 2K, 2K)."""
+        """S_j of the large atoms (bulks) at each t, shape (n_t, n_atoms, 2K, 2K) ((n_t, paths, ...)
+        with stochastic=True)."""
+        return self._parts(1)
+
+    def _parts(self, which):
         if self.state is None:
-            raise ValueError("matrices need integrate(..., keep_atoms=True)")
-        return self.system.parts(self.state)[1]
+            raise ValueError("directions and matrices need integrate(..., keep_atoms=True)")
+        part = self.system.parts(self.state.reshape(-1, self.state.shape[-1]))[which]
+        return part.reshape(self.state.shape[:-1] + part.shape[1:])
+
+    def _paths(self):
+        if self.error_paths is None:
+            raise ValueError("sample paths need integrate(..., stochastic=True)")
+        return self.error_paths
+
+    def quantiles(self, q):
+        """Quantiles q (a number or a sequence in [0, 1]) of the error over the sample paths at each t."""
+        return np.quantile(self._paths(), q, axis=0)
+
+    def escape_times(self, level):
+        """Each path's first time with the error at or below `level` (linear between recorded
+        times; nan if never): the time a path leaves a plateau above `level`."""
+        return _stochastic.escape_times(self.t, self._paths(), level)
 
 
 class _System:
@@ -147,14 +168,16 @@ class _System:
 
     def step_noise(self, y, spike_noise, *bias):
         """D E[d y_i d y_i'] per unit of time for the numbers of the state y with noise of their own
-        (the spikes' direction vectors, the first `split`): (their indices, the (split, split) matrix).
+        (the spikes' direction vectors, the first `split`): (their indices, the (split, split) matrix),
+        or for states y of shape (m, N) the (m, split, split) matrices.
         `bias`: the encoder bias, for the shifted spike_noise_<rule>_bias."""
+        Y = np.atleast_2d(y)
         if not self.split:
-            return np.arange(0), np.zeros((0, 0))
-        Y = y[None]
+            return np.arange(0), np.zeros((0, 0) if y.ndim == 1 else (Y.shape[0], 0, 0))
         rho = self.rho_vec
-        N = spike_noise(*self._globals(Y), self.lr, self.D, self.parts(Y)[0], rho, np.diag(rho * self.D), *bias)[0]
-        return np.arange(self.split), N.transpose(0, 2, 1, 3).reshape(self.split, self.split)
+        N = spike_noise(*self._globals(Y), self.lr, self.D, self.parts(Y)[0], rho, np.diag(rho * self.D), *bias)
+        N = N.transpose(0, 1, 3, 2, 4).reshape(Y.shape[0], self.split, self.split)
+        return np.arange(self.split), N[0] if y.ndim == 1 else N
 
     def order_parameters(self, Y):
         """(Q, R, T, T0), each (m, K, K); with V = W, nu = lambda/sqrt(D) gives R = Q/sqrt(D),
@@ -241,12 +264,14 @@ class _BiasSystem:
         moments included; noises = (spike_noise_<rule>_bias, bias_noise_<rule>)."""
         spike_noise, bias_noise = noises
         K, split = self.K, self.split
-        weights, b = y[:-K], y[None, -K:]
-        idx, Ntt = self.core.step_noise(weights, spike_noise, b)
-        W = weights[None]
+        Y = np.atleast_2d(y)
+        W, b = Y[:, :-K], Y[:, -K:]
+        idx, Ntt = self.core.step_noise(W, spike_noise, b)
         Nbb, Nbt = bias_noise(*self.core._globals(W), self.lr, self.D, b, self.core.parts(W)[0], self.rho_vec)
-        Nbt = Nbt[0].transpose(1, 0, 2).reshape(K, split)             # (J, K, F) -> (K, J F)
-        return np.concatenate([idx, np.arange(y.size - K, y.size)]), np.block([[Ntt, Nbt.T], [Nbt, Nbb[0]]])
+        Nbt = Nbt.transpose(0, 2, 1, 3).reshape(Y.shape[0], K, split)   # (m, J, K, F) -> (m, K, J F)
+        N = np.concatenate([np.concatenate([Ntt, np.swapaxes(Nbt, 1, 2)], axis=2),
+                            np.concatenate([Nbt, Nbb], axis=2)], axis=1)
+        return np.concatenate([idx, np.arange(Y.shape[1] - K, Y.shape[1])]), N[0] if y.ndim == 1 else N
 
     def _weights_drift(self, Q, R, T, T0, *rest):
         """_System's drift call: rest = (lr,) in the limit, (WW, lr, D) at finite D, where the
@@ -328,7 +353,7 @@ def _factor(S, m, j):
 def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(0.0, 1.0, 10.0),
               rule="vanilla", b0=None, *, spectrum=None, init=None, rtol=1e-6, atol=1e-9,
               method="auto", progress=True, keep_atoms=False, raise_on_failure=True, finite_size=None,
-              fluctuations=False, rule_params=None, c0=None):
+              fluctuations=False, rule_params=None, c0=None, stochastic=False, paths=256, seed=0, dt=None):
     """Integrate the equations of motion of `act` (a generated module) for `rule`.
 
     Either eigvals (D,), eigvecs (D, D) (or None: the weights are given in the eigenbasis) and
@@ -378,12 +403,34 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     and encoder weight 0 (derive.rules), projected on the eigenvectors like the weights. The result's
     Q, R, T, T0 and b are the hidden units', `error` includes c, `output_bias` is |c|^2/D and, with
     keep_atoms, directions() and matrices() hold the bias' unit first.
+
+    stochastic=True (implies finite_size) integrates `paths` sample paths of the diffusion
+    approximation of SGD at this D (runtime.stochastic: Heun in the drift, Gaussian increments
+    from the spikes' noise, step dt, default runtime.stochastic.STEP; `seed` draws them), all
+    vectorised, at a cost independent of D: `error` and the order parameters are the means over
+    paths, `error_spread` their standard deviation, `error_paths` (paths, n) each path's error,
+    `basins` the spike each unit ends on in each path; quantiles() and escape_times() read them,
+    and with keep_atoms directions()/matrices() have a paths axis. Not for tied weights, whose
+    spikes move by O(1) per step (the diffusion approximation does not hold there).
     """
     known = sorted(set(act.DRIFTS) | set(getattr(act, "FINITE", {})))
     if rule not in known:
         missing = getattr(act, "FINITE_MISSING", "")
         raise ValueError(f"unknown rule {rule!r} for activation {act.NAME}; known: {', '.join(known)}"
                          + (f" ({missing})" if missing else ""))
+    if stochastic:
+        if fluctuations:
+            raise ValueError("stochastic=True and fluctuations=True describe the same spread two ways: choose one")
+        if finite_size is False:
+            raise ValueError("stochastic=True needs the finite-D equations (finite_size=True)")
+        if rule not in act.DRIFTS:
+            raise ValueError(f"stochastic: rule {rule!r} moves its spikes by O(1) per step, where the diffusion "
+                             "approximation does not hold (sample paths for tied weights are not built)")
+        dt = check.number(_stochastic.STEP if dt is None else dt, "dt")
+        if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or paths < 2 or dt <= 0:
+            raise ValueError(f"stochastic needs an integer number of paths >= 2 and a positive dt, got paths = "
+                             f"{paths!r}, dt = {dt!r}")
+        finite_size = True
     if fluctuations:
         if finite_size is False:
             raise ValueError("fluctuations=True needs the finite-D equations (finite_size=True)")
@@ -488,8 +535,13 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     solved = np.union1d(times, validity.check_times(times[-1])) if fluctuations else times
     with _progress.bar(float(times[-1]), f"integrate {act.NAME}/{rule}", progress,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g} of {total:.4g} [{elapsed}<{remaining}]") as bar:
-        ts, ys, status, message, nfev = _solve(system, y0, solved, method, rtol, atol, bar, error_of, half_trace)
-    Y = ys.reshape(len(ts), -1)
+        if stochastic:
+            ts, ys, status, message, nfev = _stochastic.sample_paths(
+                system, build(False), act.SPIKE_NOISE[rule] if b0 is None else act.BIAS_NOISE[rule][1:], y0, times,
+                paths, seed, dt, bar, error_of, divergence_limit(error_of(y0[None])[0], half_trace))
+        else:
+            ts, ys, status, message, nfev = _solve(system, y0, solved, method, rtol, atol, bar, error_of, half_trace)
+    Y = ys.reshape(len(ts), -1) if not stochastic else ys.reshape(-1, ys.shape[-1])     # every path's state
     spread = spread_check = None
     if fluctuations:
         spread = system.error_spread(act, Y, half_trace)
@@ -500,11 +552,23 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         ts, ys, Y, spread = ts[rows], ys[rows], Y[rows], spread[rows]
     Q, R, T, T0 = system.order_parameters(Y)
     hidden = slice(units - K, None)     # without the output bias' unit
-    result = IntegrationResult(ts, error_of(Y), *(M[:, hidden, hidden] for M in (Q, R, T, T0)), spectrum.pca_errors(K),
+    errors, b = error_of(Y), None if b0 is None else system.biases(Y)
+    error_paths = basins = None
+    if stochastic:                      # means over the paths; their spread, and each path's error
+        def per_path(M):
+            return M.reshape(ts.size, paths, *M.shape[1:])
+        error_paths = per_path(errors).T.copy()
+        errors = error_paths.mean(axis=0)
+        spread = error_paths.std(axis=0, ddof=1)
+        Q, R, T, T0 = (per_path(M).mean(axis=1) for M in (Q, R, T, T0))
+        b = None if b is None else per_path(b).mean(axis=1)
+        if ts.size and system.split:
+            basins = _stochastic.basins(system.parts(ys[-1])[0][..., units - K:units], system.rho_vec)
+    result = IntegrationResult(ts, errors, *(M[:, hidden, hidden] for M in (Q, R, T, T0)), spectrum.pca_errors(K),
                                act.NAME, rule, status, message, nfev, ys if keep_atoms else None, system,
-                               b=None if b0 is None else system.biases(Y)[:, hidden].copy(),
+                               b=None if b is None else b[:, hidden].copy(),
                                error_spread=spread, output_bias=None if c0 is None else T0[:, 0, 0].copy(),
-                               spread_check=spread_check)
+                               spread_check=spread_check, error_paths=error_paths, basins=basins)
     result.lr = lr
     if spread_check is not None and not spread_check.valid:
         warnings.warn(spread_check.message(f"{act.NAME}/{rule} at D = {spectrum.D:g}"), RuntimeWarning, stacklevel=3)
