@@ -261,6 +261,24 @@ def _plan(K, orders_list, constant=0):
     return plan, needed
 
 
+@functools.lru_cache(maxsize=256)
+def _fold_plan(depth, signatures):
+    """Per level of _fold, innermost first: (its distinct orders tuples (heads), the head of each
+    suffix of the signatures from that level on, the next level's row of the suffix's rest (None
+    at the innermost level)); and each signature's row at the outermost level. `signatures`:
+    a sorted tuple."""
+    steps, index = [], None
+    for i in reversed(range(depth)):
+        suffixes = sorted({sig[i:] for sig in signatures})
+        heads = sorted({suffix[0] for suffix in suffixes})
+        where = {h: k for k, h in enumerate(heads)}
+        head = np.array([where[suffix[0]] for suffix in suffixes])
+        rest = None if index is None else np.array([index[suffix[1:]] for suffix in suffixes])
+        steps.append((tuple(heads), head, rest))
+        index = {suffix: k for k, suffix in enumerate(suffixes)}
+    return steps, [index[sig] for sig in signatures]
+
+
 def _fold(levels, at, signatures):
     """{signature: the nested rule's average of prod_a g^(a) at each level's nodes}, for the
     signatures (one tuple of orders per level) on one set of units: innermost level first, each
@@ -269,35 +287,37 @@ def _fold(levels, at, signatures):
     the innermost level's as one matrix product with its weights where they are one vector
     (_conditional_rule's centred case), the others _FOLD numbers to a numpy call (temporaries
     that stay in cache). The signatures share their inner levels, which hold most of the nodes."""
-    inner, index = None, {}
-    for i in reversed(range(len(levels))):
-        w = levels[i][1]
-        suffixes = sorted({sig[i:] for sig in signatures})
-        heads = sorted({suffix[0] for suffix in suffixes})
+    signatures = tuple(sorted(signatures))
+    steps, rows = _fold_plan(len(levels), signatures)
+    inner = None
+    for i, (heads, head, rest) in zip(reversed(range(len(levels))), steps):
+        w, values = levels[i][1], at[i]
         products = {}
 
         def product(orders):
-            if orders not in products:
-                products[orders] = at[i][orders[0]] if len(orders) == 1 else product(orders[:-1]) * at[i][orders[-1]]
-            return products[orders]
-        head = np.array([heads.index(suffix[0]) for suffix in suffixes])
+            out = products.get(orders)
+            if out is None:
+                out = products[orders] = (values[orders[0]] if len(orders) == 1
+                                          else product(orders[:-1]) * values[orders[-1]])
+            return out
         if inner is None:
             if w.ndim > 1 and not any(w.strides[:-1]):          # one weight vector, broadcast
                 w0 = w[(0,) * (w.ndim - 1)]
                 sums = np.stack([product(orders) @ w0 for orders in heads])
+            elif w.size * len(heads) <= _FOLD:                     # small: one call
+                sums = np.einsum("h...n,...n->h...", np.stack([product(orders) for orders in heads]), w)
             else:
                 sums = np.stack([np.einsum("...n,...n->...", product(orders), w) for orders in heads])
             total = sums[head]
         else:
             WP = np.stack([w * product(orders) for orders in heads])
-            rest = np.array([index[suffix[1:]] for suffix in suffixes])
             step = max(1, _FOLD // w.size)
-            total = np.empty((len(suffixes),) + w.shape[:-1])
-            for lo in range(0, len(suffixes), step):
+            total = np.empty((len(head),) + w.shape[:-1])
+            for lo in range(0, len(head), step):
                 sl = slice(lo, lo + step)
                 total[sl] = np.einsum("s...n,s...n->s...", WP[head[sl]], inner[rest[sl]])
-        inner, index = total, {suffix: k for k, suffix in enumerate(suffixes)}
-    return {sig: inner[index[sig]] for sig in signatures}
+        inner = total
+    return {sig: inner[row] for sig, row in zip(signatures, rows)}
 
 
 def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0, constant=0):
