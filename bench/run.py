@@ -335,7 +335,10 @@ PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 eva
          "fast_kernels": ("| numerical kernel | max abs rho | evals/s (fast path) | evals/s (expect2) | "
                           "erf closed form |\n|---|---|---|---|---|", bench_fast_kernels),
          "sweep": ("| sweep (erf, D = 250/500, t <= 20) | tasks | points/min, 1 worker | 2 workers | scaling |\n"
-                   "|---|---|---|---|---|", lambda rng: bench_sweep())}
+                   "|---|---|---|---|---|", lambda rng: bench_sweep()),
+         "activations": ("| activation | kernels | derive (s) | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|",
+                         lambda rng: __import__("bench.activations", fromlist=["bench_activations"])
+                         .bench_activations(rng, random_covariances))}
 
 
 def main(argv=None):
