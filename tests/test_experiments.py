@@ -36,6 +36,16 @@ def test_experiment_runs_end_to_end(name, small_run):
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plateaus_compares_paths_with_sgd(small_run):
+    """Each case records the means' largest gap, the KS p-values and the escape times of the
+    stochastic equations' paths and of SGD, and the basins the paths end in."""
+    _, summary = small_run("plateaus")
+    for case in summary["cases"].values():
+        assert case["ks_times"] > 0 and 0 <= case["min_ks_pvalue"] <= 1 and case["max_gap_over_standard_error"] >= 0
+        assert len(case["escape_paths"]) == len(case["escape_sgd"]) == 2
+        assert sum(case["basins"].values()) == summary["config"]["paths"]
+
+
 def test_tied_reports_equations_and_scaling(small_run):
     """Every tied activation has equations (ReLU's through the smoothed activation); the D scan
     has every tied activation at every D with finite exponents; the tied states are analysed by

@@ -7,7 +7,7 @@ run(out, small), and add its name to EXPERIMENTS.
 """
 import importlib
 
-EXPERIMENTS = ("sequential", "truncated", "tied", "bias", "fluctuations")
+EXPERIMENTS = ("sequential", "truncated", "tied", "bias", "fluctuations", "plateaus")
 
 
 def load(name):

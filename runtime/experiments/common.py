@@ -55,6 +55,14 @@ class Run:
         self.summary["seconds"][f"integrate {label}"] = round(time.perf_counter() - tic, 3)
         return res
 
+    def integrate_paths(self, label, activation, eigvals, W0, V0, times, paths, lr=1.0, seed=0):
+        """Sample paths of the stochastic equations at the spectrum's D (runtime.stochastic)."""
+        tic = time.perf_counter()
+        res = generated.load(activation).integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times,
+                                                   stochastic=True, paths=paths, seed=seed, progress=True)
+        self.summary["seconds"][f"integrate paths {label}"] = round(time.perf_counter() - tic, 3)
+        return res
+
     def simulate(self, label, activation, eigvals, W0, V0, times, seeds, rule="vanilla", lr=1.0,
                  n_overlap=8, b0=None, c0=None):
         tic = time.perf_counter()

@@ -1,0 +1,112 @@
+"""Plateaus and noise-driven escapes at finite D: sample paths of the stochastic equations
+(integrate(..., stochastic=True), runtime.stochastic) against SGD runs from the same weights.
+
+A linear network, K = 2, spikes (2, 1) x D over a unit bulk, lr = 1, eigenbasis, from two starts:
+the saddle start (W0, V0 = 0.1 N(0, 1): one unit learns the first spike at once, the second
+leaves the plateau at eps ~ 1 at a time the noise decides) and the sequential-learning start
+(N(0, 10^-6): both plateaus), at D = 300 and 1000. For each: the error's 10-50-90 % quantiles
+over paths and over SGD seeds, and the histograms of the escape times from the last plateau
+(first crossing of the level halfway between eps_PCA(1) and eps_PCA(2)).
+
+Writes plateaus.png, plateaus.csv (quantiles per case) and plateaus.json (per case: the largest
+gap of the means over their combined standard error, the smallest two-sample Kolmogorov-Smirnov
+p-value of the error over the times, the escape times' mean and spread for paths and SGD with
+their KS p-value, the basins the paths end in, and the seconds each took), with the fixed point
+the D -> infinity equations reach (runtime.fixed_points). Tied weights, whose
+runs end in a mixture of sign patterns, are not here: the stochastic equations refuse them
+(docs/stochastic.md).
+"""
+import time
+
+import numpy as np
+from scipy.stats import ks_2samp
+
+from runtime.experiments.common import Run, pca_levels, pyplot, spiked_eigvals
+from runtime.stochastic import escape_times
+
+NAME = "plateaus"
+#: (label, initial scale of W0 and V0)
+FULL = dict(starts=(("saddle start", 0.1), ("sequential start", 1e-3)), Ds=(300, 1000), K=2, spikes=(2.0, 1.0),
+            seed=0, lr=1.0, t_max=24.0, n_times=49, paths=256, seeds=48)
+SMALL = dict(FULL, starts=(("saddle start", 0.1),), Ds=(100,), t_max=8.0, n_times=9, paths=24, seeds=8)
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def problem(cfg, D, scale):
+    rng = np.random.default_rng(cfg["seed"])
+    return spiked_eigvals(D, cfg["spikes"]), scale * rng.standard_normal((2, cfg["K"], D))
+
+
+def compare(times, paths, sgd, level):
+    """Means, distributions and escape times of the paths (P, n_t) against SGD's runs (S, n_t)."""
+    se = np.sqrt(paths.var(axis=0, ddof=1) / paths.shape[0] + sgd.var(axis=0, ddof=1) / sgd.shape[0])[1:]
+    gap = np.abs(paths.mean(axis=0) - sgd.mean(axis=0))[1:]
+    ks = [ks_2samp(paths[:, i], sgd[:, i]).pvalue for i in range(1, times.size)]
+    ours, theirs = escape_times(times, paths, level), escape_times(times, sgd, level)
+    out = {"max_gap_over_standard_error": np.max(gap / np.maximum(se, 1e-300)), "min_ks_pvalue": min(ks),
+           "ks_times": len(ks), "escape_level": level,
+           "escape_paths": [np.nanmean(ours), np.nanstd(ours)], "escape_sgd": [np.nanmean(theirs), np.nanstd(theirs)],
+           "escaped": [float(np.mean(np.isfinite(ours))), float(np.mean(np.isfinite(theirs)))]}
+    if np.isfinite(ours).sum() > 1 and np.isfinite(theirs).sum() > 1:
+        out["escape_ks_pvalue"] = ks_2samp(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)]).pvalue
+    return out, ours, theirs
+
+
+def run(out, small=False):
+    cfg = SMALL if small else FULL
+    job = Run(NAME, out, cfg)
+    times = np.linspace(0, cfg["t_max"], cfg["n_times"])
+    results, summary = {}, {}
+    header, cols = ["t"], [times]
+    for start, scale in cfg["starts"]:
+        for D in cfg["Ds"]:
+            name = f"{start}, D = {D}"
+            eigvals, (W0, V0) = problem(cfg, D, scale)
+            tic = time.perf_counter()
+            limit = job.integrate(f"{name} D -> infinity", "linear", eigvals, W0, V0, times, lr=cfg["lr"])
+            job.fixed_point(f"{name} D -> infinity", limit)
+            paths = job.integrate_paths(name, "linear", eigvals, W0, V0, times, cfg["paths"], lr=cfg["lr"])
+            sim = job.simulate(name, "linear", eigvals, W0, V0, times, cfg["seeds"], lr=cfg["lr"])
+            level = 0.5 * (paths.pca_errors[1] + paths.pca_errors[2])
+            summary[name], ours, theirs = compare(times, paths.error_paths, sim.error, level)
+            labels, counts = np.unique(paths.basins, return_counts=True)
+            summary[name]["basins"] = dict(zip(labels.tolist(), counts.tolist()))
+            summary[name]["seconds"] = round(time.perf_counter() - tic, 3)
+            results[name] = limit, paths, sim, ours, theirs
+            job.record(cases=summary)
+            for who, values in (("paths", paths.error_paths), ("sgd", sim.error)):
+                for q, row in zip(QUANTILES, np.quantile(values, QUANTILES, axis=0)):
+                    header.append(f"{who}_q{int(100 * q)} {name}")
+                    cols.append(row)
+    job.table(header, cols)
+    job.figure(plot(cfg, results))
+    return job.summary
+
+
+def plot(cfg, results):
+    plt = pyplot()
+    fig, axes = plt.subplots(len(results), 2, figsize=(12, 4 * len(results)), squeeze=False)
+    for row, (name, (limit, paths, sim, ours, theirs)) in enumerate(results.items()):
+        ax, ax_hist = axes[row]
+        t = paths.t[1:]
+        for values, color, who in ((paths.error_paths, "C1", f"stochastic equations, {paths.error_paths.shape[0]} paths"),
+                                   (sim.error, "k", f"SGD, {sim.error.shape[0]} seeds")):
+            lo, mid, hi = np.quantile(values[:, 1:], QUANTILES, axis=0)
+            ax.plot(t, mid, "-" if color == "C1" else "o", color=color, ms=3, mfc="white", label=f"{who}: median")
+            if color == "C1":
+                ax.fill_between(t, lo, hi, color=color, alpha=0.25, label="… 10–90 %")
+            else:
+                ax.vlines(t, lo, hi, color=color, lw=0.8, label="… 10–90 %")
+        ax.plot(t, limit.error[1:], "--", color="C0", lw=1.2, label="equations, D → ∞")
+        pca_levels(ax, paths.pca_errors, t[0])
+        ax.set(xlabel="t = steps / D", ylabel="reconstruction error", yscale="log",
+               title=f"linear, K = {cfg['K']}, spikes {cfg['spikes']} × D: {name}")
+        ax.legend(fontsize=7)
+        bins = np.histogram_bin_edges(np.concatenate([ours[np.isfinite(ours)], theirs[np.isfinite(theirs)]]), 20)
+        ax_hist.hist(ours[np.isfinite(ours)], bins=bins, density=True, color="C1", alpha=0.5, label="stochastic equations")
+        ax_hist.hist(theirs[np.isfinite(theirs)], bins=bins, density=True, histtype="step", color="k", lw=1.5,
+                     label="SGD")
+        ax_hist.set(xlabel="escape time from the last plateau", ylabel="density", title=f"{name}: escape times")
+        ax_hist.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
