@@ -86,7 +86,8 @@ def time_grid(t_max, points, D):
 
 def theory(cfg, progress=False):
     """The equations of motion of cfg["theory"]["equations"] at the problem's times: a dict with
-    t (the problem's times), error and error_spread (None unless fluctuations; as far as the
+    t (the problem's times), error and error_spread (None unless fluctuations or stochastic: the
+    predicted seed spread, or the sample paths' mean and spread; as far as the
     integration got), pca_errors, status ("ok" | "failed" | "interrupted": Ctrl-C), message, warnings,
     seconds."""
     equations = cfg["theory"]["equations"]
@@ -97,7 +98,8 @@ def theory(cfg, progress=False):
             res = act.integrate(prob.eigvals, np.eye(prob.eigvals.size), prob.W0, prob.V0, lr=cfg["lr"],
                                 times=prob.times, rule=cfg["rule"], b0=prob.b0, c0=prob.c0,
                                 rule_params=_rule_params(cfg), progress=progress,
-                                finite_size=equations != "limit", fluctuations=equations == "fluctuations")
+                                finite_size=equations != "limit", fluctuations=equations == "fluctuations",
+                                stochastic=equations == "stochastic", paths=cfg["theory"]["paths"], seed=cfg["seed"])
         except (IntegrationError, Interrupted) as exc:                  # keep what was computed
             res = exc.result
             status = "interrupted" if isinstance(exc, Interrupted) else "failed"

@@ -21,7 +21,7 @@ DEFAULTS = {
     "data": {"D": 500, "spikes": [2.0, 1.0], "bulk": 1.0, "dataset": None, "path": None, "patch": None,
              "samples": None},
     "time": {"t_max": 50.0, "points": 40},
-    "theory": {"equations": "limit"},
+    "theory": {"equations": "limit", "paths": 256},
     "simulation": {"seeds": 8},
 }
 
@@ -60,6 +60,7 @@ def test_an_empty_config_is_the_documented_defaults():
     ("[time]\nt_max = 5", {"time.t_max": 5.0}),
     ("[time]\npoints = 3", {"time.points": 3}),
     ('[theory]\nequations = "fluctuations"', {"theory.equations": "fluctuations"}),
+    ('[theory]\nequations = "stochastic"\npaths = 64', {"theory.equations": "stochastic", "theory.paths": 64}),
     ("[simulation]\nseeds = 0", {"simulation.seeds": 0}),
 ])
 def test_every_key_is_read(tmp_path, text, changed):
@@ -125,6 +126,8 @@ BAD = [
     ('[theory]\nequations = "exact"', "theory.equations", "one of"),
     ('rule = "tied"', "theory.equations", "expected 'finite'"),
     ('rule = "tied"\n[theory]\nequations = "fluctuations"', "theory.equations", "expected 'finite'"),
+    ('rule = "tied"\n[theory]\nequations = "stochastic"', "theory.equations", "no diffusion approximation"),
+    ('[theory]\npaths = 1', "theory.paths", ">= 2"),
     ('K = 4\n[theory]\nequations = "finite"', "theory.equations", "K <= 3"),
     ("[simulation]\nseeds = -1", "simulation.seeds", ">= 0"),
     ("K = ", "not valid TOML", ""),
