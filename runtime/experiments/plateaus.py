@@ -37,14 +37,19 @@ def problem(cfg, D, scale):
     return spiked_eigvals(D, cfg["spikes"]), scale * rng.standard_normal((2, cfg["K"], D))
 
 
-def compare(times, paths, sgd, level):
-    """Means, distributions and escape times of the paths (P, n_t) against SGD's runs (S, n_t)."""
+def compare(times, paths, sgd, level, fixed):
+    """Means, distributions and escape times of the paths (P, n_t) against SGD's runs (S, n_t);
+    KS p-values also over the times where SGD's mean is still 1 % of the way from `fixed` to `level`
+    (eps_PCA(K)): at the fixed point the spread is second order and holds the bulk's own noise,
+    which the reduced coordinates leave out (docs/stochastic.md)."""
     se = np.sqrt(paths.var(axis=0, ddof=1) / paths.shape[0] + sgd.var(axis=0, ddof=1) / sgd.shape[0])[1:]
     gap = np.abs(paths.mean(axis=0) - sgd.mean(axis=0))[1:]
-    ks = [ks_2samp(paths[:, i], sgd[:, i]).pvalue for i in range(1, times.size)]
+    ks = np.array([ks_2samp(paths[:, i], sgd[:, i]).pvalue for i in range(1, times.size)])
+    away = sgd.mean(axis=0)[1:] > fixed + 0.01 * (level - fixed)
     ours, theirs = escape_times(times, paths, level), escape_times(times, sgd, level)
-    out = {"max_gap_over_standard_error": np.max(gap / np.maximum(se, 1e-300)), "min_ks_pvalue": min(ks),
-           "ks_times": len(ks), "escape_level": level,
+    out = {"max_gap_over_standard_error": np.max(gap / np.maximum(se, 1e-300)), "min_ks_pvalue": ks.min(),
+           "ks_times": len(ks), "min_ks_pvalue_away_from_the_fixed_point": ks[away].min() if away.any() else None,
+           "ks_times_away": int(away.sum()), "escape_level": level,
            "escape_paths": [np.nanmean(ours), np.nanstd(ours)], "escape_sgd": [np.nanmean(theirs), np.nanstd(theirs)],
            "escaped": [float(np.mean(np.isfinite(ours))), float(np.mean(np.isfinite(theirs)))]}
     if np.isfinite(ours).sum() > 1 and np.isfinite(theirs).sum() > 1:
@@ -68,7 +73,7 @@ def run(out, small=False):
             paths = job.integrate_paths(name, "linear", eigvals, W0, V0, times, cfg["paths"], lr=cfg["lr"])
             sim = job.simulate(name, "linear", eigvals, W0, V0, times, cfg["seeds"], lr=cfg["lr"])
             level = 0.5 * (paths.pca_errors[1] + paths.pca_errors[2])
-            summary[name], ours, theirs = compare(times, paths.error_paths, sim.error, level)
+            summary[name], ours, theirs = compare(times, paths.error_paths, sim.error, level, paths.pca_errors[-1])
             labels, counts = np.unique(paths.basins, return_counts=True)
             summary[name]["basins"] = dict(zip(labels.tolist(), counts.tolist()))
             summary[name]["seconds"] = round(time.perf_counter() - tic, 3)
