@@ -111,6 +111,14 @@ class IntegrationResult:
         part = self.system.parts(self.state.reshape(-1, self.state.shape[-1]))[which]
         return part.reshape(self.state.shape[:-1] + part.shape[1:])
 
+    def path_order_parameters(self):
+        """(Q, R, T, T0) of every sample path, each (n_t, paths, K, K) (stochastic=True, keep_atoms=True)."""
+        if self.state is None or self.state.ndim != 3:
+            raise ValueError("order parameters per path need integrate(..., stochastic=True, keep_atoms=True)")
+        K, shape = self.Q.shape[-1], self.state.shape[:2]
+        every = self.system.order_parameters(self.state.reshape(-1, self.state.shape[-1]))
+        return tuple(M.reshape(shape + M.shape[1:])[..., -K:, -K:] for M in every)
+
     def _paths(self):
         if self.error_paths is None:
             raise ValueError("sample paths need integrate(..., stochastic=True)")

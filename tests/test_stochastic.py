@@ -62,6 +62,24 @@ def test_where_the_expansion_holds_paths_agree_with_it():
     assert np.all(np.abs(run.error_spread[1:] - expansion.error_spread[1:]) <= 4 * se_spread)
 
 
+def test_a_trained_bias_fluctuates_with_the_spikes():
+    """Linear, K = 1, D = 500, b0 = 0.3 (the bias' noise and its cross moments with the spikes,
+    BIAS_NOISE): the paths' mean, spread and mean bias agree with the fluctuation expansion within
+    the paths' standard errors; per path, the order parameters average to the result's."""
+    args, paths, b0 = spiked_problem(500, 1, (3.0, 2.0, 1.5), seed=1), 128, np.array([0.3])
+    times = np.linspace(0, 4, 5)
+    run = linear.integrate(*args, times=times, b0=b0, stochastic=True, paths=paths, seed=2, keep_atoms=True)
+    expansion = linear.integrate(*args, times=times, b0=b0, fluctuations=True)
+    assert np.all(np.abs(run.error[1:] - expansion.error[1:]) <= 3 * run.error_spread[1:] / np.sqrt(paths))
+    se_spread = run.error_spread[1:] / np.sqrt(2 * (paths - 1))
+    assert np.all(np.abs(run.error_spread[1:] - expansion.error_spread[1:]) <= 4 * se_spread)
+    assert np.all(np.abs(run.b - expansion.b) < 0.02) and np.ptp(run.b[:, 0]) > 0.05     # the bias moves
+    Q = run.path_order_parameters()[0]
+    assert Q.shape == (times.size, paths, 1, 1)
+    np.testing.assert_allclose(Q.mean(axis=1), run.Q, rtol=1e-12)
+    assert run.directions().shape[:2] == (times.size, paths)
+
+
 def test_the_scheme_converges_in_the_step_and_to_the_limit():
     """Heun in the drift: at D = 10^6, where the noise is small (spread ~5e-4), the paths' mean
     follows the finite-D equations and halving dt cuts its error ~4x (measured 0.021, 0.0061,
