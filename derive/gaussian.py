@@ -201,6 +201,11 @@ def _tidy_radicals(expr):
 
 
 def tidy(expr):
+    from derive import polynomial_erf
+    if polynomial_erf.marked(expr):          # a polynomial-times-erf average: no sp.simplify
+        tidied = polynomial_erf.tidy(expr)
+        if tidied is not None:
+            return tidied
     expr = sp.simplify(_tidy_radicals(sp.expand(expr)))
     if expr.has(sp.I):
         expr = sp.simplify(sp.expand_complex(expr))
@@ -214,7 +219,21 @@ def tidy(expr):
 
 def one_point(f, var=v):
     """E[f(x)] for x ~ N(0, var), as a SymPy expression in `var`."""
-    return tidy(_one_point(sp.sympify(f), var))
+    f = sp.sympify(f)
+    closed = _polynomial_erf(lambda route: route.one_point(f, var), f)
+    return tidy(closed if closed is not None else _one_point(f, var))
+
+
+def _polynomial_erf(average, *fs):
+    """average(derive.polynomial_erf) where that route applies to one of fs (a polynomial times
+    erf), or None: the other paths then run as before."""
+    from derive import polynomial_erf
+    if not any(polynomial_erf.applies(f) for f in fs):
+        return None
+    try:
+        return average(polynomial_erf)
+    except NoClosedForm:
+        return None
 
 
 def _one_point(f, var):
@@ -274,6 +293,9 @@ def _parity(f):
 @lru_cache(maxsize=None)
 def two_point(f1, f2, depth=0):
     """E[f1(x1) f2(x2)] as a SymPy expression in (c11, c12, c22); f1, f2 are expressions in x."""
+    closed = _polynomial_erf(lambda route: route.two_point(f1, f2), f1, f2)
+    if closed is not None:
+        return tidy(closed)
     if _parity(f1) * _parity(f2) == -1:
         return sp.S.Zero                 # (x1, x2) -> (-x1, -x2) flips the sign
     total = sp.S.Zero
