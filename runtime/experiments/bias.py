@@ -110,9 +110,7 @@ def run(out, small=False):
     for name, sim in output.items():
         header.append(f"sgd_{relu}_{name.replace(' + ', '_and_').replace(' ', '_')}_D{cfg['D'][0]}_mean")
         cols.append(sim.mean("error"))
-    job.table(header, cols)
-    job.figure(plot(cfg, theo, sims, output, pca))
-    return job.summary
+    return job.finish(header, cols, plot(cfg, theo, sims, output, pca))
 
 
 def plot(cfg, theo, sims, output, pca):

@@ -100,12 +100,23 @@ class Run:
         fig.savefig(self.out / f"{self.name}.png", dpi=120)
         plt.close(fig)
 
+    def finish(self, header, columns, fig):
+        """Write the table and the figure; the summary (what run() returns)."""
+        self.table(header, columns)
+        self.figure(fig)
+        return self.summary
+
 
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def panel_rows(rows, height):
+    """A figure of `rows` rows of two panels each: (fig, axes (rows, 2))."""
+    return pyplot().subplots(rows, 2, figsize=(12, height * rows), squeeze=False)
 
 
 def sim_points(ax, t, values, color, label=None, marker="o"):

@@ -22,7 +22,7 @@ in this setting its expansion stops at t = 33, when that GL(K) spread passes hal
 """
 import numpy as np
 
-from runtime.experiments.common import Run, pca_levels, pyplot, sim_points, spiked_eigvals
+from runtime.experiments.common import Run, panel_rows, pca_levels, sim_points, spiked_eigvals
 
 NAME = "fluctuations"
 #: (activation, initial encoder bias or None: no bias)
@@ -76,14 +76,11 @@ def run(out, small=False):
         header += [f"sgd_mean_{key}", f"sgd_spread_{key}", f"limit_{key}", f"fluctuations_{key}",
                    f"predicted_spread_{key}"]
         cols += [sim.error.mean(0), sim.error.std(0, ddof=1), limit.error, fluct.error, fluct.error_spread]
-    job.table(header, cols)
-    job.figure(plot(cfg, results))
-    return job.summary
+    return job.finish(header, cols, plot(cfg, results))
 
 
 def plot(cfg, results):
-    plt = pyplot()
-    fig, axes = plt.subplots(len(results), 2, figsize=(12, 4.2 * len(results)), squeeze=False)
+    fig, axes = panel_rows(len(results), 4.2)
     for row, (act, (limit, fluct, sim)) in enumerate(results.items()):
         ax, ax_gap = axes[row]
         t = fluct.t[1:]

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from scipy.stats import ks_2samp
 
-from runtime.experiments.common import Run, pca_levels, pyplot, spiked_eigvals
+from runtime.experiments.common import Run, panel_rows, pca_levels, spiked_eigvals
 from runtime.stochastic import escape_times
 
 NAME = "plateaus"
@@ -83,14 +83,11 @@ def run(out, small=False):
                 for q, row in zip(QUANTILES, np.quantile(values, QUANTILES, axis=0)):
                     header.append(f"{who}_q{int(100 * q)} {name}")
                     cols.append(row)
-    job.table(header, cols)
-    job.figure(plot(cfg, results))
-    return job.summary
+    return job.finish(header, cols, plot(cfg, results))
 
 
 def plot(cfg, results):
-    plt = pyplot()
-    fig, axes = plt.subplots(len(results), 2, figsize=(12, 4 * len(results)), squeeze=False)
+    fig, axes = panel_rows(len(results), 4)
     for row, (name, (limit, paths, sim, ours, theirs)) in enumerate(results.items()):
         ax, ax_hist = axes[row]
         t = paths.t[1:]

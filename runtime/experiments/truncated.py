@@ -92,9 +92,7 @@ def run(out, small=False):
         if (act, rule) in theo:
             header.append(f"theory_{act}_{rule}")
             cols.append(np.interp(sim.t, theo[act, rule].t, theo[act, rule].error))
-    job.table(header, cols)
-    job.figure(plot(cfg, theo, sims))
-    return job.summary
+    return job.finish(header, cols, plot(cfg, theo, sims))
 
 
 STYLE = {"vanilla": ("--", "v", "vanilla"), "truncated": ("-", "o", "truncated"), "sanger": (None, "s", "Sanger (SGD only)")}
