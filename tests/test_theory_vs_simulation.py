@@ -15,6 +15,8 @@ matrices are self-averaging. With spikes of order D they are not (docs/tied.md, 
 equations and SGD part"): a spike is one direction, and the noise of the plateau sends the runs
 to different sign patterns of its overlaps, a mixture that no mean state describes.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -63,14 +65,25 @@ def test_equations_with_fluctuations_match_sgd_at_D_500(name, K, rule):
     """Over t in [0, 50], 24 seeds: |theory - SGD mean| within the seed-to-seed spread at every
     time and within three standard errors on average over time; the predicted spread within a
     factor 1.6 of the measured one on average. The D -> infinity equations fail the first test.
-    rule "bias": vanilla with a trained encoder bias from BIAS, whose fluctuations are included."""
+    rule "bias": vanilla with a trained encoder bias from BIAS, whose fluctuations are included.
+    Where runtime.validity flags the predicted spread as too small at some time (erf K = 2 at
+    t ~ 6, ReLU K = 2 truncated at t ~ 22: a few runs leave a plateau late), SGD's spread there
+    is larger than the prediction too."""
     times, seeds = np.linspace(0, 50, 26), 24
     act, args = generated.load(name), problem(K, 500)
     b0 = BIAS[:K] if rule == "bias" else None
     rule = "vanilla" if rule == "bias" else rule
-    theory = act.integrate(*args, times=times, rule=rule, b0=b0, fluctuations=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*fluctuation expansion's spread", RuntimeWarning)
+        theory = act.integrate(*args, times=times, rule=rule, b0=b0, fluctuations=True)
     limit = act.integrate(*args, times=times, rule=rule, b0=b0)
-    mean, spread = sgd(act, args, times, seeds, rule, b0)
+    check = theory.spread_check
+    sgd_times = times if check.valid else np.union1d(times, [check.time])
+    mean, spread = sgd(act, args, sgd_times, seeds, rule, b0)
+    if not check.valid:
+        at = np.searchsorted(sgd_times, check.time)
+        assert spread[at] > 1.2 * check.predicted, (spread[at], check)
+    mean, spread = mean[np.searchsorted(sgd_times, times)], spread[np.searchsorted(sgd_times, times)]
     gap, se = np.abs(theory.error - mean)[1:], spread[1:] / np.sqrt(seeds)
     assert np.all(gap <= spread[1:]), np.max(gap / spread[1:])
     assert np.mean(gap) <= 3 * np.mean(se)

@@ -1,0 +1,46 @@
+"""Issue 15's benchmark: sample paths of the stochastic equations (integrate(..., stochastic=True))
+against SGD runs on the same problem.
+
+`python bench/run.py stochastic`. Problem: spikes (2, 1) x D over a unit bulk, eigenbasis, W0 and
+V0 = 0.1 N(0, 1) from seed 0, lr = 1, K = 2. For each case: one call's seconds, its cost per path,
+and the SGD simulator's cost per seed (8 seeds, runtime.simulate) on the same problem and times;
+the ratio is how many times cheaper a path is than an SGD run. The paths' cost does not depend on
+D; SGD's grows like D^2 (D steps per unit of time, D per step). Each row records the load average.
+"""
+import os
+import time
+
+import numpy as np
+
+import generated
+from runtime.simulate import simulate
+
+#: (activation, D, paths, t_max)
+CASES = (("linear", 500, 256, 50.0), ("linear", 300, 256, 20.0), ("linear", 3000, 256, 20.0),
+         ("erf", 300, 64, 5.0))
+SGD_SEEDS = 8
+
+
+def problem(D, K=2, scale=0.1):
+    eigvals = np.concatenate([np.array([2.0, 1.0]) * D, np.ones(D - 2)])
+    rng = np.random.default_rng(0)
+    return eigvals, None, scale * rng.standard_normal((K, D)), scale * rng.standard_normal((K, D))
+
+
+def bench_stochastic(rng=None):
+    rows = []
+    for name, D, paths, t_max in CASES:
+        act, args, times = generated.load(name), problem(D), np.linspace(0, t_max, 11)
+        start = time.perf_counter()
+        act.integrate(*args, times=times, stochastic=True, paths=paths, seed=0, progress=False)
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        simulate(act, *args, times=times, seeds=SGD_SEEDS, test_samples=0, progress=False)
+        per_seed = (time.perf_counter() - start) / SGD_SEEDS
+        row = {"case": f"{name}, D = {D}, {paths} paths, t <= {t_max:g}", "seconds": seconds,
+               "per_path": seconds / paths, "sgd_per_seed": per_seed, "path_cheaper_by": per_seed * paths / seconds,
+               "load": os.getloadavg()[0]}
+        rows.append(row)
+        print(f"| {row['case']} | {seconds:.1f} | {row['per_path']:.3f} | {per_seed:.3f} | "
+              f"{row['path_cheaper_by']:.2f}x | {row['load']:.1f} |", flush=True)
+    return rows
