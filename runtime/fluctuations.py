@@ -134,7 +134,9 @@ class FluctuationSystem:
         of a few seeds while the mean still agrees. Measured (issue 17, item 6; ReLU, K = 2,
         D = 200, lr = 0.5, the sweep's init from seed 0): at t = 20 this gives 0.013; 16 SGD seeds
         give 0.071, two of them late; 64 seeds give 0.039 (3 late), 0.010 by the median absolute
-        deviation; by t = 80, once the late runs have caught up, 0.013 (predicted 0.021)."""
+        deviation; by t = 80, once the late runs have caught up, 0.013 (predicted 0.021). integrate
+        checks for such tails (runtime.validity: result.spread_check, a warning) and
+        integrate(..., stochastic=True) gives the distribution itself (runtime.stochastic)."""
         out = []
         for z in Z:
             Y, d = self.points(z)
