@@ -22,7 +22,9 @@ two-point ones condition on the other variable, where the Monte Carlo estimate i
 parts in the conditional variable and mpmath takes the delta's inner average, jump p(0 | x2).
 
 Whether the engine finds a closed form or falls back to quadrature may change with derive/;
-the checks are on values, with the tolerance of the path the module reports. The kernel checks
+the checks are on values, with the tolerance of the path the module reports. For the
+polynomials times erf (GELU, x erf(x), x^2 Phi(x): CLOSED) the module must report every
+kernel closed; tests/test_polynomial_erf.py checks those closed forms at the edges. The kernel checks
 and, for GELU and softplus, the comparison with SGD run in one test per activation so that each
 is derived once per pytest-xdist worker.
 
@@ -52,6 +54,8 @@ from runtime.spectrum import spiked_problem
 #: name -> (g(x), parameters with their values); the leaky ReLU is the registry's, slope 0.2
 ZOO = {
     "zoo_gelu": (x * (1 + sp.erf(x / sp.sqrt(2))) / 2, {}),
+    "zoo_x_erf": (x * sp.erf(x), {}),
+    "zoo_x2_phi": (x**2 * (1 + sp.erf(x / sp.sqrt(2))) / 2, {}),
     "zoo_silu": (x / (1 + sp.exp(-x)), {}),
     "zoo_softplus": (sp.log(1 + sp.exp(x)), {}),
     "zoo_elu": (sp.Piecewise((x, x > 0), (sp.exp(x) - 1, True)), {}),
@@ -67,6 +71,15 @@ ZOO = {
 REFUSED = {
     "zoo_elu": "(e^x - 1) delta(x) in g' is not reduced to 0, and the finite-D smoothing wants polynomial pieces",
     "zoo_hard_tanh": "kinks at x = +-1; derive's normal form has steps at 0 only",
+}
+
+#: activations whose every kernel is in closed form (derive/polynomial_erf.py: a polynomial times
+#: erf; the module says so in CLOSED_FORM and an empty NUMERIC_KERNELS), with the kernels the
+#: equations need (the module's mean_*/pair_* functions)
+CLOSED = {
+    name: ("mean_0", "mean_00", "mean_1", "mean_11", "mean_2", "mean_3", "mean_4", "pair_0_0", "pair_1_0",
+           "pair_1_1", "pair_2_0", "pair_2_2", "pair_3_1", "pair_3_3", "pair_4_0", "pair_4_2", "pair_5_1")
+    for name in ("zoo_gelu", "zoo_x_erf", "zoo_x2_phi")
 }
 
 #: activations whose SGD runs are compared with the equations (tanh: generated/tanh.py)
@@ -451,6 +464,10 @@ def test_zoo_activation(name):
     clock = [time.perf_counter()]
     module = built(name)
     clock.append(time.perf_counter())
+    if name in CLOSED:
+        assert module.CLOSED_FORM and module.NUMERIC_KERNELS == (), \
+            f"{name}: CLOSED_FORM {module.CLOSED_FORM}, NUMERIC_KERNELS {module.NUMERIC_KERNELS}"
+        assert tuple(kernel_names(module)) == CLOSED[name], kernel_names(module)
     wrong = [(k, error) for k, error in derivative_errors(name, module) if not error <= 1e-12]
     assert not wrong, f"{name}: g^(k) differs from the expression's (k, relative error): {wrong}"
     mc = monte_carlo_deviations(module)
