@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 import generated
+from runtime.experiments import plateaus
 from runtime.simulate import simulate
 
 #: (activation, D, paths, t_max)
@@ -21,16 +22,11 @@ CASES = (("linear", 500, 256, 50.0), ("linear", 300, 256, 20.0), ("linear", 3000
 SGD_SEEDS = 8
 
 
-def problem(D, K=2, scale=0.1):
-    eigvals = np.concatenate([np.array([2.0, 1.0]) * D, np.ones(D - 2)])
-    rng = np.random.default_rng(0)
-    return eigvals, None, scale * rng.standard_normal((K, D)), scale * rng.standard_normal((K, D))
-
-
 def bench_stochastic(rng=None):
     rows = []
     for name, D, paths, t_max in CASES:
-        act, args, times = generated.load(name), problem(D), np.linspace(0, t_max, 11)
+        eigvals, (W0, V0) = plateaus.problem(plateaus.FULL, D, 0.1)       # the plateaus' saddle start
+        act, args, times = generated.load(name), (eigvals, None, W0, V0), np.linspace(0, t_max, 11)
         start = time.perf_counter()
         act.integrate(*args, times=times, stochastic=True, paths=paths, seed=0, progress=False)
         seconds = time.perf_counter() - start

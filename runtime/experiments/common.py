@@ -29,13 +29,14 @@ def theory_overlaps(result):
 
 
 def integrate(activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, progress=False, b0=None,
-              fluctuations=False, c0=None):
+              fluctuations=False, c0=None, **paths):
     """The equations of motion from weights given in the eigenbasis (U = I), atoms kept (b0, c0: a
     trained encoder, output bias; rule "tied": the finite-D equations, V0 ignored; fluctuations:
-    the seed average and spread at the spectrum's D)."""
+    the seed average and spread at the spectrum's D; `paths`: stochastic=True, paths=P, seed=s for
+    sample paths, runtime.stochastic)."""
     return generated.load(activation).integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times,
                                                 rule=rule, b0=b0, keep_atoms=True, progress=progress,
-                                                fluctuations=fluctuations, c0=c0)
+                                                fluctuations=fluctuations, c0=c0, **paths)
 
 
 class Run:
@@ -48,19 +49,11 @@ class Run:
         self.summary = {"experiment": name, "config": config, "seconds": {}}
 
     def integrate(self, label, activation, eigvals, W0, V0, times, rule="vanilla", lr=1.0, b0=None,
-                  fluctuations=False, c0=None):
+                  fluctuations=False, c0=None, **paths):
         tic = time.perf_counter()
         res = integrate(activation, eigvals, W0, V0, times, rule=rule, lr=lr, progress=True, b0=b0,
-                        fluctuations=fluctuations, c0=c0)
+                        fluctuations=fluctuations, c0=c0, **paths)
         self.summary["seconds"][f"integrate {label}"] = round(time.perf_counter() - tic, 3)
-        return res
-
-    def integrate_paths(self, label, activation, eigvals, W0, V0, times, paths, lr=1.0, seed=0):
-        """Sample paths of the stochastic equations at the spectrum's D (runtime.stochastic)."""
-        tic = time.perf_counter()
-        res = generated.load(activation).integrate(eigvals, np.eye(eigvals.size), W0, V0, lr=lr, times=times,
-                                                   stochastic=True, paths=paths, seed=seed, progress=True)
-        self.summary["seconds"][f"integrate paths {label}"] = round(time.perf_counter() - tic, 3)
         return res
 
     def simulate(self, label, activation, eigvals, W0, V0, times, seeds, rule="vanilla", lr=1.0,

@@ -71,7 +71,8 @@ def run(out, small=False):
             tic = time.perf_counter()
             limit = job.integrate(f"{name} D -> infinity", "linear", eigvals, W0, V0, times, lr=cfg["lr"])
             job.fixed_point(f"{name} D -> infinity", limit)
-            paths = job.integrate_paths(name, "linear", eigvals, W0, V0, times, cfg["paths"], lr=cfg["lr"])
+            paths = job.integrate(f"{name} paths", "linear", eigvals, W0, V0, times, lr=cfg["lr"], stochastic=True,
+                                  paths=cfg["paths"], seed=0)
             sim = job.simulate(name, "linear", eigvals, W0, V0, times, cfg["seeds"], lr=cfg["lr"])
             level = 0.5 * (paths.pca_errors[1] + paths.pca_errors[2])
             summary[name], ours, theirs = compare(times, paths.error_paths, sim.error, level)
