@@ -20,7 +20,8 @@ small noise): second order in the drift, first in the noise, whose share is 1/D 
 D -> infinity drift F_inf (closed-form kernels) is evaluated at both stages of every step; the
 O(1/D) parts, the correction F_D - F_inf and Sigma (numerical averages over several units, ~50x
 the cost), at the start of a step once REFRESH steps have passed or a path has moved by CHANGE
-of its size since they were last evaluated, and held in between. tests/test_stochastic.py checks the convergence in h.
+of its size since they were last evaluated, and held in between. tests/test_stochastic.py checks
+the convergence in h.
 """
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ def sample_paths(finite, limit, noises, y0, times, paths, seed, step, bar, error
     """Integrate `paths` sample paths of dy = F_D dt + Sigma^(1/2) dW from y0 (all paths start at
     the same weights), recording them at `times`. finite, limit: the finite-D and the D -> infinity
     systems of runtime.integrate (F_D = F_inf + (F_D - F_inf), the correction and Sigma evaluated
-    again after REFRESH steps or a move by CHANGE); noises: what finite.step_noise takes. error_of: states (m, n) -> errors
-    (m,); a path whose error passes `diverged` stops the run, keeping what it recorded. Returns
+    again after REFRESH steps or a move by CHANGE); noises: what finite.step_noise takes.
+    error_of: states (m, n) -> errors (m,); a path whose error passes `diverged` stops the run,
+    keeping what it recorded. Returns
     (t, states (n_t, paths, n), status, message, evaluations) like runtime.integrate._solve."""
     rng = np.random.default_rng(seed)
     Y = np.repeat(np.asarray(y0, float)[None], paths, axis=0)
