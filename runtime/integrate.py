@@ -38,6 +38,7 @@ from runtime import schedules as _schedules
 from runtime import solver as _solver
 from runtime import spectrum as spec
 from runtime import stochastic as _stochastic
+from runtime import stochastic_samples as _samples
 from runtime import validity
 from runtime.fluctuations import FluctuationSystem
 from runtime.progress import DIVERGED, Interrupted, divergence_limit
@@ -418,27 +419,32 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     vectorised, at a cost independent of D: `error` and the order parameters are the means over
     paths, `error_spread` their standard deviation, `error_paths` (paths, n) each path's error,
     `basins` the spike each unit ends on in each path; quantiles() and escape_times() read them,
-    and with keep_atoms directions()/matrices() have a paths axis. Not for tied weights, whose
-    spikes move by O(1) per step (the diffusion approximation does not hold there).
+    and with keep_atoms directions()/matrices() have a paths axis. Tied weights, whose spikes move
+    by O(1) per step (the diffusion approximation does not hold there), are stepped per sample
+    instead: stochastic="samples" (any rule; the default for rules without an O(1) limit) runs
+    `paths` SGD runs exactly, each in a reduced space of a few numbers per atom
+    (runtime.stochastic_samples: the sample's components along the weights' span in each atom and
+    one fresh direction; cost per step independent of D, D steps per unit of time; dt unused), for
+    spectra of directions (integer multiplicities), with the same result.
     """
     known = sorted(set(act.DRIFTS) | set(getattr(act, "FINITE", {})))
     if rule not in known:
         missing = getattr(act, "FINITE_MISSING", "")
         raise ValueError(f"unknown rule {rule!r} for activation {act.NAME}; known: {', '.join(known)}"
                          + (f" ({missing})" if missing else ""))
+    if not (isinstance(stochastic, (bool, np.bool_)) or stochastic == "samples"):
+        raise ValueError(f"stochastic must be False, True or 'samples', got {stochastic!r}")
+    samples = stochastic == "samples" or (bool(stochastic) and rule not in act.DRIFTS)   # per-sample SGD paths
     if stochastic:
         if fluctuations:
             raise ValueError("stochastic=True and fluctuations=True describe the same spread two ways: choose one")
-        if finite_size is False:
+        if finite_size is False and not samples:
             raise ValueError("stochastic=True needs the finite-D equations (finite_size=True)")
-        if rule not in act.DRIFTS:
-            raise ValueError(f"stochastic: rule {rule!r} moves its spikes by O(1) per step, where the diffusion "
-                             "approximation does not hold (sample paths for tied weights are not built)")
         dt = check.number(_stochastic.STEP if dt is None else dt, "dt")
         if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or paths < 2 or dt <= 0:
             raise ValueError(f"stochastic needs an integer number of paths >= 2 and a positive dt, got paths = "
                              f"{paths!r}, dt = {dt!r}")
-        finite_size = True
+        finite_size = finite_size if samples else True
     if fluctuations:
         if finite_size is False:
             raise ValueError("fluctuations=True needs the finite-D equations (finite_size=True)")
@@ -516,7 +522,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         units = K
         th, S, rho_vec, rho_mat, m_rho = _initial_state(
             spectrum, K, S_all.shape[-1], lambda j: _factor(S_all[j], spectrum.mult[j], j), lambda j: S_all[j])
-    if finite_size and K > quadrature.MAX_UNITS and act.POLYNOMIAL_DEGREE is None:
+    if finite_size and K > quadrature.MAX_UNITS and act.POLYNOMIAL_DEGREE is None and not samples:
         raise ValueError(f"the finite-D equations are implemented for K <= {quadrature.MAX_UNITS} "
                          f"unless g is a polynomial (their averages over {K} units have no kernel here); got K = {K}")
     y0 = np.concatenate([th.ravel(), S.ravel()])
@@ -543,7 +549,11 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     solved = np.union1d(times, validity.check_times(times[-1])) if fluctuations else times
     with _progress.bar(float(times[-1]), f"integrate {act.NAME}/{rule}", progress,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g} of {total:.4g} [{elapsed}<{remaining}]") as bar:
-        if stochastic:
+        if samples:
+            ts, ys, status, message, nfev = _samples.sample_paths(
+                act, rule, rule_params, lr, spectrum, system, y0, units, K, times, paths, seed, bar, error_of,
+                divergence_limit(error_of(y0[None])[0], half_trace))
+        elif stochastic:
             ts, ys, status, message, nfev = _stochastic.sample_paths(
                 system, build(False), act.SPIKE_NOISE[rule] if b0 is None else act.BIAS_NOISE[rule][1:], y0, times,
                 paths, seed, dt, bar, error_of, divergence_limit(error_of(y0[None])[0], half_trace))

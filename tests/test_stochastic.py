@@ -109,7 +109,6 @@ def test_escape_times_and_basins_read_the_paths():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(rule="tied"), "diffusion approximation does not hold"),
     (dict(fluctuations=True), "choose one"),
     (dict(finite_size=False), "needs the finite-D equations"),
     (dict(paths=1), "paths >= 2"),
