@@ -36,8 +36,9 @@ import numpy as np
 
 from runtime import simulate as _simulate
 
-#: samples stepped between two compressions of the large atoms' frames
-BLOCK = 32
+#: samples stepped between two compressions of the large atoms' frames (tied linear, K = 2, D = 500,
+#: 256 paths, t <= 10: 0.77, 0.68, 0.68, 1.2, 1.7 s with 2, 4, 8, 16, 32: the update's arrays grow with it)
+BLOCK = 8
 
 
 class ReducedPaths:
