@@ -140,3 +140,9 @@ def basins(omega, rho_hat):
     s = np.argmax(rho_hat[None, :, None] * omega ** 2, axis=1)                 # (paths, K)
     sign = np.sign(np.take_along_axis(omega, s[:, None, :], axis=1)[:, 0]).astype(int)
     return np.array(["(" + ", ".join(f"{int(v):+d}" for v in row) + ")" for row in sign * (s + 1)])
+
+
+def sign_patterns(labels):
+    """The sign pattern of each basin label of basins(): "(+1, -2)" -> "+-" (the sign of each unit's
+    overlap with the spike it ends on, whichever spike that is)."""
+    return np.array(["".join(part.strip()[0] for part in str(label).strip("()").split(",")) for label in labels])

@@ -44,6 +44,12 @@ def test_plateaus_compares_paths_with_sgd(small_run):
         assert case["ks_times"] > 0 and 0 <= case["min_ks_pvalue"] <= 1 and case["max_gap_over_standard_error"] >= 0
         assert len(case["escape_paths"]) == len(case["escape_sgd"]) == 2
         assert sum(case["basins"].values()) == summary["config"]["paths"]
+    tied = [case for name, case in summary["cases"].items() if name.startswith("tied sign mixture")]
+    assert len(tied) == len(summary["config"]["tied"]["Ds"])
+    for case in tied:       # the tied runs' sign patterns: fractions of paths and SGD runs, their error
+        fractions = np.array(list(case["sign_patterns"].values()))
+        assert np.allclose(fractions[:, :2].sum(axis=0), 1) and np.all(fractions[:, 2] >= 0)
+        assert sum(case["basins_sgd"].values()) == summary["config"]["seeds"]
 
 
 def test_tied_reports_equations_and_scaling(small_run):

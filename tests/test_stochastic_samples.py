@@ -9,7 +9,7 @@ from generated import erf, linear
 from runtime import stochastic_samples
 from runtime.simulate import simulate
 from runtime.spectrum import Spectrum, random_init_matrices
-from runtime.stochastic import basins, escape_times
+from runtime.stochastic import basins, escape_times, sign_patterns
 
 TIED_TIMES = np.linspace(0, 20, 11)
 
@@ -37,11 +37,6 @@ def agree(paths, sgd, times):
         assert pvalue > 0.01 / later.size, (times[i], pvalue)
         worst_p, worst_gap = min(worst_p, pvalue), max(worst_gap, gap / max(se, 1e-300))
     return worst_p, worst_gap
-
-
-def sign_patterns(labels):
-    """A basin label "(+1, -2)" -> its sign pattern "+-"."""
-    return np.array(["".join(part.strip()[0] for part in label.strip("()").split(",")) for label in labels])
 
 
 @pytest.fixture(scope="module")

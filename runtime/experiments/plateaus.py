@@ -12,9 +12,16 @@ Writes plateaus.png, plateaus.csv (quantiles per case) and plateaus.json (per ca
 gap of the means over their combined standard error, the smallest two-sample Kolmogorov-Smirnov
 p-value of the error over the times, the escape times' mean and spread for paths and SGD with
 their KS p-value, the basins the paths end in, and the seconds each took), with the fixed point
-the D -> infinity equations reach (runtime.fixed_points). Tied weights, whose
-runs end in a mixture of sign patterns, are not here: the stochastic equations refuse them
-(docs/stochastic.md).
+the D -> infinity equations reach (runtime.fixed_points).
+
+The tied sign mixture: linear, tied weights, K = 2, spikes (3, 2, 1.5) x D, W0 = 0.5 N(0, 1),
+lr = 0.5, at D = 300 and 1000. The runs sit in a plateau near eps = 3.75, leave it at a time the
+noise decides, and end with each unit on a spike with a sign the noise decides (docs/tied.md).
+Sample paths stepped per sample in the reduced space (stochastic=True for tied weights,
+runtime.stochastic_samples) against SGD, with the finite-D mean equations: the error bands, and
+the fraction of runs ending with each sign pattern (the sign of each unit's overlap with the
+spike it ends on) for paths and SGD with binomial standard errors; plateaus.json records them
+(`sign_patterns`: pattern -> [fraction of paths, of SGD runs, combined binomial standard error]).
 """
 import time
 
@@ -22,13 +29,15 @@ import numpy as np
 from scipy.stats import ks_2samp
 
 from runtime.experiments.common import Run, panel_rows, pca_levels, spiked_eigvals
-from runtime.stochastic import escape_times
+from runtime.stochastic import basins, escape_times, sign_patterns
 
 NAME = "plateaus"
 #: (label, initial scale of W0 and V0)
 FULL = dict(starts=(("saddle start", 0.1), ("sequential start", 1e-3)), Ds=(300, 1000), K=2, spikes=(2.0, 1.0),
-            seed=0, lr=1.0, t_max=24.0, n_times=49, paths=256, seeds=48)
-SMALL = dict(FULL, starts=(("saddle start", 0.1),), Ds=(100,), t_max=8.0, n_times=9, paths=24, seeds=8)
+            seed=0, lr=1.0, t_max=24.0, n_times=49, paths=256, seeds=48,
+            tied=dict(Ds=(300, 1000), spikes=(3.0, 2.0, 1.5), scale=0.5, lr=0.5))
+SMALL = dict(FULL, starts=(("saddle start", 0.1),), Ds=(100,), t_max=8.0, n_times=9, paths=24, seeds=8,
+             tied=dict(FULL["tied"], Ds=(100,)))
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -76,24 +85,67 @@ def run(out, small=False):
             sim = job.simulate(name, "linear", eigvals, W0, V0, times, cfg["seeds"], lr=cfg["lr"])
             level = 0.5 * (paths.pca_errors[1] + paths.pca_errors[2])
             summary[name], ours, theirs = compare(times, paths.error_paths, sim.error, level)
-            labels, counts = np.unique(paths.basins, return_counts=True)
-            summary[name]["basins"] = dict(zip(labels.tolist(), counts.tolist()))
+            summary[name]["basins"] = tally(paths.basins)
             summary[name]["seconds"] = round(time.perf_counter() - tic, 3)
-            results[name] = limit, paths, sim, ours, theirs
+            results[name] = (limit, "equations, D → ∞"), paths, sim, ours, theirs, None
             job.record(cases=summary)
-            for who, values in (("paths", paths.error_paths), ("sgd", sim.error)):
-                for q, row in zip(QUANTILES, np.quantile(values, QUANTILES, axis=0)):
-                    header.append(f"{who}_q{int(100 * q)} {name}")
-                    cols.append(row)
+            quantile_columns(header, cols, name, paths, sim)
+    for D in cfg["tied"]["Ds"]:
+        name = f"tied sign mixture, D = {D}"
+        summary[name], results[name] = tied(job, cfg, D, times, name)
+        job.record(cases=summary)
+        quantile_columns(header, cols, name, results[name][1], results[name][2])
     return job.finish(header, cols, plot(cfg, results))
+
+
+def tally(labels):
+    """{basin label: how many runs end in it}."""
+    kinds, counts = np.unique(labels, return_counts=True)
+    return dict(zip(kinds.tolist(), counts.tolist()))
+
+
+def quantile_columns(header, cols, name, paths, sim):
+    """The error's QUANTILES over paths and over SGD runs at each time, as CSV columns."""
+    for who, values in (("paths", paths.error_paths), ("sgd", sim.error)):
+        for q, row in zip(QUANTILES, np.quantile(values, QUANTILES, axis=0)):
+            header.append(f"{who}_q{int(100 * q)} {name}")
+            cols.append(row)
+
+
+def tied(job, cfg, D, times, name):
+    """The tied case at D: the finite-D mean equations, sample paths stepped per sample, SGD; the
+    comparison of compare() (escape level halfway between the paths' plateau and final errors) and
+    the sign patterns the runs end in."""
+    case = cfg["tied"]
+    eigvals = spiked_eigvals(D, case["spikes"])
+    W0 = case["scale"] * np.random.default_rng(cfg["seed"]).standard_normal((cfg["K"], D))
+    tic = time.perf_counter()
+    run = dict(rule="tied", lr=case["lr"])
+    equations = job.integrate(f"{name} finite-D equations", "linear", eigvals, W0, None, times, **run)
+    paths = job.integrate(f"{name} paths", "linear", eigvals, W0, None, times, stochastic=True, paths=cfg["paths"],
+                          seed=0, **run)
+    sim = job.simulate(name, "linear", eigvals, W0, None, times, cfg["seeds"], n_overlap=len(case["spikes"]), **run)
+    level = 0.5 * (paths.error[1] + paths.error[-1])
+    out, ours, theirs = compare(times, paths.error_paths, sim.error, level)
+    ended = basins(sim.overlap[:, -1].transpose(0, 2, 1), np.asarray(case["spikes"]))
+    mine, sgd = sign_patterns(paths.basins), sign_patterns(ended)
+    patterns = np.union1d(mine, sgd)
+    f, g = np.array([np.mean(mine == p) for p in patterns]), np.array([np.mean(sgd == p) for p in patterns])
+    se = np.sqrt(f * (1 - f) / mine.size + g * (1 - g) / sgd.size)
+    out["sign_patterns"] = {p: [a, b, c] for p, a, b, c in zip(patterns.tolist(), f, g, se)}
+    out["max_sign_gap_over_binomial_error"] = float(np.max(np.abs(f - g) / np.maximum(se, 1 / sgd.size)))
+    out["basins"], out["basins_sgd"] = tally(paths.basins), tally(ended)
+    out["seconds"] = round(time.perf_counter() - tic, 3)
+    return out, ((equations, "finite-D mean equations"), paths, sim, ours, theirs, (patterns, f, g))
 
 
 def plot(cfg, results):
     fig, axes = panel_rows(len(results), 4)
-    for row, (name, (limit, paths, sim, ours, theirs)) in enumerate(results.items()):
+    for row, (name, ((limit, limit_label), paths, sim, ours, theirs, patterns)) in enumerate(results.items()):
         ax, ax_hist = axes[row]
         t = paths.t[1:]
-        for values, color, who in ((paths.error_paths, "C1", f"stochastic equations, {paths.error_paths.shape[0]} paths"),
+        kind = "stochastic equations" if patterns is None else "paths stepped per sample"
+        for values, color, who in ((paths.error_paths, "C1", f"{kind}, {paths.error_paths.shape[0]} paths"),
                                    (sim.error, "k", f"SGD, {sim.error.shape[0]} seeds")):
             lo, mid, hi = np.quantile(values[:, 1:], QUANTILES, axis=0)
             ax.plot(t, mid, "-" if color == "C1" else "o", color=color, ms=3, mfc="white", label=f"{who}: median")
@@ -101,11 +153,15 @@ def plot(cfg, results):
                 ax.fill_between(t, lo, hi, color=color, alpha=0.25, label="… 10–90 %")
             else:
                 ax.vlines(t, lo, hi, color=color, lw=0.8, label="… 10–90 %")
-        ax.plot(t, limit.error[1:], "--", color="C0", lw=1.2, label="equations, D → ∞")
+        ax.plot(t, limit.error[1:], "--", color="C0", lw=1.2, label=limit_label)
         pca_levels(ax, paths.pca_errors, t[0])
+        spikes = cfg["tied"]["spikes"] if patterns is not None else cfg["spikes"]
         ax.set(xlabel="t = steps / D", ylabel="reconstruction error", yscale="log",
-               title=f"linear, K = {cfg['K']}, spikes {cfg['spikes']} × D: {name}")
+               title=f"linear, K = {cfg['K']}, spikes {spikes} × D: {name}")
         ax.legend(fontsize=7)
+        if patterns is not None:
+            sign_panel(ax_hist, name, *patterns, paths.error_paths.shape[0], sim.error.shape[0])
+            continue
         bins = np.histogram_bin_edges(np.concatenate([ours[np.isfinite(ours)], theirs[np.isfinite(theirs)]]), 20)
         ax_hist.hist(ours[np.isfinite(ours)], bins=bins, density=True, color="C1", alpha=0.5, label="stochastic equations")
         ax_hist.hist(theirs[np.isfinite(theirs)], bins=bins, density=True, histtype="step", color="k", lw=1.5,
@@ -114,3 +170,16 @@ def plot(cfg, results):
         ax_hist.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def sign_panel(ax, name, patterns, f, g, n_paths, n_seeds):
+    """Bars: the fraction of paths and of SGD runs ending with each sign pattern, SGD's with its
+    binomial standard error."""
+    x = np.arange(patterns.size)
+    ax.bar(x - 0.2, f, 0.4, color="C1", alpha=0.6, label=f"sample paths (per sample), {n_paths}")
+    ax.bar(x + 0.2, g, 0.4, yerr=np.sqrt(g * (1 - g) / n_seeds), color="white", edgecolor="k", capsize=3,
+           label=f"SGD, {n_seeds} seeds (± binomial SE)")
+    ax.set_xticks(x, [f"({', '.join(p)})" for p in patterns])
+    ax.set(xlabel="signs of the units' overlaps with the spikes they end on", ylabel="fraction of runs",
+           title=f"{name}: sign patterns at t = end")
+    ax.legend(fontsize=7)
