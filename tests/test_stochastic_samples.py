@@ -68,6 +68,7 @@ def test_tied_sign_mixture_is_sgds(tied_runs):
     learns): the fraction of paths with each pattern is within 3 combined binomial standard errors
     of SGD's fraction over its 48 seeds, and at least two patterns each hold 10 % of SGD's runs."""
     run, sgd = tied_runs
+    assert list(sign_patterns(["(+2, -1)", "(-1, +2)"])) == ["+-", "-+"]
     ours = sign_patterns(run.basins)
     theirs = sign_patterns(basins(sgd.overlap[:, -1].transpose(0, 2, 1), np.array([3.0, 2.0, 1.5])))
     assert np.sum([np.mean(theirs == p) >= 0.1 for p in np.unique(theirs)]) >= 2
