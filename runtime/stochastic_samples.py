@@ -149,6 +149,9 @@ def sample_paths(act, rule, rule_params, lr, spectrum, system, y0, units, K, tim
     registered = _simulate._registered_rule(rule)
     tied = rule in ("tied", "sanger") or (registered is not None and registered.dv is None)
     kappa = _simulate._decay(rule, rule_params, registered)
+    if tied != (system.F == units):
+        raise ValueError(f"rule {rule!r} ties V to W in its update but not in the equations' states, or the reverse: "
+                         "its paths cannot be recorded as integrate()'s states")
     net = ReducedPaths(spectrum, units, K, tied, y0, system, paths)
     advance = _simulate._steps(rule, registered)(act, net.W, net.V, net.b, lr, net.D, net.c, 0, kappa)
     rng = np.random.default_rng(seed)

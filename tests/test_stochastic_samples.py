@@ -7,6 +7,7 @@ from scipy.stats import ks_2samp
 
 from generated import erf, linear
 from runtime import stochastic_samples
+from runtime.integrate import IntegrationError
 from runtime.simulate import simulate
 from runtime.spectrum import Spectrum, random_init_matrices
 from runtime.stochastic import basins, escape_times, sign_patterns
@@ -148,6 +149,15 @@ def test_trained_biases():
     assert run.error[-1] < run.error[0] - 0.3
     se = sgd.b[:, -1].std(axis=0, ddof=1) * np.sqrt(1 / 32 + 1 / 96)     # combined, at SGD's spread
     assert np.all(np.abs(run.b[-1] - sgd.b[:, -1].mean(axis=0)) <= 3 * se)
+
+
+def test_a_diverging_path_stops_the_run():
+    """Linear tied SGD diverges at a large rate: the run stops at the first record where a path's
+    error passed the divergence limit, raising IntegrationError with what it recorded."""
+    args = tied_case(D=50)
+    with pytest.raises(IntegrationError, match="diverged") as info:
+        linear.integrate(*args, times=[0, 0.5, 20], rule="tied", lr=4.0, stochastic=True, paths=8, progress=False)
+    assert info.value.result.status == -1 and info.value.result.error_paths.shape[0] == 8
 
 
 @pytest.mark.parametrize("kwargs, message", [
