@@ -118,16 +118,32 @@ def _width(fams):
     return "2 * K" if len(fams) == 2 else "K"
 
 
-def _constants(monomials):
+def _constants(monomials, last=False):
+    """K, and the constant arrays the terms read; `last`: with the batch axes last (runtime.contract)."""
     lines = ["    K = Q.shape[-1]"]
     names = {n for m in monomials for n, _ in m.factors}
+    pad = "_constant({}, batch)" if last else "{}"
     if "eye" in names:
-        lines.append("    eye = numpy.eye(K)")
+        lines.append(f"    eye = {pad.format('numpy.eye(K)')}")
     if "tril" in names:
-        lines.append("    tril = numpy.tril(numpy.ones((K, K)))")
+        lines.append(f"    tril = {pad.format('numpy.tril(numpy.ones((K, K)))')}")
     if "unit" in names:
         lines.append("    unit = E.unit")
     return lines
+
+
+#: the noise functions' array arguments -> their unit (not batch) axes
+_CORE = {"Q": 2, "R": 2, "T": 2, "T0": 2, "WW": 2, "rho_hat": 1, "m_rho": 1, "rho_eye": 2, "theta": 2, "S": 3}
+
+
+def _batch_last(function, monomials, shaped, args):
+    """The lines that move the batch axes of E's averages and of the arguments `args` (in that
+    order) that the terms read last, `shaped` (the argument giving the output's shape) always, so
+    that each einsum's inner loop runs over the batch (runtime.contract), and the constants."""
+    read = {n.split("_")[0] if n.startswith(("theta_", "S_")) else n for m in monomials for n, _ in m.factors}
+    moved = [a for a in args if a in read or a == shaped]
+    return [f"    E, batch, ({', '.join(moved)}{',' * (len(moved) == 1)}) = _batch_last(E, AVERAGES[{function!r}], "
+            f"{', '.join(f'({a}, {_CORE[a]})' for a in moved)})", *_constants(monomials, last=True)[1:]]
 
 
 # -- the terms that several rules' limits share, written once ---------------------------
@@ -200,15 +216,17 @@ def _shared_function(limits, shared):
     return lines + ["    return A, B", "", ""]
 
 
-def _blocks(label, blocks, fams, output="ka", free=None, shape=None):
+def _blocks(label, blocks, fams, output="ka", free=None, shape=None, last=False):
     """`label` = zeros(shape), then label[..., f, h] = (factored sum) for its nonzero blocks;
-    shape None: label exists already (the shared terms), label[..., f, h] += (factored sum)."""
+    shape None: label exists already (the shared terms), label[..., f, h] += (factored sum).
+    `last`: the batch axes last, label[:, ..., :, f, h] (runtime.contract)."""
     slot = _slots(fams)
     lines = [f"    {label} = numpy.zeros({shape})"] if shape is not None else []
+    lead = ":, " * (len(output) - 2) if last else "..., "
     for (f, h), ms in sorted(blocks.items()):
-        expr = contraction.source(ms, output, free, rules.eta, indent=" " * 8)
+        expr = contraction.source(ms, output, free, rules.eta, indent=" " * 8, last=last)
         if expr != "0.0":
-            lines.append(f"    {label}[..., {slot[f]}, {slot[h]}] {'=' if shape is not None else '+='} {expr}")
+            lines.append(f"    {label}[{lead}{slot[f]}, {slot[h]}] {'=' if shape is not None else '+='} {expr}")
     return lines
 
 
@@ -267,20 +285,25 @@ def _noise_function(name, noise):
     F = _width(fams)
     monomials = noise.monomials()
     if noise.cross:
-        head = [f"def spike_noise_{name}(E, Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye{_params(name)[0]}):",
+        function = f"spike_noise_{name}"
+        head = [f"def {function}(E, Q, R, T, T0, WW, lr, D, theta, rho_hat, rho_eye{_params(name)[0]}):",
                 f'    """Rule {name!r}: N_jj2 = D E[d theta_j d theta_j2^T] for two spikes j, j2, (..., J, J, {F}, {F})."""',
-                *_constants(monomials),
-                "    theta_w, theta_v = theta[..., :K], theta[..., K:]" if len(fams) == 2 else "    theta_w = theta"]
-        shape = f"theta.shape[:-1] + theta.shape[-2:-1] + ({F}, {F})"
+                "    K = Q.shape[-1]",
+                *_batch_last(function, monomials, "theta", ("Q", "R", "T", "T0", "WW", "theta", "rho_hat", "rho_eye")),
+                "    theta_w, theta_v = theta[:, :K], theta[:, K:]" if len(fams) == 2 else "    theta_w = theta"]
+        shape = f"theta.shape[:1] * 2 + ({F}, {F}) + batch"
         output, free = "jikl", finite_engine.FREE_CROSS
     else:
-        head = [f"def noise_{name}(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho{_params(name)[0]}):",
+        function = f"noise_{name}"
+        head = [f"def {function}(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho{_params(name)[0]}):",
                 f'    """Rule {name!r}: N_j = D sum_(tau in atom j) E[d theta_tau d theta_tau^T], (..., J, {F}, {F})."""',
-                *_constants(monomials),
+                "    K = Q.shape[-1]",
+                *_batch_last(function, monomials, "S", ("Q", "R", "T", "T0", "WW", "S", "rho_hat", "m_rho")),
                 "    S_ww, S_wv, S_vw, S_vv = _wv_blocks(S, K)" if len(fams) == 2 else "    S_ww = S"]
-        shape = f"S.shape[:-2] + ({F}, {F})"
+        shape = f"S.shape[:3] + batch"
         output, free = "jkl", finite_engine.FREE
-    return head + _blocks("N", noise.N, fams, output, free, shape) + ["    return lr**2 * N", "", ""]
+    return head + _blocks("N", noise.N, fams, output, free, shape, last=True) + \
+        ["    return lr**2 * _batch_first(N, batch)", "", ""]
 
 
 def _bias_functions(name, bias_drift, noise):
@@ -302,16 +325,17 @@ def _bias_functions(name, bias_drift, noise):
                     "theta (..., J, F), rho_hat (J,) = rho_j/D (derive.finite.derive_bias_noise); averages E over\n"
                     "lambda ~ N(b, Q). Their covariance, minus the product of the drifts over D, drives the\n"
                     "fluctuations of b (runtime.fluctuations)."),
-              *_constants(monomials)]
-    lines.append("    theta_w, theta_v = theta[..., :K], theta[..., K:]")
-    bb = contraction.source(noise.bb, "kl", finite_engine.FREE, rules.eta)
-    lines.append(f"    Nbb = {bb} + numpy.zeros(Q.shape)")
-    lines.append(f"    Nbt = numpy.zeros(theta.shape[:-1] + (K, {F}))")
+              "    K = Q.shape[-1]",
+              *_batch_last(f"bias_noise_{name}", monomials, "theta", ("Q", "R", "T", "T0", "WW", "theta", "rho_hat"))]
+    lines.append("    theta_w, theta_v = theta[:, :K], theta[:, K:]")
+    bb = contraction.source(noise.bb, "kl", finite_engine.FREE, rules.eta, last=True)
+    lines.append(f"    Nbb = {bb} + numpy.zeros((K, K) + batch)")
+    lines.append(f"    Nbt = numpy.zeros(theta.shape[:1] + (K, {F}) + batch)")
     for h, ms in sorted(noise.btheta.items()):
-        expr = contraction.source(ms, "jkl", finite_engine.FREE, rules.eta)
+        expr = contraction.source(ms, "jkl", finite_engine.FREE, rules.eta, last=True)
         if expr != "0.0":
-            lines.append(f"    Nbt[..., {slot[h]}] = {expr}")
-    return lines + ["    return lr**2 * Nbb, lr**2 * Nbt", "", ""]
+            lines.append(f"    Nbt[:, :, {slot[h]}] = {expr}")
+    return lines + ["    return lr**2 * _batch_first(Nbb, batch), lr**2 * _batch_first(Nbt, batch)", "", ""]
 
 
 def _error_functions():
@@ -436,17 +460,21 @@ def source():
         "E.unit (K,) is 1 on a hidden unit and 0 on the output bias' unit (g = 1, w = 0: derive.rules).",
         "AVERAGES lists what each function reads.",
         "Each sum is factored, common factors pulled out (derive/contraction.py); the terms several rules' limits",
-        "share are written once (_drift_shared), each drift_<rule> adding its own.",
+        "share are written once (_drift_shared), each drift_<rule> adding its own. The noise functions move the batch",
+        "axes last on entry and back on return (runtime/contract.py): their einsums' inner loops run over the batch.",
         '"""',
         "import numpy",
         "",
         "from runtime.check import covariance as _covariance",
+        "from runtime.contract import batch_first as _batch_first",
+        "from runtime.contract import batch_last as _batch_last",
+        "from runtime.contract import constant as _constant",
         "from runtime.elementwise import broadcast as _broadcast",
         "",
         "",
         "def _wv_blocks(S, K):",
-        '    """The (w, v) blocks of matrices S (..., 2K, 2K): S_ww, S_wv, S_vw, S_vv."""',
-        "    return S[..., :K, :K], S[..., :K, K:], S[..., K:, :K], S[..., K:, K:]",
+        '    """The (w, v) blocks of matrices S (J, 2K, 2K, batch...): S_ww, S_wv, S_vw, S_vv."""',
+        "    return S[:, :K, :K], S[:, :K, K:], S[:, K:, :K], S[:, K:, K:]",
         "",
         "",
         f"RULES = {tuple(names)!r}",

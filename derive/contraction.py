@@ -119,47 +119,83 @@ def _coeff(coeff):
     return sp.pycode(coeff) if not coeff.free_symbols else f"({NumpyPrinter().doprint(coeff)})"
 
 
-def _einsum(operands, output):
-    """numpy.einsum over [(expression, subscripts)] -> '...' + output."""
+#: the most operands of one numpy.einsum call: numpy has fast inner loops for up to three; with
+#: four or more its generic loop took 40-150 us a call at a batch of 256 (batch last), against
+#: 3-7 us for each of the two or three calls of the same contraction split in pairs
+MAX_OPERANDS = 3
+
+
+def _pairwise(operands, output):
+    """Contract pairs of operands until at most MAX_OPERANDS remain: each time the pair whose
+    product keeps the fewest indices (those the other operands or the output still need), then
+    the fewest indices to loop over, then the first in the term's order. Fixed at derive time."""
+    ops = list(operands)
+    while len(ops) > MAX_OPERANDS:
+        best = None
+        for i in range(len(ops)):
+            for j in range(i + 1, len(ops)):
+                needed = "".join(s for k, (_, s) in enumerate(ops) if k not in (i, j)) + output
+                letters = ops[i][1] + ops[j][1]
+                kept = "".join(dict.fromkeys(c for c in letters if c in needed))
+                key = (len(kept), len(set(letters)), i, j)
+                if best is None or key < best[0]:
+                    best = key, kept
+        (_, _, i, j), kept = best
+        pair = ops[i], ops[j]
+        ops[i] = (pair, kept)
+        del ops[j]
+    return ops
+
+
+def _einsum(operands, output, last=False):
+    """numpy.einsum over [(expression, subscripts)] -> '...' + output (output + '...': `last`);
+    with `last`, more than MAX_OPERANDS operands are contracted in pairs first (_pairwise)."""
     if len(operands) == 1 and operands[0][1] == output:
         return operands[0][0]
-    subscripts = ",".join("..." + s for _, s in operands) + "->..." + output
+    if last and len(operands) > MAX_OPERANDS:
+        def text(op):
+            expr, subs = op
+            return (_einsum([text(o) for o in expr], subs, last), subs) if isinstance(expr, tuple) else op
+        return _einsum([text(o) for o in _pairwise(operands, output)], output, last)
+    subscripts = ",".join(s + "..." if last else "..." + s for _, s in operands) + "->" + \
+        (output + "..." if last else "..." + output)
     return f"numpy.einsum({subscripts!r}, {', '.join(e for e, _ in operands)})"
 
 
-def _signed(node, output):
+def _signed(node, output, last=False):
     """(sign, source of the node without its sign)."""
     if isinstance(node, Leaf):
         t = node.term
         negative = t.coeff.could_extract_minus_sign()
         mag = _magnitude(t.coeff)
-        body = _einsum([(operand(n), s) for n, s in t.factors], output)
+        body = _einsum([(operand(n), s) for n, s in t.factors], output, last)
         return ("-" if negative else "+"), (body if mag == 1 else f"{_coeff(mag)} * {body}")
-    inner = _sum(node.children, output, nested=True)
+    inner = _sum(node.children, output, nested=True, last=last)
     negative = node.coeff.could_extract_minus_sign()
     mag = _magnitude(node.coeff)
-    body = _einsum([(operand(n), s) for n, s in node.factors] + [(inner, output)], output) \
+    body = _einsum([(operand(n), s) for n, s in node.factors] + [(inner, output)], output, last) \
         if node.factors else inner
     return ("-" if negative else "+"), (body if mag == 1 else f"{_coeff(mag)} * {body}")
 
 
-def _sum(nodes, output, nested=False):
-    parts = [_signed(n, output) for n in nodes]
+def _sum(nodes, output, nested=False, last=False):
+    parts = [_signed(n, output, last) for n in nodes]
     text = " ".join(f"{s} {b}" for s, b in parts)
     text = text[2:] if text.startswith("+ ") else "-" + text[2:]
     return f"({text})" if nested and len(parts) > 1 else text
 
 
-def source(monomials, output, free=None, eta=None, indent=None):
+def source(monomials, output, free=None, eta=None, indent=None, last=False):
     """The sum of the monomials as one numpy expression over '...' + output, factored; '0.0' if
-    there are none. `indent`: its top-level terms one per line, in parentheses, at that indent."""
+    there are none. `indent`: its top-level terms one per line, in parentheses, at that indent.
+    `last`: the batch axes last, output + '...' (runtime.contract: every operand moved so)."""
     ts = terms(monomials, output, free, eta)
     if not ts:
         return "0.0"
     nodes = factor(ts, output)
     if indent is None or len(nodes) == 1:
-        return _sum(nodes, output)
-    lines = [_sum([n], output) for n in nodes]
+        return _sum(nodes, output, last=last)
+    lines = [_sum([n], output, last=last) for n in nodes]
     lines = [lines[0]] + [line if line.startswith("-") else "+ " + line for line in lines[1:]]
     lines = [line.replace("-", "- ", 1) if line.startswith("-") and i else line for i, line in enumerate(lines)]
     return "(\n" + "\n".join(indent + line for line in lines) + "\n" + indent[:-4] + ")"
