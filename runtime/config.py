@@ -20,7 +20,7 @@ import generated
 from runtime import data, quadrature, schedules
 
 RULES = ("vanilla", "truncated", "tied")
-EQUATIONS = ("limit", "finite", "fluctuations", "stochastic")
+EQUATIONS = ("limit", "finite", "fluctuations", "stochastic", "samples")
 SECTIONS = ("data", "time", "theory", "simulation")
 
 
@@ -61,7 +61,7 @@ SCHEMA = {
     "time.t_max": Key("float", 50.0, "last time (t = steps / D)", minimum=0, strict=True),
     "time.points": Key("int", 40, "log-spaced times, plus t = 0", minimum=1),
     "theory.equations": Key("str", "limit", "which equations of motion", choices=EQUATIONS),
-    "theory.paths": Key("int", 256, "sample paths of the stochastic equations (equations = 'stochastic')", minimum=2),
+    "theory.paths": Key("int", 256, "sample paths (equations = 'stochastic': the diffusion approximation; 'samples': SGD stepped per sample in a reduced space)", minimum=2),
     "simulation.seeds": Key("int", 8, "SGD seeds 0 .. seeds-1 (0: theory only)", minimum=0),
 }
 
@@ -179,9 +179,9 @@ def check_point(cfg, given=()):
             raise ConfigError(f"b0: a trained bias needs rule = 'vanilla', got rule = {rule!r}")
     if cfg["c0"] is not None and rule != "vanilla":
         raise ConfigError(f"c0: a trained output bias needs rule = 'vanilla', got rule = {rule!r}")
-    if rule == "tied" and equations != "finite":
-        raise ConfigError(f"theory.equations: rule 'tied' has no D -> infinity limit, no fluctuation "
-                          f"expansion and no diffusion approximation; expected 'finite', got {equations!r}")
+    if rule == "tied" and equations not in ("finite", "stochastic", "samples"):
+        raise ConfigError(f"theory.equations: rule 'tied' has no D -> infinity limit and no fluctuation expansion; "
+                          f"expected 'finite', 'stochastic' or 'samples' (both step SGD per sample), got {equations!r}")
     if equations != "limit" and K > quadrature.MAX_UNITS and generated.load(cfg["activation"]).POLYNOMIAL_DEGREE is None:
         raise ConfigError(f"theory.equations: {equations!r} equations need K <= {quadrature.MAX_UNITS} "
                           f"for activation {cfg['activation']!r} unless g is a polynomial (got K = {K}); expected 'limit'")

@@ -99,7 +99,8 @@ def theory(cfg, progress=False):
                                 times=prob.times, rule=cfg["rule"], b0=prob.b0, c0=prob.c0,
                                 rule_params=_rule_params(cfg), progress=progress,
                                 finite_size=equations != "limit", fluctuations=equations == "fluctuations",
-                                stochastic=equations == "stochastic", paths=cfg["theory"]["paths"], seed=cfg["seed"])
+                                stochastic="samples" if equations == "samples" else equations == "stochastic",
+                                paths=cfg["theory"]["paths"], seed=cfg["seed"])
         except (IntegrationError, Interrupted) as exc:                  # keep what was computed
             res = exc.result
             status = "interrupted" if isinstance(exc, Interrupted) else "failed"

@@ -64,11 +64,12 @@ def plot(file, cfg, curves, pca_errors):
     equations = cfg["theory"]["equations"]
     label = {"limit": "equations (D -> infinity)", "finite": "equations at this D",
              "fluctuations": "equations with fluctuations",
-             "stochastic": f"stochastic equations, {cfg['theory']['paths']} paths (mean)"}[equations]
+             "stochastic": f"stochastic equations, {cfg['theory']['paths']} paths (mean)",
+             "samples": f"SGD per sample in a reduced space, {cfg['theory']['paths']} paths (mean)"}[equations]
     ax.plot(c["t"], c["theory"], color="C0", lw=2, label=label)
     if np.any(np.isfinite(c["theory_spread"])):
         ax.fill_between(c["t"], c["theory"] - c["theory_spread"], c["theory"] + c["theory_spread"], color="C0",
-                        alpha=0.2, label="spread over the paths" if equations == "stochastic" else "predicted seed spread")
+                        alpha=0.2, label="spread over the paths" if equations in ("stochastic", "samples") else "predicted seed spread")
     if np.any(c["sgd_seeds"] > 0):
         ax.errorbar(c["t"], c["sgd_mean"], yerr=np.nan_to_num(c["sgd_sd"]), fmt="o", ms=4, color="C1",
                     label=f"SGD, {cfg['simulation']['seeds']} seeds (mean, sd)")

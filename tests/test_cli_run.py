@@ -59,7 +59,7 @@ seeds = 2
 
 
 @pytest.mark.parametrize("act, equations", [("erf", "limit"), ("relu", "limit"), ("linear", "fluctuations"),
-                                             ("linear", "stochastic")])
+                                             ("linear", "stochastic"), ("erf", "samples")])
 def test_run_writes_what_the_api_returns(tmp_path, act, equations):
     proc, out = run(tmp_path, SMALL.format(act=act, equations=equations))
     assert proc.returncode == 0, proc.stderr
@@ -76,9 +76,10 @@ def test_run_writes_what_the_api_returns(tmp_path, act, equations):
     eigvals, W0, V0 = arrays(D, [3.0, 1.5], 2, 0.3, 3)
     theory = generated.load(act).integrate(eigvals, np.eye(D), W0, V0, lr=0.5, times=t,
                                            fluctuations=equations == "fluctuations",
-                                           stochastic=equations == "stochastic", paths=32, seed=3)
+                                           stochastic="samples" if equations == "samples" else equations == "stochastic",
+                                           paths=32, seed=3)
     np.testing.assert_allclose(curves["theory"], theory.error, rtol=1e-12)
-    if equations in ("fluctuations", "stochastic"):
+    if equations in ("fluctuations", "stochastic", "samples"):
         np.testing.assert_allclose(curves["theory_spread"], theory.error_spread, rtol=1e-12)
     else:
         assert curves["theory_spread"].isna().all()
