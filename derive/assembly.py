@@ -302,8 +302,17 @@ def _noise_function(name, noise):
                 "    S_ww, S_wv, S_vw, S_vv = _wv_blocks(S, K)" if len(fams) == 2 else "    S_ww = S"]
         shape = f"S.shape[:3] + batch"
         output, free = "jkl", finite_engine.FREE
-    return head + _blocks("N", noise.N, fams, output, free, shape, last=True) + \
+    return head + _shared(lambda last: _blocks("N", noise.N, fams, output, free, shape, last=last)) + \
         ["    return lr**2 * _batch_first(N, batch)", "", ""]
+
+
+def _shared(lines):
+    """lines(last): a function's sums, batch axes last, each contraction that several of their
+    terms compute named at its first evaluation and read after (derive.contraction.Shared: two passes)."""
+    shared = contraction.Shared()
+    lines(shared)
+    shared.counting = False
+    return lines(shared)
 
 
 def _bias_functions(name, bias_drift, noise):
@@ -328,14 +337,18 @@ def _bias_functions(name, bias_drift, noise):
               "    K = Q.shape[-1]",
               *_batch_last(f"bias_noise_{name}", monomials, "theta", ("Q", "R", "T", "T0", "WW", "theta", "rho_hat"))]
     lines.append("    theta_w, theta_v = theta[:, :K], theta[:, K:]")
-    bb = contraction.source(noise.bb, "kl", finite_engine.FREE, rules.eta, last=True)
-    lines.append(f"    Nbb = {bb} + numpy.zeros((K, K) + batch)")
-    lines.append(f"    Nbt = numpy.zeros(theta.shape[:1] + (K, {F}) + batch)")
-    for h, ms in sorted(noise.btheta.items()):
-        expr = contraction.source(ms, "jkl", finite_engine.FREE, rules.eta, last=True)
-        if expr != "0.0":
-            lines.append(f"    Nbt[:, :, {slot[h]}] = {expr}")
-    return lines + ["    return lr**2 * _batch_first(Nbb, batch), lr**2 * _batch_first(Nbt, batch)", "", ""]
+
+    def sums(last):
+        bb = contraction.source(noise.bb, "kl", finite_engine.FREE, rules.eta, last=last)
+        out = [f"    Nbb = {bb} + numpy.zeros((K, K) + batch)",
+               f"    Nbt = numpy.zeros(theta.shape[:1] + (K, {F}) + batch)"]
+        for h, ms in sorted(noise.btheta.items()):
+            expr = contraction.source(ms, "jkl", finite_engine.FREE, rules.eta, last=last)
+            if expr != "0.0":
+                out.append(f"    Nbt[:, :, {slot[h]}] = {expr}")
+        return out
+    return lines + _shared(sums) + \
+        ["    return lr**2 * _batch_first(Nbb, batch), lr**2 * _batch_first(Nbt, batch)", "", ""]
 
 
 def _error_functions():
@@ -461,7 +474,9 @@ def source():
         "AVERAGES lists what each function reads.",
         "Each sum is factored, common factors pulled out (derive/contraction.py); the terms several rules' limits",
         "share are written once (_drift_shared), each drift_<rule> adding its own. The noise functions move the batch",
-        "axes last on entry and back on return (runtime/contract.py): their einsums' inner loops run over the batch.",
+        "axes last on entry and back on return (runtime/contract.py), so that their einsums' inner loops run over the",
+        "batch; they contract at most three operands a call, and a contraction several terms compute is named where it",
+        "is first evaluated, (sub1 := numpy.einsum(...)), and read by that name after.",
         '"""',
         "import numpy",
         "",
