@@ -84,7 +84,7 @@ def derive_all(activation: Activation) -> Derivation:
     needed = max(a for name in assembly.multi_averages(("noise_", "spike_noise_"))
                  for unit in assembly.orders(name) for a in unit)
     if needed >= len(d.derivatives):
-        if smoothing.kinks(g):
+        if smoothing.resolved_kinks(g):
             g_eps = smoothing.smoothed(g)
             d.smoothed = [sp.diff(g_eps, x, order) for order in range(MAX_DERIVATIVE + 1)]
         else:

@@ -55,8 +55,19 @@ def _step_of(arg, var):
 
 
 def normalize(expr, var=x):
-    """Rewrite Max, Min, Abs, sign and Piecewise in `var` with Heaviside(+-var) and DiracDelta(var)."""
+    """Rewrite Max, Min, Abs, sign and Piecewise in `var` with Heaviside(+-var) and DiracDelta(var);
+    a g with kinks or jumps off 0 (hard tanh) in steps at those points (`normalize_steps`)."""
     expr = sp.sympify(expr)
+    try:
+        return _normalize_at_zero(expr, var)
+    except NoClosedForm as at_zero:
+        try:
+            return normalize_steps(expr, var)
+        except NoClosedForm:
+            raise at_zero from None
+
+
+def _normalize_at_zero(expr, var):
     expr = expr.rewrite(sp.Heaviside)
     expr = expr.replace(lambda e: isinstance(e, sp.Piecewise), lambda e: _piecewise_to_steps(e, var))
     expr = expr.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: _step_of(e.args[0], var))
@@ -85,7 +96,168 @@ def _reduce_delta_moment(term, var):
     if n > k:
         return sp.S.Zero
     rest = term / delta / power
+    if _smooth_in(rest, var):
+        # f(x) delta^(k)(x) by the product rule, f's derivatives at 0 (ELU: (e^x - 1) delta(x) = 0)
+        return _reduce_delta(term, var)
     return rest * (-1) ** n * sp.factorial(k) / sp.factorial(k - n) * sp.DiracDelta(var, k - n)
+
+
+def _smooth_in(expr, var):
+    """expr depends on var, and not through a step or a delta (those stay: H(x) delta(x) is split's)."""
+    return expr.has(var) and not expr.has(sp.Heaviside, sp.DiracDelta)
+
+
+# ----------------------------------------------------------------------------------------
+# Steps at any constant points: g = smooth + sum_c H(+-(x - c)) a_c(x) + sum_c delta^(k)(x - c) b_c
+#
+# The normal form above has its steps at 0, which the one- and two-point engine below needs. An
+# activation with kinks or jumps elsewhere (hard tanh: kinks at +-1) is written with one step per
+# term, H(x - c) or H(c - x), and deltas delta^(k)(x - c) with constant coefficients; the
+# shifted-Gaussian engine (derive/shifted.py) averages those, a step at c being a step at 0 of
+# x - c. `split` refuses them (NoClosedForm), so derive.kernels takes that route instead.
+
+_PIECEWISE_KINDS = (sp.Piecewise, sp.Max, sp.Min, sp.Abs, sp.sign)
+
+
+def normalize_steps(expr, var=x):
+    """expr with Piecewise, Max, Min, Abs and sign written as a sum of single steps at constant
+    points, Heaviside(var - c) or Heaviside(c - var), products of steps reduced to single steps,
+    and every delta^(k)(var - c) with a coefficient free of var (f(x) delta(x - c) = f(c) delta(x - c),
+    H(0) = 1/2; its derivatives by the product rule). NoClosedForm if a condition or the argument
+    of a step is not linear in var, or a point is not a real number."""
+    expr = _intervals_in(sp.sympify(expr), var)
+    expr = expr.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: _step_at(e.args[0], var))
+    expr = expr.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: _delta_at(e, var))
+    out = sp.S.Zero
+    for term in sp.Add.make_args(sp.expand(expr)):
+        for reduced in sp.Add.make_args(sp.expand(_reduce_steps(term, var))):
+            out += _reduce_delta(reduced, var)
+    return out
+
+
+def _point(arg, var):
+    """(a, c) with arg = a (var - c), a and c real numbers; NoClosedForm otherwise."""
+    arg = sp.expand(arg)
+    a = arg.coeff(var)
+    c = sp.simplify(-(arg - a * var) / a) if a != 0 else None
+    if a == 0 or a.has(var) or c.has(var) or not (a.is_real and a.is_number and c.is_real and c.is_number):
+        raise NoClosedForm(f"{arg} is not a linear function of {var} with real coefficients")
+    return a, c
+
+
+def _step_at(arg, var):
+    if not arg.has(var):
+        return sp.Heaviside(arg)
+    a, c = _point(arg, var)
+    return sp.Heaviside(var - c) if a > 0 else sp.Heaviside(c - var)
+
+
+def _delta_at(e, var):
+    arg, order = e.args[0], (e.args[1] if len(e.args) > 1 else 0)
+    if not arg.has(var):
+        return e
+    a, c = _point(arg, var)
+    return sp.DiracDelta(var - c, order) / (sp.Abs(a) * a**order)
+
+
+def _side(step, var):
+    """(+1, c) for H(var - c), (-1, c) for H(c - var) (normal form of _step_at)."""
+    arg = step.args[0]
+    if arg.has(var):
+        a, c = _point(arg, var)
+        return (1 if a > 0 else -1), c
+    return None
+
+
+def _intervals_in(expr, var):
+    """Each outermost Piecewise / Max / Min / Abs / sign in var as a sum of single steps."""
+    if isinstance(expr, _PIECEWISE_KINDS) and expr.has(var):
+        return _intervals(expr, var)
+    if not expr.args:
+        return expr
+    return expr.func(*(_intervals_in(a, var) for a in expr.args))
+
+
+def _intervals(expr, var):
+    """A piecewise expression as p_0(x) + sum_i (p_i(x) - p_(i-1)(x)) H(x - c_i): its breakpoints
+    c_1 < ... < c_n from the conditions (each linear in var), p_i its value between c_i and c_(i+1)."""
+    pw = sp.piecewise_fold(expr.rewrite(sp.Piecewise))
+    if pw.has(sp.DiracDelta):
+        raise NoClosedForm(f"a delta inside {expr}")
+    points = set()
+    for cond in pw.atoms(sp.Piecewise):
+        for _, c in cond.args:
+            for rel in c.atoms(sp.core.relational.Relational):
+                if rel.has(var):
+                    points.add(_point(rel.lhs - rel.rhs, var)[1])
+    points = sorted(points, key=lambda c: float(c))
+    if not points:
+        return pw
+    inside = [points[0] - 1, *((a + b) / 2 for a, b in zip(points, points[1:])), points[-1] + 1]
+    pieces = [_piece_at(pw, var, t) for t in inside]
+    out = pieces[0]
+    for c, before, after in zip(points, pieces, pieces[1:]):
+        jump = sp.expand(after - before)
+        if jump != 0:
+            out += jump * sp.Heaviside(var - c)
+    return out
+
+
+def _piece_at(pw, var, t):
+    """The expression pw equals on the interval around t (each Piecewise's branch chosen at t)."""
+    def pick(e):
+        for value, cond in e.args:
+            if cond.subs(var, t) == sp.true:
+                return value
+        raise NoClosedForm(f"no branch of {e} holds at {var} = {t}")
+    piece = pw.replace(lambda e: isinstance(e, sp.Piecewise), pick)
+    if piece.has(sp.Piecewise):
+        raise NoClosedForm(f"cannot resolve {pw} at {var} = {t}")
+    return piece
+
+
+def _reduce_steps(term, var):
+    """A product of steps in var as one step or a difference of two (indicator of an interval)."""
+    steps = [f for f in sp.Mul.make_args(term) if isinstance(f.base if f.is_Pow else f, sp.Heaviside)
+             and (f.base if f.is_Pow else f).has(var)]
+    if len(steps) <= 1 and not any(f.is_Pow for f in steps):
+        return term
+    rest = term / sp.Mul(*steps)
+    sides = [_side(f.base if f.is_Pow else f, var) for f in steps]
+    ups = [c for side, c in sides if side > 0]
+    downs = [c for side, c in sides if side < 0]
+    lo = max(ups, key=float) if ups else None
+    hi = min(downs, key=float) if downs else None
+    if lo is None:
+        return rest * sp.Heaviside(hi - var)
+    if hi is None:
+        return rest * sp.Heaviside(var - lo)
+    if float(lo) >= float(hi):
+        return sp.S.Zero                    # an empty interval (H(x) H(-x) = 0 almost everywhere)
+    return rest * (sp.Heaviside(var - lo) - sp.Heaviside(var - hi))
+
+
+def _reduce_delta(term, var):
+    """rest * delta^(k)(var - c) with rest evaluated at c, H(0) = 1/2 (product rule for k > 0)."""
+    deltas = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.DiracDelta) and f.has(var)]
+    if not deltas:
+        return term
+    if len(deltas) > 1:
+        if len({d.args[0] for d in deltas}) == len(deltas):
+            return sp.S.Zero                    # deltas at distinct points
+        raise NoClosedForm(f"a product of deltas in {term}")
+    delta = deltas[0]
+    k = int(delta.args[1]) if len(delta.args) > 1 else 0
+    c = var - delta.args[0]
+    rest = term / delta
+    if k and any(isinstance(h, sp.Heaviside) and sp.simplify(h.args[0].subs(var, c)) == 0
+                 for h in rest.atoms(sp.Heaviside)):
+        raise NoClosedForm(f"a step times a derivative of a delta at the same point: {term}")
+    out = sp.S.Zero
+    for j in range(k + 1):
+        coefficient = sp.diff(rest, var, j).subs(var, c)
+        out += (-1) ** j * sp.binomial(k, j) * coefficient * sp.DiracDelta(var - c, k - j)
+    return out
 
 
 def _piecewise_to_steps(pw, var):
@@ -111,6 +283,11 @@ def _piecewise_to_steps(pw, var):
 def split(expr, var=x):
     """{kind: coefficient} with expr = smooth + H(var) a + H(-var) b + delta(var) c."""
     expr = normalize(expr, var)
+    off = {h for h in expr.atoms(sp.Heaviside) if h.has(var)} - {sp.Heaviside(var), sp.Heaviside(-var)}
+    if off:
+        raise NoClosedForm(f"step at a non-zero point: {min(off, key=str)} (derive/shifted.py takes those)")
+    if {d.args[0] for d in expr.atoms(sp.DiracDelta)} - {var}:
+        raise NoClosedForm(f"delta at a non-zero point in {expr}")
     if expr.atoms(sp.DiracDelta) - {sp.DiracDelta(var)}:
         raise NoClosedForm(f"derivative of a delta in {expr}")
     up, down, delta = sp.Heaviside(var), sp.Heaviside(-var), sp.DiracDelta(var)

@@ -76,7 +76,34 @@ def derive_kernel(g, kernel: Kernel):
             return _mean(g, kernel.orders[0])
         return _pair(g, *kernel.orders)
     except G.NoClosedForm:
+        return _at_zero_mean(g, kernel)
+
+
+def _at_zero_mean(g, kernel: Kernel):
+    """A piecewise g the engine above refuses (steps off 0, as hard tanh's at +-1, or pieces that
+    are not polynomials, as ELU's e^x - 1): the shifted-Gaussian engine (derive/shifted.py, normal
+    CDFs and the bivariate normal CDF at the shifted points) at zero means; None if it fails too."""
+    from derive import shifted
+    if not G.normalize(g).has(sp.Heaviside):
         return None
+    closed = shifted.derive_kernel(g, kernel)
+    if closed is None:
+        return None
+    closed = closed.subs({shifted.m: 0, shifted.m1: 0, shifted.m2: 0})
+    return closed.replace(lambda e: isinstance(e, (shifted.ndtr, shifted.bvn, sp.exp)),
+                          lambda e: e.func(*(_whole_ratio(a) for a in e.args)))
+
+
+def _whole_ratio(arg):
+    """A conditional mean over the conditional standard deviation, (c22 - c12)/sqrt(c22 det) at a
+    kink at 1, as one guarded ratio div(numerator, denominator): the printer expands arguments, and
+    the terms c22/sqrt(c22 det) - c12/sqrt(c22 det) would be inf - inf at perfect correlation
+    (the diagonal of the pair kernels), where the ratio has its limit (+-inf, or 0/0 -> 0)."""
+    from derive.printer import div
+    num, den = sp.fraction(sp.together(arg))
+    if not den.has(G.c12):
+        return arg
+    return div(sp.expand(num), den)
 
 
 def _mean(g, orders):

@@ -151,8 +151,7 @@ def _terms(f, i, dim):
     f = f.replace(lambda e: isinstance(e, sp.erf), erf_to_step)
     f = f.replace(lambda e: isinstance(e, sp.DiracDelta),
                   lambda e: _delta(e, unit, mark))
-    f = f.replace(lambda e: isinstance(e, sp.Heaviside),
-                  lambda e: mark(Step(tuple(sp.sign(e.args[0].coeff(x)) * u for u in unit), sp.S.Zero, sp.S.Zero)))
+    f = f.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: mark(_step(e.args[0], unit)))
     if f.has(x) and f.atoms(sp.Function) - f.atoms(sp.exp) - f.atoms(sp.sin) - f.atoms(sp.cos):
         raise G.NoClosedForm(f"E[{f}] over a shifted Gaussian")
     inverse = {d: key for key, d in marks.items()}
@@ -182,13 +181,24 @@ def _terms(f, i, dim):
     return out
 
 
+def _step(arg, unit):
+    """H(k x + c) = H(sign(k) x + c/|k|): a step at any constant point (hard tanh: x = +-1)."""
+    k = arg.coeff(x)
+    c = sp.expand(arg - k * x)
+    if k == 0 or c.has(x):
+        raise G.NoClosedForm(f"step in a non-linear argument: Heaviside({arg})")
+    return Step(tuple(sp.sign(k) * u for u in unit), c / sp.Abs(k) if c != 0 else sp.S.Zero, sp.S.Zero)
+
+
 def _delta(e, unit, mark):
+    """delta(k x + c) = delta(x + c/k) / |k|: the density at 0 of u = x + c/k."""
     if len(e.args) > 1 and e.args[1] != 0:
         raise G.NoClosedForm(f"derivative of a delta: {e}")
     k = e.args[0].coeff(x)
-    if sp.simplify(e.args[0] - k * x) != 0:
-        raise G.NoClosedForm(f"delta at a non-zero point: {e}")
-    return mark(Step(unit, sp.S.Zero, sp.S.Zero), density=True) / sp.Abs(k)
+    c = sp.expand(e.args[0] - k * x)
+    if k == 0 or c.has(x):
+        raise G.NoClosedForm(f"delta of a non-linear argument: {e}")
+    return mark(Step(unit, c / k if c != 0 else sp.S.Zero, sp.S.Zero), density=True) / sp.Abs(k)
 
 
 def _on_deltas(steps, densities, coeff):
