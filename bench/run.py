@@ -339,7 +339,7 @@ PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 eva
          "activations": ("| activation | kernels | derive (s) | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|",
                          lambda rng: __import__("bench.activations", fromlist=["bench_activations"])
                          .bench_activations(rng, random_covariances)),
-         "stochastic": ("| stochastic equations (linear/erf, K = 2) | seconds | s per path | SGD s per seed | "
+         "stochastic": ("| sample paths (K = 2) | seconds | s per path | SGD s per seed | "
                         "path cheaper by | load |\n|---|---|---|---|---|---|",
                         lambda rng: __import__("bench.stochastic", fromlist=["bench_stochastic"]).bench_stochastic())}
 
