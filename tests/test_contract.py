@@ -61,3 +61,34 @@ def test_averages_and_constants_move_with_the_batch():
     np.testing.assert_array_equal(E2.multi_1_0_0[..., 3], E.multi_1_0_0[3])
     assert contract.constant(np.eye(2), batch).shape == (2, 2, 1)
     assert contract.batch_first(E2.pair_2_0, batch).flags.c_contiguous
+
+
+def test_generated_noise_on_a_batch_equals_one_state_at_a_time():
+    """generated/rules.py's noise functions (batch axes moved last inside) on a batch of states
+    equal the same functions called on each state alone, for every rule, K = 1..3."""
+    import inspect
+
+    from generated import rules
+    rng = np.random.default_rng(1)
+    for name in [f for f in vars(rules) if f.startswith(("noise_", "spike_noise_", "bias_noise_"))]:
+        for K, J in ((1, 2), (2, 1), (3, 2)):
+            P, F = 3, (K if name.endswith("tied") else 2 * K)
+            E = {n: rng.normal(size=(P,) + (K,) * contract.core_ndim(n)) for n in rules.AVERAGES[name]}
+
+            def sym(*shape):
+                X = rng.normal(size=shape)
+                return X + np.swapaxes(X, -1, -2)
+            args = dict(Q=sym(P, K, K), R=rng.normal(size=(P, K, K)), T=sym(P, K, K), T0=rng.normal(size=(P, K, K)),
+                        WW=sym(P, K, K), lr=0.7, D=300.0, S=sym(P, J, F, F), rho_hat=rng.uniform(size=J),
+                        m_rho=rng.uniform(size=J), theta=rng.normal(size=(P, J, F)), b=rng.normal(size=(P, K)),
+                        rho_eye=np.diag(rng.uniform(size=J)), kappa=0.3)
+            params = [p for p in inspect.signature(getattr(rules, name)).parameters if p in args]
+            unit = np.r_[0.0, np.ones(K - 1)]
+            batched = getattr(rules, name)(types.SimpleNamespace(**E, unit=unit), **{p: args[p] for p in params})
+            for i in range(P):
+                alone = getattr(rules, name)(types.SimpleNamespace(**{n: v[i] for n, v in E.items()}, unit=unit),
+                                             **{p: args[p][i] if p in ("Q", "R", "T", "T0", "WW", "S", "theta", "b")
+                                                else args[p] for p in params})
+                for x, y in zip(batched if isinstance(batched, tuple) else (batched,),
+                                alone if isinstance(alone, tuple) else (alone,)):
+                    np.testing.assert_allclose(x[i], y, rtol=1e-12, atol=1e-12 * np.abs(y).max())
