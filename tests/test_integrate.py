@@ -102,3 +102,19 @@ def test_blow_up_raises_with_partial_result():
     assert np.all(np.isfinite(partial.error)) and np.all(partial.Q[:, 0, 0] <= 3.0 + 1e-9)
     quiet = integrate(Breaking, eigvals, eigvecs, W0, V0, times=times, raise_on_failure=False)
     assert quiet.status == -1 and "blow-up" in quiet.message
+
+
+@pytest.mark.parametrize("name", ["linear", "erf"])
+def test_default_tolerances_keep_a_deep_saddle(name):
+    """Small weights (1e-7 N(0, 1)) sit near a saddle and leave it at a time set by their smallest
+    components: the default atol scales with them (runtime.integrate.default_atol). With a fixed
+    atol = 1e-9, method="auto" (BDF) was 5.7e-2 (linear) and 2.6e-2 (erf) off in the error;
+    with the scaled one 3.1e-5 and 1.5e-5. Reference: DOP853 at rtol 1e-12, atol 1e-20."""
+    from runtime.experiments import plateaus
+    act = generated.load(name)
+    eigvals, (W0, V0) = plateaus.problem(plateaus.FULL, 300, 1e-7)
+    times = np.linspace(0, 80, 41)
+    ref = act.integrate(eigvals, None, W0, V0, times=times, method="DOP853", rtol=1e-12, atol=1e-20, progress=False)
+    assert np.ptp(ref.error) > 1.0                      # the run leaves both saddles within t <= 80
+    sol = act.integrate(eigvals, None, W0, V0, times=times, progress=False)
+    assert np.max(np.abs(sol.error - ref.error)) < 1e-4
