@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from generated import erf, linear
+from generated import erf, linear, relu
 from runtime import stochastic_samples
 from runtime.integrate import IntegrationError
 from runtime.simulate import simulate
@@ -177,3 +177,24 @@ def test_bad_input(kwargs, message):
         call = dict(spectrum=spectrum, init=random_init_matrices(spectrum, 2, seed=0))
     with pytest.raises(ValueError, match=message):
         linear.integrate(**call, times=[0, 1], progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("case", ["relu, trained bias", "erf, K = 3"])
+def test_issue_cases_from_a_saddle_start(case):
+    """Issue 15's cases the diffusion paths are too slow for in CI (their multi-unit quadrature):
+    ReLU with a trained bias b0 = (0.3, -0.2) and erf with K = 3, spikes (3, 2, 1.5) D over a unit
+    bulk, D = 300, W0, V0 = 0.1 N(0, 1) (the saddle start), lr 1. The per-sample paths against 24 SGD
+    seeds: mean within 3 SE and KS at every time, and the times the error first drops below the
+    midpoint of its fall, by KS."""
+    D, act, K, b0 = (300, relu, 2, np.array([0.3, -0.2])) if case.startswith("relu") else (300, erf, 3, None)
+    eigvals = np.concatenate([np.array([3.0, 2.0, 1.5]) * D, np.ones(D - 3)])
+    rng = np.random.default_rng(7)
+    args = eigvals, None, 0.1 * rng.standard_normal((K, D)), 0.1 * rng.standard_normal((K, D))
+    times = np.linspace(0, 16, 33)
+    run = act.integrate(*args, times=times, b0=b0, stochastic="samples", paths=128, seed=8, progress=False)
+    sgd = simulate(act, *args, times=times, b0=b0, seeds=24, test_samples=0, progress=False)
+    agree(run.error_paths, sgd.error, times)
+    level = 0.5 * (sgd.error[:, 0].mean() + sgd.error[:, -1].mean())
+    ours, theirs = escape_times(times, run.error_paths, level), escape_times(times, sgd.error, level)
+    assert np.all(np.isfinite(ours)) and np.all(np.isfinite(theirs))          # every run falls past it
+    assert ks_2samp(ours, theirs).pvalue > 0.01
