@@ -49,17 +49,31 @@ def test_paths_through_a_saddle_are_sgd_runs():
     assert run.error[-1] == pytest.approx(run.pca_errors[2], abs=0.02)
 
 
+def spread_se(error_paths):
+    """The standard error of the paths' standard deviation at each time, for any distribution
+    (delta method: Var(s) = (mu_4 - sigma^4) / (4 n sigma^2)). The errors' distributions here are
+    heavy-tailed (excess kurtosis 2 ... 46 over the runs below: a few paths leave a plateau late),
+    where the Gaussian sigma / sqrt(2 (n - 1)) is up to 3x too small."""
+    x = error_paths - error_paths.mean(axis=0)
+    kurtosis = np.mean(x**4, axis=0) / np.mean(x**2, axis=0) ** 2
+    return error_paths.std(axis=0, ddof=1) * np.sqrt((kurtosis - 1) / (4 * error_paths.shape[0]))
+
+
 def test_where_the_expansion_holds_paths_agree_with_it():
     """Linear, K = 2, D = 500, spikes (3, 2, 1.5) D, init 0.5 (no saddle): the paths' mean and
-    spread agree with fluctuations=True within the paths' standard errors."""
+    spread agree with fluctuations=True, and their spread with SGD's (1024 runs stepped per
+    sample: exact), within standard errors. During the drop at t ~ 2 SGD's spread is 0.032 against
+    the expansion's 0.025 (the late paths; the spread check's ratio is 1.09 there)."""
     args, paths = spiked_problem(500, 2, (3.0, 2.0, 1.5), seed=2), 128
     times = np.linspace(0, 4, 5)
     run = linear.integrate(*args, times=times, stochastic=True, paths=paths, seed=3)
     expansion = linear.integrate(*args, times=times, fluctuations=True)
+    sgd = linear.integrate(*args, times=times, stochastic="samples", paths=1024, seed=0)
     se_mean = run.error_spread[1:] / np.sqrt(paths)
     assert np.all(np.abs(run.error[1:] - expansion.error[1:]) <= 3 * se_mean)
-    se_spread = run.error_spread[1:] / np.sqrt(2 * (paths - 1))
-    assert np.all(np.abs(run.error_spread[1:] - expansion.error_spread[1:]) <= 4 * se_spread)
+    se_run, se_sgd = spread_se(run.error_paths[:, 1:]), spread_se(sgd.error_paths[:, 1:])
+    assert np.all(np.abs(run.error_spread[1:] - expansion.error_spread[1:]) <= 4 * se_run)
+    assert np.all(np.abs(run.error_spread[1:] - sgd.error_spread[1:]) <= 4 * np.hypot(se_run, se_sgd))
 
 
 def test_a_trained_bias_fluctuates_with_the_spikes():
@@ -71,8 +85,7 @@ def test_a_trained_bias_fluctuates_with_the_spikes():
     run = linear.integrate(*args, times=times, b0=b0, stochastic=True, paths=paths, seed=2, keep_atoms=True)
     expansion = linear.integrate(*args, times=times, b0=b0, fluctuations=True)
     assert np.all(np.abs(run.error[1:] - expansion.error[1:]) <= 3 * run.error_spread[1:] / np.sqrt(paths))
-    se_spread = run.error_spread[1:] / np.sqrt(2 * (paths - 1))
-    assert np.all(np.abs(run.error_spread[1:] - expansion.error_spread[1:]) <= 4 * se_spread)
+    assert np.all(np.abs(run.error_spread[1:] - expansion.error_spread[1:]) <= 4 * spread_se(run.error_paths[:, 1:]))
     assert np.all(np.abs(run.b - expansion.b) < 0.02) and np.ptp(run.b[:, 0]) > 0.05     # the bias moves
     Q = run.path_order_parameters()[0]
     assert Q.shape == (times.size, paths, 1, 1)
