@@ -553,19 +553,19 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     error_of = functools.partial(system.error, act, half_trace=half_trace)
     # with fluctuations also solved at the times the spread's check needs (runtime.validity)
     solved = np.union1d(times, validity.check_times(times[-1])) if fluctuations else times
+    diverged = divergence_limit(error_of(y0[None])[0], half_trace)
     with _progress.bar(float(times[-1]), f"integrate {act.NAME}/{rule}", progress,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g} of {total:.4g} [{elapsed}<{remaining}]") as bar:
         if samples:
             ts, ys, status, message, nfev = _samples.sample_paths(
-                act, rule, rule_params, lr, spectrum, system, y0, units, K, times, paths, seed, bar, error_of,
-                divergence_limit(error_of(y0[None])[0], half_trace))
+                act, rule, rule_params, lr, spectrum, system, y0, units, K, times, paths, seed, bar, error_of, diverged)
         elif stochastic:
             ts, ys, status, message, nfev = _stochastic.sample_paths(
                 system, build(False), act.SPIKE_NOISE[rule] if b0 is None else act.BIAS_NOISE[rule][1:], y0, times,
-                paths, seed, dt, bar, error_of, divergence_limit(error_of(y0[None])[0], half_trace))
+                paths, seed, dt, bar, error_of, diverged)
         else:
             atol = default_atol(system, y0, slice(units - K, units)) if atol is None else atol
-            ts, ys, status, message, nfev = _solve(system, y0, solved, method, rtol, atol, bar, error_of, half_trace)
+            ts, ys, status, message, nfev = _solve(system, y0, solved, method, rtol, atol, bar, error_of, diverged)
     Y = ys.reshape(len(ts), -1) if not stochastic else ys.reshape(-1, ys.shape[-1])     # every path's state
     spread = spread_check = None
     if fluctuations:
@@ -694,9 +694,9 @@ def default_atol(system, y0, hidden):
     return max(ATOL * scale, ATOL_FLOOR)
 
 
-def _solve(system, y0, times, method, rtol, atol, bar, error_of, pca0):
+def _solve(system, y0, times, method, rtol, atol, bar, error_of, limit):
     """Step a scipy OdeSolver and read the states at `times` off its dense output; stop at a
-    blow-up, a divergence (error_of(y) above DIVERGED x max(eps_PCA(0) = pca0, error_of(y0))), a solver
+    blow-up, a divergence (error_of(y) above `limit`, runtime.progress.divergence_limit), a solver
     failure or Ctrl-C, keeping every state reached before it.
     Returns (t, y, status, message, nfev): status 0 and message "ok" on success, -1 on failure,
     -2 on an interrupt."""
@@ -705,7 +705,6 @@ def _solve(system, y0, times, method, rtol, atol, bar, error_of, pca0):
     out_t, out_y = [t for t in times if t <= 0], [y0 for t in times if t <= 0]
     if times[-1] <= 0:
         return np.array(out_t), np.array(out_y), 0, "ok", 0
-    limit = divergence_limit(error_of(y0[None])[0], pca0)
     # vectorized: BDF's finite-difference Jacobian evaluates all its columns in one call
     solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol, vectorized=True)
     n_steps = 0

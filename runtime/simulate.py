@@ -162,7 +162,7 @@ def simulate(activation, eigvals, eigvecs, W0, V0, lr=1.0, times=None, rule="van
     U = None if eigvecs is None else eigenvectors(eigvecs, D)
     W0 = encoder_weights(W0, D)
     K = W0.shape[0]
-    tied = rule in ("tied", "sanger") or (registered is not None and registered.dv is None)
+    tied = ties_v_to_w(rule, registered)
     if not tied:
         if V0 is None:
             raise ValueError(f"rule {rule!r} needs V0 of shape ({K}, {D})")
@@ -466,6 +466,12 @@ def _registered_rule(rule):
         extra = [] if symbolic is None else [r for r in symbolic.RULES if r not in symbolic.BUILT_IN]
         raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(list(RULES) + extra)}")
     return symbolic.RULES[rule]
+
+
+def ties_v_to_w(rule, registered):
+    """Whether `rule`'s update keeps V = W (tied, sanger, or a registered rule without dv);
+    registered: _registered_rule(rule)."""
+    return rule in ("tied", "sanger") or (registered is not None and registered.dv is None)
 
 
 def _decay(rule, params, registered):

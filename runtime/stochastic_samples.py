@@ -147,7 +147,7 @@ def sample_paths(act, rule, rule_params, lr, spectrum, system, y0, units, K, tim
     Returns (t, states (n_t, paths, N), status, message, samples stepped per path) like
     runtime.stochastic.sample_paths."""
     registered = _simulate._registered_rule(rule)
-    tied = rule in ("tied", "sanger") or (registered is not None and registered.dv is None)
+    tied = _simulate.ties_v_to_w(rule, registered)
     kappa = _simulate._decay(rule, rule_params, registered)
     if tied != (system.F == units):
         raise ValueError(f"rule {rule!r} ties V to W in its update but not in the equations' states, or the reverse: "
