@@ -1,5 +1,6 @@
 """Shared helpers for the Gaussian-average tests: activations and kernels of the generated
-modules, Hypothesis strategies for covariances, and the seeded Monte Carlo estimator."""
+modules, Hypothesis strategies for covariances, and the seeded Monte Carlo estimator; and the
+comparison of sample paths with SGD runs (assert_paths_agree)."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from scipy.stats import ks_2samp
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -166,3 +168,21 @@ def ctrl_c_as_in_a_terminal():
     it, and Python then installs no KeyboardInterrupt handler."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def assert_paths_agree(paths, sgd, times, checked=None):
+    """Sample paths' errors (paths, n_t) against SGD's runs (seeds, n_t) at the times `checked` (a
+    mask; default every t > 0): the mean within 3 combined standard errors of SGD's, and the
+    distribution not told apart from SGD's by a two-sample KS test (1 %, Bonferroni over the
+    checked times). Returns the smallest p-value and the largest gap over its standard error."""
+    later = np.flatnonzero(times > 0 if checked is None else checked)
+    worst_p, worst_gap = 1.0, 0.0
+    for i in later:
+        p, e = paths[:, i], sgd[:, i]
+        se = np.sqrt(p.var(ddof=1) / p.size + e.var(ddof=1) / e.size)
+        gap = abs(p.mean() - e.mean())
+        assert gap <= 3 * se, (times[i], p.mean(), e.mean(), se)
+        pvalue = ks_2samp(p, e).pvalue
+        assert pvalue > 0.01 / later.size, (times[i], pvalue)
+        worst_p, worst_gap = min(worst_p, pvalue), max(worst_gap, gap / max(se, 1e-300))
+    return worst_p, worst_gap

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
+from conftest import assert_paths_agree
 from generated import linear
 from runtime import stochastic
 from runtime.simulate import simulate
@@ -33,12 +34,7 @@ def test_paths_through_a_saddle_are_sgd_runs():
     sgd = simulate(linear, *args, times=TIMES, seeds=seeds, test_samples=0)
     assert run.status == 0 and run.error_paths.shape == (paths, TIMES.size)
     assert run.error[0] == pytest.approx(sgd.error[0, 0], rel=1e-10)
-    early = (TIMES > 0) & (TIMES <= 7)
-    for i in np.flatnonzero(early):
-        p, e = run.error_paths[:, i], sgd.error[:, i]
-        se = np.sqrt(p.var(ddof=1) / paths + e.var(ddof=1) / seeds)
-        assert abs(p.mean() - e.mean()) <= 3 * se, (TIMES[i], p.mean(), e.mean(), se)
-        assert ks_2samp(p, e).pvalue > 0.01 / early.sum(), TIMES[i]
+    assert_paths_agree(run.error_paths, sgd.error, TIMES, (TIMES > 0) & (TIMES <= 7))
     level = 0.5 * (run.pca_errors[1] + run.pca_errors[2])
     ours, theirs = run.escape_times(level), stochastic.escape_times(TIMES, sgd.error, level)
     assert np.all(np.isfinite(ours)) and np.all(np.isfinite(theirs))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
+from conftest import assert_paths_agree
 from generated import erf, linear, relu
 from runtime import stochastic_samples
 from runtime.integrate import IntegrationError
@@ -23,23 +24,6 @@ def tied_case(D=200, scale=0.5):
     return eigvals, None, scale * np.random.default_rng(0).standard_normal((2, D)), None
 
 
-def agree(paths, sgd, times):
-    """The error's mean within 3 combined standard errors of SGD's at every time t > 0, and its
-    distribution over paths not told apart from SGD's by a two-sample KS test (1 %, Bonferroni
-    over the times). Returns the smallest p-value and the largest gap over its standard error."""
-    later = np.flatnonzero(times > 0)
-    worst_p, worst_gap = 1.0, 0.0
-    for i in later:
-        p, e = paths[:, i], sgd[:, i]
-        se = np.sqrt(p.var(ddof=1) / p.size + e.var(ddof=1) / e.size)
-        gap = abs(p.mean() - e.mean())
-        assert gap <= 3 * se, (times[i], p.mean(), e.mean(), se)
-        pvalue = ks_2samp(p, e).pvalue
-        assert pvalue > 0.01 / later.size, (times[i], pvalue)
-        worst_p, worst_gap = min(worst_p, pvalue), max(worst_gap, gap / max(se, 1e-300))
-    return worst_p, worst_gap
-
-
 @pytest.fixture(scope="module")
 def tied_runs():
     args = tied_case()
@@ -56,7 +40,7 @@ def test_tied_paths_are_sgd_runs(tied_runs):
     run, sgd = tied_runs
     assert run.status == 0 and run.error_paths.shape == (256, TIED_TIMES.size)
     assert run.error[0] == pytest.approx(sgd.error[0, 0], rel=1e-12)
-    agree(run.error_paths, sgd.error, TIED_TIMES)
+    assert_paths_agree(run.error_paths, sgd.error, TIED_TIMES)
     assert np.all(run.error_paths[:, 1] > 3.7) and np.median(run.error_paths[:, -1]) < 1.4   # plateau, then escape
     level = 0.5 * (run.error[1] + run.error[-1])
     ours, theirs = run.escape_times(level), escape_times(TIED_TIMES, sgd.error, level)
@@ -92,7 +76,7 @@ def test_vanilla_paths_match_sgd_at_the_fixed_point_too():
     run = linear.integrate(*args, times=times, stochastic="samples", paths=192, seed=2, progress=False)
     sgd = simulate(linear, *args, times=times, seeds=32, test_samples=0, progress=False)
     assert run.status == 0
-    agree(run.error_paths, sgd.error, times)
+    assert_paths_agree(run.error_paths, sgd.error, times)
     late = times >= 10
     ratio = run.error_paths[:, late].std(axis=0, ddof=1) / sgd.error[:, late].std(axis=0, ddof=1)
     assert np.all((ratio > 0.6) & (ratio < 1.6)), ratio
@@ -110,7 +94,7 @@ def test_erf_tied_on_several_atoms_with_a_schedule():
                         seed=4, progress=False)
     sgd = simulate(erf, eigvals, None, W0, None, times=times, rule="tied", lr=lr, seeds=32, test_samples=0,
                    progress=False)
-    agree(run.error_paths, sgd.error, times)
+    assert_paths_agree(run.error_paths, sgd.error, times)
     assert run.error[-1] < run.error[0] - 0.25
 
 
@@ -145,7 +129,7 @@ def test_trained_biases():
     run = erf.integrate(eigvals, None, W0, V0, times=times, b0=b0, c0=c0, stochastic="samples", paths=96, seed=6,
                         progress=False)
     sgd = simulate(erf, eigvals, None, W0, V0, times=times, b0=b0, c0=c0, seeds=32, test_samples=0, progress=False)
-    agree(run.error_paths, sgd.error, times)
+    assert_paths_agree(run.error_paths, sgd.error, times)
     assert run.error[-1] < run.error[0] - 0.3
     se = sgd.b[:, -1].std(axis=0, ddof=1) * np.sqrt(1 / 32 + 1 / 96)     # combined, at SGD's spread
     assert np.all(np.abs(run.b[-1] - sgd.b[:, -1].mean(axis=0)) <= 3 * se)
@@ -193,7 +177,7 @@ def test_issue_cases_from_a_saddle_start(case):
     times = np.linspace(0, 16, 33)
     run = act.integrate(*args, times=times, b0=b0, stochastic="samples", paths=128, seed=8, progress=False)
     sgd = simulate(act, *args, times=times, b0=b0, seeds=24, test_samples=0, progress=False)
-    agree(run.error_paths, sgd.error, times)
+    assert_paths_agree(run.error_paths, sgd.error, times)
     level = 0.5 * (sgd.error[:, 0].mean() + sgd.error[:, -1].mean())
     ours, theirs = escape_times(times, run.error_paths, level), escape_times(times, sgd.error, level)
     assert np.all(np.isfinite(ours)) and np.all(np.isfinite(theirs))          # every run falls past it
