@@ -173,9 +173,6 @@ class Shared:
     def __init__(self, prefix="sub"):
         self.counts, self.names, self.counting, self.prefix = Counter(), {}, True, prefix
 
-    def __bool__(self):
-        return True
-
     def use(self, operands, output, text):
         key = _canonical(operands, output)
         if self.counting:
