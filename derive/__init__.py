@@ -3,6 +3,7 @@
 `build(name)` derives a registered activation and returns its generated module without writing
 a file (for trying out a new activation); `make derive` writes generated/NAME.py for all.
 """
+import linecache
 import types
 
 
@@ -18,7 +19,9 @@ def build(name):
 
 
 def _in_memory(name, file, source, **namespace):
-    """A module `name` executing `source` in memory, its globals starting with `namespace`."""
+    """A module `name` executing `source` in memory, its globals starting with `namespace`; the source
+    goes into linecache, so tracebacks and inspect.getsource show the generated lines."""
+    linecache.cache[file] = (len(source), None, source.splitlines(keepends=True), file)
     module = types.ModuleType(name)
     module.__file__ = file
     module.__dict__.update(namespace)

@@ -33,11 +33,13 @@ REGISTRY: dict[str, Activation] = {}
 
 
 def register(name: str, expr, params: dict | None = None, description: str = "") -> Activation:
-    """Register g(x) = expr under `name` (expr is a SymPy expression in `derive.activations.x`)."""
+    """Register g(x) = expr under `name`: a SymPy expression or a string in x. Any symbol named x
+    (sp.Symbol("x"), or the x of a string) is taken for `derive.activations.x`, the real x."""
     if not name.isidentifier():
         raise ValueError(f"activation name {name!r} must be a Python identifier")
-    expr = sp.sympify(expr)
     params = dict(params or {})
+    expr = sp.sympify(expr, locals={"x": x, **{str(p): p for p in params}})
+    expr = expr.subs({s: x for s in expr.free_symbols if s.name == "x" and s != x})
     free = expr.free_symbols - {x} - set(params)
     if free:
         raise ValueError(f"activation {name!r}: symbols {sorted(map(str, free))} are neither x nor parameters")

@@ -233,3 +233,19 @@ def test_random_init_matrices_build_init_for_a_spectrum():
     init = random_init_matrices(spectrum, 2, sigma_w=0.5, sigma_v=0.5, seed=0)
     res = erf.integrate(spectrum=spectrum, init=init, times=[0, 10], **QUIET)
     assert res.success and res.error[-1] < res.error[0]
+
+
+def test_register_takes_x_as_a_user_writes_it():
+    """sp.Symbol("x") (no assumptions) and the string "tanh(x)" mean the registry's real x; any other
+    free symbol is refused by name."""
+    import sympy as sp
+    from derive import activations
+    try:
+        plain = activations.register("probe_plain_x", sp.tanh(sp.Symbol("x")))
+        text = activations.register("probe_text_x", "tanh(x)")
+        assert plain.expr == text.expr == sp.tanh(activations.x)
+        with pytest.raises(ValueError, match=r"\['y'\] are neither x nor parameters"):
+            activations.register("probe_y", sp.tanh(sp.Symbol("y")))
+    finally:
+        for name in ("probe_plain_x", "probe_text_x", "probe_y"):
+            activations.REGISTRY.pop(name, None)

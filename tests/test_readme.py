@@ -1,4 +1,5 @@
 """The README's worked example of adding an activation runs, and its result is right."""
+import inspect
 import re
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def test_adding_an_activation_example(capsys):
         activations.REGISTRY.pop("erf_unit", None)
     module = namespace["erf_unit"]
     assert module.CLOSED_FORM
+    # like a module on disk, its source is there to read (inspect, tracebacks)
+    assert "def pair_0_0" in inspect.getsource(module.pair_0_0)
     # Williams (1998): E[erf(x1) erf(x2)] = (2/pi) asin(2 C12 / sqrt((1 + 2 C11)(1 + 2 C22)))
     C = np.array([[1.0, 0.5], [0.5, 2.0]])
     expected = 2 / np.pi * np.arcsin(2 * 0.5 / np.sqrt(3.0 * 5.0))
