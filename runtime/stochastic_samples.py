@@ -32,6 +32,8 @@ diffusion paths' is.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from runtime import simulate as _simulate
@@ -84,18 +86,39 @@ class ReducedPaths:
         self.V = self.W if tied else theta[:, units + units - K:] * sd
         self.c = theta[:, units] * sd if units > K and not tied else None
         self.b = None if system.extra == 0 else np.repeat(y0[None, -system.extra:][:, units - K:], paths, axis=0)
-        self.lower = np.tri(BLOCK, BLOCK, -1)           # sample j sees the fresh slots i < j
+        # columns drawn N(0, 1) for every sample: all but the framed atoms' fresh slots, whose
+        # strictly lower triangle (sample j sees the slots i < j) is drawn apart and the diagonal
+        # from the chi-square: no normal is drawn to be zeroed
+        dense = np.ones(self.rho.size, bool)
+        for a, _ in framed:
+            dense[blocks[a].start + self.R:blocks[a].stop] = False
+        self.dense = np.flatnonzero(dense)
+        self.dense_slice = slice(0, self.dense.size) if np.array_equal(self.dense, np.arange(self.dense.size)) else None
         self.compress()
 
     def draw(self, rng, m):
-        """The next m samples of every path (P, m, d) in the reduced coordinates."""
-        X = rng.standard_normal((self.P, m, self.rho.size))
-        X *= self.sqrt_rho
-        j = np.arange(m)
-        for a, mult in self.framed:
-            fresh = X[:, :, self.blocks[a].start + self.R:self.blocks[a].stop]
-            fresh *= self.lower[:m]
-            fresh[:, j, j] = np.sqrt(self.rho[self.blocks[a].start] * rng.chisquare(mult - self.R - j, (self.P, m)))
+        """The next m samples of every path (P, m, d) in the reduced coordinates: N(0, rho) along
+        the small atoms' directions and the frames, along the fresh direction of each earlier
+        sample of the block, and sqrt(rho chi^2(mult - R - j)) along sample j's own; one call of
+        the generator for the normals, one for the chi-squares."""
+        P, n_dense = self.P, self.dense.size
+        low_j, low_i = _lower(m)
+        Z = rng.standard_normal((P, m * n_dense + len(self.framed) * low_j.size))
+        X = np.zeros((P, m, self.rho.size))
+        dense = Z[:, :m * n_dense].reshape(P, m, n_dense)
+        if self.dense_slice is not None:
+            np.multiply(dense, self.sqrt_rho[self.dense_slice], out=X[:, :, self.dense_slice])
+        else:
+            X[:, :, self.dense] = dense * self.sqrt_rho[self.dense]
+        if not self.framed:
+            return X
+        j, used = np.arange(m), m * n_dense
+        chi = rng.chisquare(np.concatenate([mult - self.R - j for _, mult in self.framed]), (P, m * len(self.framed)))
+        for k, (a, mult) in enumerate(self.framed):
+            fresh, sd = self.blocks[a].start + self.R, np.sqrt(self.rho[self.blocks[a].start])
+            X[:, low_j, fresh + low_i] = sd * Z[:, used:used + low_j.size]
+            X[:, j, fresh + j] = np.sqrt(self.rho[self.blocks[a].start] * chi[:, k * m:(k + 1) * m])
+            used += low_j.size
         return X
 
     def rows(self):
@@ -105,14 +128,21 @@ class ReducedPaths:
         return np.concatenate([self.W, self.V] + ([] if self.c is None else [self.c[:, None]]), axis=1)
 
     def compress(self):
-        """Each framed atom's part of the weights back to R coordinates (QR of its block)."""
+        """Each framed atom's part of the weights back to R coordinates: the Cholesky factor L of
+        the rows' Gram matrix G = M M^T in the atom's block (L L^T = G: every inner product kept, to
+        rounding relative to the rows' norms, as a QR of the block keeps them); a QR of the block
+        where the Gram matrix is numerically singular (rows that are dependent within the atom)."""
         if not self.framed:
             return
         M = self.rows()
         K = self.K
         for a, _ in self.framed:
             cols = self.blocks[a]
-            r = np.swapaxes(np.linalg.qr(np.swapaxes(M[:, :, cols], 1, 2), mode="r"), 1, 2)   # (P, R, R)
+            B = M[:, :, cols]
+            try:
+                r = np.linalg.cholesky(B @ np.swapaxes(B, 1, 2))                                  # (P, R, R)
+            except np.linalg.LinAlgError:
+                r = np.swapaxes(np.linalg.qr(np.swapaxes(B, 1, 2), mode="r"), 1, 2)
             frame, fresh = slice(cols.start, cols.start + self.R), slice(cols.start + self.R, cols.stop)
             self.W[:, :, frame], self.W[:, :, fresh] = r[:, :K], 0.0
             if not self.tied:
@@ -135,6 +165,13 @@ class ReducedPaths:
         if self.b is not None:
             parts.append(np.concatenate([np.zeros((P, self.units - K)), self.b], axis=1))
         return np.concatenate(parts, axis=1)
+
+
+@lru_cache(maxsize=None)
+def _lower(m):
+    """The strictly lower triangle's (rows, columns) of a block of m samples: sample j's components
+    along the fresh directions of the samples i < j."""
+    return np.tril_indices(m, -1)
 
 
 def sample_paths(act, rule, rule_params, lr, spectrum, system, y0, units, K, times, paths, seed, bar,
