@@ -365,7 +365,8 @@ def _factor(S, m, j):
 def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(0.0, 1.0, 10.0),
               rule="vanilla", b0=None, *, spectrum=None, init=None, rtol=1e-6, atol=None,
               method="auto", progress=True, keep_atoms=False, raise_on_failure=True, finite_size=None,
-              fluctuations=False, rule_params=None, c0=None, stochastic=False, paths=256, seed=0, dt=None):
+              fluctuations=False, rule_params=None, c0=None, stochastic=False, paths=256, seed=0, dt=None,
+              check_spread="auto"):
     """Integrate the equations of motion of `act` (a generated module) for `rule`.
 
     Either eigvals (D,), eigvecs (D, D) (or None: the weights are given in the eigenbasis) and
@@ -410,7 +411,13 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     fluctuations=True (implies finite_size) adds the spikes' O(1/sqrt(D)) fluctuations to that
     order (runtime.fluctuations): `error` and the order parameters become averages over SGD runs
     from the same weights, and `error_spread` their predicted seed-to-seed standard deviation.
-    With b0 the biases fluctuate with the spikes (the activation's BIAS_NOISE).
+    With b0 the biases fluctuate with the spikes (the activation's BIAS_NOISE). `spread_check` then
+    says whether error_spread is still SGD's (runtime.validity, a RuntimeWarning where it is not):
+    check_spread=True runs that check, False skips it, "auto" runs it unless its cost would dwarf the
+    run's: with a trained bias and an activation whose shifted kernels are numerical (tanh, sigmoid,
+    ...), every one of its validity.SAMPLES states costs a quadrature per kernel and right-hand side
+    (1.5 s per right-hand side against a 38 s run, ~30 min in all, for tanh, K = 2), so "auto" skips
+    it there with a RuntimeWarning that says so.
 
     rule_params: the rule's parameters (weight decay: {"kappa": 0.01}; defaults in the activation's
     RULES_MODULE.PARAMS). c0 (D,): an initial output bias, x_hat = V^T g + c, trained (c += (lr/D) e)
@@ -438,6 +445,8 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
         missing = getattr(act, "FINITE_MISSING", "")
         raise ValueError(f"unknown rule {rule!r} for activation {act.NAME}; known: {', '.join(known)}"
                          + (f" ({missing})" if missing else ""))
+    if not (isinstance(check_spread, (bool, np.bool_)) or check_spread == "auto"):
+        raise ValueError(f"check_spread must be True, False or 'auto', got {check_spread!r}")
     if not (isinstance(stochastic, (bool, np.bool_)) or stochastic == "samples"):
         raise ValueError(f"stochastic must be False, True or 'samples', got {stochastic!r}")
     samples = stochastic == "samples" or (bool(stochastic) and rule not in act.DRIFTS)   # per-sample SGD paths
@@ -570,8 +579,21 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     spread = spread_check = None
     if fluctuations:
         spread = system.error_spread(act, Y, half_trace)
-        spread_check = validity.check_spread(system, ts, Y, spread,
-                                             functools.partial(system.core.error, act, half_trace=half_trace))
+        numeric = getattr(act, "SHIFTED_NUMERIC_KERNELS", ()) if b0 is not None else ()
+        if check_spread == "auto" and numeric:
+            warnings.warn(f"{act.NAME}/{rule}: the spread check (result.spread_check) was skipped: with a trained "
+                          f"bias the D -> infinity drift averages {act.NAME} by quadrature at every state "
+                          f"({len(numeric)} numerical shifted kernels), and the check carries "
+                          f"{validity.SAMPLES} states from {len(validity.START_FRACTIONS)} start times through it, "
+                          "tens to hundreds of times this run's cost; integrate(..., check_spread=True) runs it "
+                          "anyway", RuntimeWarning, stacklevel=3)
+        elif check_spread:
+            try:
+                spread_check = validity.check_spread(system, ts, Y, spread,
+                                                     functools.partial(system.core.error, act, half_trace=half_trace),
+                                                     progress=progress)
+            except KeyboardInterrupt:         # the run is complete: keep it, without the check
+                status, message = -2, "interrupted (Ctrl-C) in the spread check; the run itself is complete"
         rows = np.searchsorted(solved, times)           # the requested times (repeats kept) among the solved
         rows = rows[rows < ts.size]
         ts, ys, Y, spread = ts[rows], ys[rows], Y[rows], spread[rows]
@@ -606,8 +628,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
                           f"(or fluctuations=True; in a config: equations = \"finite\")", RuntimeWarning, stacklevel=3)
     at = f"t = {ts[-1] if ts.size else 0:.6g}"
     if status == -2:
-        raise Interrupted(f"integration of {act.NAME}/{rule} interrupted at {at}; the partial result is in .result",
-                          result)
+        raise Interrupted(f"integration of {act.NAME}/{rule} {message}; the result so far is in .result", result)
     if status != 0 and raise_on_failure:
         raise IntegrationError(f"integration of {act.NAME}/{rule} failed at {at}: {message}", result)
     return result

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from runtime import progress as _progress
+
 #: points drawn from the expansion's Gaussian at each start
 SAMPLES = 384
 #: the start times, as fractions of the last time: log-spaced, since runs leave saddles early
@@ -67,33 +69,44 @@ def check_times(t_end):
     return np.unique(np.concatenate([START_FRACTIONS, CHECK_FRACTIONS])) * t_end
 
 
-def check_spread(system, ts, Z, spread, error, *, samples=SAMPLES, seed=0):
+def check_spread(system, ts, Z, spread, error, *, samples=SAMPLES, seed=0, progress=True):
     """SpreadCheck of a FluctuationSystem `system` from its states Z (n_t, ...) at times ts, the
     predicted spread (n_t,) there and `error`: states (m, n) -> errors (m,). None when there is no
-    time to check (a run that ends at t = 0, or stopped before the first start)."""
+    time to check (a run that ends at t = 0, or stopped before the first start). progress: a bar
+    over the starts once the check has taken a few seconds."""
     if ts.size < 2 or ts[-1] <= 0:
         return None
-    t_end, n = ts[-1], system.n
     rng = np.random.default_rng(seed)
-    starts = [np.flatnonzero(np.isclose(ts, f * t_end))[:1] for f in START_FRACTIONS]
+    starts = [np.flatnonzero(np.isclose(ts, f * ts[-1]))[:1] for f in START_FRACTIONS]
+    starts = [int(s[0]) for s in starts if s.size and s[0] < ts.size - 1]
     best = None
-    for k in (int(s[0]) for s in starts if s.size and s[0] < ts.size - 1):
-        y, C = system._split(Z[k])
-        lam, vec = np.linalg.eigh(C)
-        vec = vec * np.where(vec[np.argmax(np.abs(vec), axis=0), np.arange(n)] < 0, -1.0, 1.0)  # eigh's signs
-        points = y + (rng.standard_normal((samples, n)) * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
+    with _progress.bar(len(starts), "check the fluctuations' spread", progress) as bar:
+        for k in starts:
+            best = _from_start(system, ts, Z, spread, error, k, samples, rng, best)
+            bar.update()
+    return best
 
-        def flow(t, u):
-            return system.limit(t, u.reshape(samples, n).T).T.ravel()
 
-        sol = solve_ivp(flow, (ts[k], t_end), points.ravel(), t_eval=ts[k + 1:], rtol=RTOL, atol=ATOL)
-        if sol.status != 0:
-            continue
-        pushed = np.array([np.std(error(Y)) for Y in sol.y.T.reshape(-1, samples, n)])
-        predicted = spread[k + 1:k + 1 + pushed.size]
-        ratio = pushed / np.maximum(predicted, 1e-300)
-        j = int(np.argmax(ratio))
-        if best is None or ratio[j] > best.ratio:
-            best = SpreadCheck(float(ratio[j]), float(ts[k]), float(ts[k + 1 + j]), float(pushed[j]),
-                               float(predicted[j]))
+def _from_start(system, ts, Z, spread, error, k, samples, rng, best):
+    """`best` or the SpreadCheck of the points drawn at ts[k] and carried to every later time,
+    whichever has the larger ratio (`best` where the carried points' solver fails)."""
+    t_end, n = ts[-1], system.n
+    y, C = system._split(Z[k])
+    lam, vec = np.linalg.eigh(C)
+    vec = vec * np.where(vec[np.argmax(np.abs(vec), axis=0), np.arange(n)] < 0, -1.0, 1.0)  # eigh's signs
+    points = y + (rng.standard_normal((samples, n)) * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
+
+    def flow(t, u):
+        return system.limit(t, u.reshape(samples, n).T).T.ravel()
+
+    sol = solve_ivp(flow, (ts[k], t_end), points.ravel(), t_eval=ts[k + 1:], rtol=RTOL, atol=ATOL)
+    if sol.status != 0:
+        return best
+    pushed = np.array([np.std(error(Y)) for Y in sol.y.T.reshape(-1, samples, n)])
+    predicted = spread[k + 1:k + 1 + pushed.size]
+    ratio = pushed / np.maximum(predicted, 1e-300)
+    j = int(np.argmax(ratio))
+    if best is None or ratio[j] > best.ratio:
+        best = SpreadCheck(float(ratio[j]), float(ts[k]), float(ts[k + 1 + j]), float(pushed[j]),
+                           float(predicted[j]))
     return best

@@ -65,3 +65,42 @@ def test_the_check_leaves_the_requested_times_and_values_alone():
     assert again.spread_check == run.spread_check          # deterministic
     assert erf.integrate(*args, times=[0.0], fluctuations=True).spread_check is None
     assert erf.integrate(*args, times=times).spread_check is None   # only with fluctuations
+
+
+def test_auto_skips_the_check_where_it_would_dwarf_the_run_and_says_so():
+    """tanh with a trained bias: its shifted kernels are quadratures, so carrying validity.SAMPLES
+    states through the drift costs a quadrature each per right-hand side (~30 min against a 38 s run
+    at K = 2, D = 300): "auto" skips the check with a warning that names it; the run is unchanged.
+    erf with a bias (closed forms) keeps it."""
+    from generated import tanh
+    args = spiked_problem(60, 1, (3.0, 2.0), seed=0, scale_w=0.5, scale_v=0.5)
+    times = np.linspace(0, 1, 3)
+    with pytest.warns(RuntimeWarning, match=r"spread check \(result.spread_check\) was skipped.*check_spread=True"):
+        auto = tanh.integrate(*args, times=times, b0=(0.2,), fluctuations=True, progress=False)
+    assert auto.spread_check is None and auto.status == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        off = tanh.integrate(*args, times=times, b0=(0.2,), fluctuations=True, progress=False, check_spread=False)
+    np.testing.assert_array_equal(off.error, auto.error)
+    np.testing.assert_array_equal(off.error_spread, auto.error_spread)
+    assert erf.integrate(*args, times=times, b0=(0.2,), fluctuations=True, progress=False).spread_check is not None
+    with pytest.raises(ValueError, match="check_spread must be"):
+        erf.integrate(*args, times=times, fluctuations=True, check_spread="always")
+
+
+def test_ctrl_c_in_the_check_keeps_the_complete_run(monkeypatch):
+    """Ctrl-C during the check raises Interrupted whose result is the whole run (values equal to a
+    run without the check), only spread_check missing."""
+    from runtime.progress import Interrupted
+    args, times = spiked_problem(60, 1, (3.0, 2.0), seed=0), np.linspace(0, 2, 3)
+    plain = erf.integrate(*args, times=times, fluctuations=True, check_spread=False)
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(validity, "_from_start", interrupt)
+    with pytest.raises(Interrupted, match="spread check") as caught:
+        erf.integrate(*args, times=times, fluctuations=True)
+    result = caught.value.result
+    assert result.status == -2 and result.spread_check is None
+    np.testing.assert_array_equal(result.error, plain.error)
+    np.testing.assert_array_equal(result.error_spread, plain.error_spread)
