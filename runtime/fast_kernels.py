@@ -10,35 +10,51 @@ Method: Mehler's (Price's) series in the correlation rho = c12 / sqrt(c11 c22),
 
 the normalised Hermite coefficients of f(sigma z). They depend on one variance only, so for each
 unit factor f (an `orders` tuple of g's derivatives) they are tabulated once, lazily on the
-first call, as Chebyshev series of degree < N_CHEB in log(sigma) over the domain
-sigma^2 in [V_MIN, V_MAX], for n < N_MAX: built from a trapezoidal rule in z (step 0.02 on
-[-14, 14], spectrally accurate for f analytic in a strip: tanh(sigma z) at sigma = 10 has its
-poles 0.157 off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21), ~10-50 ms per factor.
-An evaluation is two small matrix products (Chebyshev basis @ table) and a weighted row sum.
+first call, for n < N_MAX (4096): a Chebyshev series of degree < N_CHEB (80) in log(sigma) over
+sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule in z (step 0.02 on [-14, 14],
+spectrally accurate for f analytic in a strip: tanh(sigma z) at sigma = 10 has its poles 0.157
+off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21; the Hermite functions up to n = 4096
+oscillate at most with frequency 64, far below the rule's 314), then re-expanded on PIECES (8)
+equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation, ~0.05 s per factor.
 
-Truncation. With A_n = max over the domain of |h_n| / ||f|| (||f||^2 = E[f(sigma z)^2]) and
-the Parseval tail beyond N_MAX bounded by Cauchy-Schwarz, truncating after N terms errs by at
-most ||f1|| ||f2|| (sum_{N <= n < N_MAX} |rho|^n A1_n A2_n + |rho|^N_MAX tail). The number of
-terms is chosen per band of |rho| (BANDS) so that this bound is <= TRUNCATION (1e-11) times the
-Cauchy-Schwarz scale ||f1|| ||f2|| >= |value|; the kernel's fast domain ends at the last band
-that N_MAX terms cover (|rho| <= 0.92 for tanh's and sigmoid's kernels, 0.95 for sigmoid's
-pair_0_0; see `domain`).
+Truncation, per point. The sum after N terms errs by at most, by Cauchy-Schwarz on blocks of
+terms [LEVELS[l], LEVELS[l+1]) and on the tail n >= N_MAX (Parseval: E[f^2] - sum h_n^2),
 
-Domain and fallback. The fast path takes points with both variances in [V_MIN, V_MAX] and
-|rho| up to the kernel's limit. Points with conditional variance c22 - c12^2/c11 <= DEGENERATE
-(rho = +-1 up to rounding: the diagonal k = l of every kernel matrix) are one-dimensional,
-E[f1(x1) f2(kappa x1)], by runtime.quadrature's outer rule (the value expect2 gives there, without
-its collapsed inner rule). Every other point (higher |rho|, variances outside the domain, means,
-NaN) goes to runtime.quadrature.expect2 unchanged: nothing is approximated outside the domain.
+    ||f1|| ||f2|| (sum_{l: LEVELS[l] >= N} |rho|^LEVELS[l] E1_l E2_l + |rho|^N_MAX T1 T2),
 
-Accuracy (tests/test_fast_kernels.py, against mpmath at 30 digits): |error| <= 1e-9 |value| +
-1e-10 sqrt(E[f1^2] E[f2^2]), i.e. 1e-9 relative, and absolute at 1e-10 of the Cauchy-Schwarz
-scale where the value is ~0 (measured: ~1e-13 relative for tanh and sigmoid). A batch of fewer
-than _SMALL points is summed with its largest band's terms, so a value can differ by ~1e-12 of the
-scale between batches; for given inputs the result is deterministic. Each table checks itself when built: its Chebyshev series must
-have converged (last coefficients < 1e-14 of the largest) and the fast path must agree with
-expect2 at probe points at 1e-10 of the scale; a factor that fails either (an activation that is
-not analytic near the real axis, say) is not accelerated -- every call goes to expect2.
+||f||^2 = E[f(sigma z)^2], E_l and T the normalised block and tail energies. These are bounded on
+N_BINS (16) bins of log(variance) -- SAFETY (2) times their maximum at 9 points of the bin, edges
+included: a margin for the smooth variation between them, not a proof -- and for every pair of
+bins and every |rho| edge in EDGES the fewest LEVELS (8 ... 4096) whose bound is <= TRUNCATION
+(1e-11) are tabulated (_Pair.terms). A point takes the terms of its variances' bins at the
+first edge >= |rho|: most need few (mean 30-50 terms for variances log-uniform in [1e-2, 1e2]),
+a pair of large variances at |rho| ~ 0.99 thousands. Points are grouped by their number of
+terms and pieces: per group, matrix products (local Chebyshev basis @ table) and a weighted row
+sum; ~1-2e6 evaluations/s on one core (docs/performance.md).
+
+Domain and fallback. The fast path takes points with both variances in [V_MIN, V_MAX] and a
+bound that holds by N_MAX terms: up to the last edge, |rho| = 0.9999, except where both variances
+are large and |rho| high -- for tanh's kernels uniformly up to |rho| = 0.995 (pair_0_0 up to 0.999
+but for both variances in [56, 100]), for sigmoid's up to 0.999-0.9999 (`_Pair.limit`, `domain`:
+the |rho| up to which every variance pair is fast). Points with conditional variance
+c22 - c12^2/c11 <= DEGENERATE (rho = +-1 up to rounding: the diagonal k = l of every kernel
+matrix) are one-dimensional, E[f1(x1) f2(kappa x1)], by runtime.quadrature's outer rule (the
+value expect2 gives there, without its collapsed inner rule). Every other point (|rho| beyond the
+bound's reach, variances outside the domain, means, NaN) goes to runtime.quadrature.expect2
+unchanged: nothing is approximated outside the domain.
+
+Accuracy (tests/test_fast_kernels.py, against mpmath at 30 digits at random covariances and at
+|rho| = 0.95, 0.99, 0.999 with variances at both ends, for tanh, sigmoid and softplus): |error| <=
+1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]), i.e. 1e-9 relative, and absolute at 1e-10 of the
+Cauchy-Schwarz scale where the value is ~0 (measured: ~1e-13 relative). A batch of fewer than
+_SMALL points is summed with the most terms any of its points needs, so a value can differ by
+~1e-12 of the scale between batches; for given inputs the result is deterministic (the tables
+are a fixed computation, the grouping of points does not change a point's own sum). Each table
+checks itself when built: its global and local Chebyshev series must have converged (last
+coefficients < 1e-14, resp. 1e-13, of the largest) and the fast path must agree with expect2 at
+probe points (among them each variance corner's highest covered |rho|) at 1e-10 of the scale; a
+factor that fails either (an activation that is not analytic near the real axis, say) is not
+accelerated -- every call goes to expect2.
 """
 from __future__ import annotations
 
@@ -50,11 +66,18 @@ import numpy as np
 from runtime import quadrature
 
 V_MIN, V_MAX = 1e-2, 1e2
-N_MAX = 320          # Hermite terms tabulated
+N_MAX = 4096         # Hermite terms tabulated when a point needs more than N_FIRST
+N_FIRST = 512        # Hermite terms tabulated at a factor's first use
 N_CHEB = 80          # Chebyshev degree (+1) in log(sigma)
+PIECES, DEGREE = 8, 24   # the series' evaluation: Chebyshev interpolants of degree < DEGREE on PIECES equal pieces
 TRUNCATION = 1e-11   # truncation bound, relative to the Cauchy-Schwarz scale
-#: |rho| bands: each gets the fewest terms (a multiple of 8) whose truncation bound holds at its edge
-BANDS = (0.3, 0.5, 0.65, 0.75, 0.82, 0.88, 0.92, 0.95)
+#: |rho| edges: a point with EDGES[k-1] < |rho| <= EDGES[k] takes the terms that its variances' bins need at EDGES[k]
+EDGES = (0.3, 0.5, 0.65, 0.75, 0.82, 0.88, 0.92, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
+#: the numbers of terms a point can take: the truncation bound is checked after each
+LEVELS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048,
+          2560, 3072, N_MAX)
+N_BINS = 16          # bins in log(variance) of the coefficient bounds
+SAFETY = 2.0         # factor on each bin's block energies (their maximum at 9 points of the bin)
 DEGENERATE = 1e-14   # conditional variance below which a point is treated as rho = +-1
 PROBE_TOLERANCE = 1e-10
 _STEP, _ZMAX = 0.02, 14.0
@@ -79,21 +102,25 @@ def family(name):
     shifted = name.startswith("shifted_")
     return ("shifted_" if shifted else "") + name.split("_")[1 if shifted else 0]
 _SMALL = 256         # below this many points: direct formulas with fewer numpy calls
+_CHUNK = 1 << 15     # terms x points per chunk of the series (the temporaries stay in cache)
 
 _U0, _U1 = 0.5 * np.log(V_MIN), 0.5 * np.log(V_MAX)     # log(sigma) range
 _LOCK = threading.RLock()     # re-entrant: a pair builds its two tables under it
 
 
-@functools.lru_cache(maxsize=1)
-def _hermite_rule():
-    """Trapezoidal nodes z on [-14, 14] and the matrix P (N_MAX, nodes) of w(z) He_n(z)/sqrt(n!)."""
+@functools.lru_cache(maxsize=2)
+def _hermite_rule(n=N_FIRST):
+    """Trapezoidal nodes z on [-14, 14], weights w, and the matrices (even k, odd k) of
+    w(z) He_k(z)/sqrt(k!), k < n, at the nodes z >= 0: f's even and odd parts need no more."""
     z = _STEP * np.arange(-round(_ZMAX / _STEP), round(_ZMAX / _STEP) + 1)      # symmetric: f(-x) is a flip
     w = _STEP * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-    P = np.empty((N_MAX, z.size))
-    P[0], P[1] = 1.0, z
-    for n in range(1, N_MAX - 1):
-        P[n + 1] = (z * P[n] - np.sqrt(n) * P[n - 1]) / np.sqrt(n + 1)
-    return z, w, P * w
+    half = z.size // 2
+    P = np.empty((n, half + 1))
+    P[0], P[1] = 1.0, z[half:]
+    for k in range(1, n - 1):
+        P[k + 1] = (z[half:] * P[k] - np.sqrt(k) * P[k - 1]) / np.sqrt(k + 1)
+    P *= w[half:]
+    return z, w, np.ascontiguousarray(P[0::2]), np.ascontiguousarray(P[1::2])
 
 
 _GRID = {}
@@ -165,26 +192,59 @@ class _Mean:
 
 
 class _Table:
-    """Chebyshev coefficients (N_CHEB, N_MAX) of h_n(sigma) in t = 2 (u - U0)/(U1 - U0) - 1,
-    u = log sigma, for one factor f = prod g^(orders); `ok` False when it did not converge."""
+    """Chebyshev coefficients (N_CHEB, n) of h_k(sigma), k < n, in t = 2 (u - U0)/(U1 - U0) - 1,
+    u = log sigma, for one factor f = prod g^(orders), and the same re-expanded on PIECES pieces
+    (local[p], (n, DEGREE)); `ok` False when either did not converge. Bounds per bin of t (N_BINS
+    equal bins): energy[b, l], SAFETY times the largest over the bin (9 points) of
+    sqrt(sum_{LEVELS[l] <= k < LEVELS[l+1]} h_k^2 / E[f^2]), and tail[b], the same for k >= n: the
+    smaller of Parseval's E[f^2] - sum h_k^2 (which loses digits to cancellation) and the residual
+    f - sum h_k He_k/sqrt(k!) integrated by the same rule (at the table's nodes in and next to the bin)."""
 
-    def __init__(self, derivatives, orders):
-        z, w, P = _hermite_rule()
+    def __init__(self, derivatives, orders, n):
+        self.n = n
+        z, w, Pe, Po = _hermite_rule(n)
+        half = z.size // 2
         with np.errstate(all="ignore"):
             F = _on_grid(derivatives, orders)                                # (nodes, N_CHEB)
-            H = P @ F                                                        # (N_MAX, N_CHEB)
+            even, odd = F[half:] + F[half::-1], F[half:] - F[half::-1]
+            even[0] *= 0.5
+            H = np.empty((n, N_CHEB))
+            H[0::2], H[1::2] = Pe @ even, Po @ odd
             norm2 = w @ (F * F)                                              # E[f(sigma z)^2]
-        # column N_MAX: E[f^2], for the normalised bounds below
+            # the residual's energy at the table's nodes (w He_k/sqrt(k!) divided by w at the end)
+            se, so = Pe.T @ H[0::2], Po.T @ H[1::2]
+            r = np.concatenate([(F[:half] - (se - so)[:0:-1] / w[:half, None]),
+                                F[half:] - (se + so) / w[half:, None]])
+            residual = np.sqrt((w @ (r * r)) / norm2)
+        # column n: E[f^2], for the normalised bounds below
         C, self.ok = _transform(np.concatenate([H.T, norm2[:, None]], axis=1))
-        self.coef = np.ascontiguousarray(C[:, :N_MAX])                      # (N_CHEB, N_MAX); column 0: E[f]
+        self.coef = np.ascontiguousarray(C[:, :n])                          # (N_CHEB, n); column 0: E[f]
+        self.coefT = np.ascontiguousarray(self.coef.T)                      # (n, N_CHEB): rows are terms
         self.ok = self.ok and bool(np.all(norm2 > 0))
         if not self.ok:
             return
-        # normalised coefficient bounds A_n over the domain, on a grid finer than the table's nodes
-        Hg = _basis(np.linspace(-1.0, 1.0, 2 * N_CHEB + 1)).T @ C           # (grid, N_MAX + 1)
-        normalised = Hg[:, :N_MAX] / np.sqrt(Hg[:, N_MAX:])
-        self.bound = np.abs(normalised).max(axis=0)
-        self.tail = float(np.sqrt(np.maximum(1.0 - np.sum(normalised**2, axis=1), 0.0).max()))
+        # the same interpolant re-expanded on PIECES pieces, degree < DEGREE: local[p] (n, DEGREE)
+        k = np.arange(DEGREE)
+        x = np.cos(np.pi * (k + 0.5) / DEGREE)
+        T = (2.0 / DEGREE) * np.cos(np.outer(k, np.pi * (k + 0.5) / DEGREE))
+        T[0] *= 0.5
+        local = [T @ (_basis(-1.0 + (2 * p + x + 1.0) / PIECES).T @ self.coef) for p in range(PIECES)]
+        self.local = [np.ascontiguousarray(c.T) for c in local]
+        self.ok = max(np.abs(c[-3:]).max() for c in local) <= 1e-13 * np.abs(self.coef).max()
+        if not self.ok:
+            return
+        # normalised block energies on a grid of 8 N_BINS + 1 points: each bin's 9 points, edges included
+        grid = 8 * N_BINS + 1
+        Hg = _basis(np.linspace(-1.0, 1.0, grid)).T @ C                     # (grid, n + 1)
+        share = Hg[:, :n] ** 2 / Hg[:, n:]
+        starts = [L for L in LEVELS if L < n]
+        blocks = np.sqrt(np.add.reduceat(share, np.array(starts), axis=1))  # (grid, blocks)
+        tail = np.sqrt(np.maximum(1.0 - share.sum(axis=1), 0.0))
+        rows = 8 * np.arange(N_BINS)[:, None] + np.arange(9)                 # (N_BINS, 9)
+        self.energy = SAFETY * blocks[rows].max(axis=1)                      # (N_BINS, blocks)
+        lo = -1.0 + 2.0 * np.arange(N_BINS) / N_BINS
+        near = np.abs(_nodes()[0][None, :] - (lo[:, None] + 1.0 / N_BINS)) <= 3.0 / N_BINS   # (N_BINS, N_CHEB)
+        self.tail = SAFETY * np.minimum(tail[rows].max(axis=1), np.where(near, residual, 0.0).max(axis=1))
 
 
 def _basis(t):
@@ -201,74 +261,186 @@ def _basis(t):
 
 
 class _Pair:
-    """The Mehler series of one kernel: terms per |rho| band, and its fast |rho| limit."""
+    """The Mehler series of one kernel: the terms each point needs (by the bins of its variances
+    and the edge of its |rho|). Its `state`, replaced whole: (tables, terms, limit), from tables of
+    N_FIRST terms until a point needs more (terms -1), then of N_MAX (terms 0: beyond reach)."""
 
     def __init__(self, derivatives, orders1, orders2):
         self.derivatives, self.orders = derivatives, (orders1, orders2)
-        t1, t2 = _table(derivatives, orders1), _table(derivatives, orders2)
-        self.tables = (t1, t2)
-        self.edges, self.terms = [], []
+        self.full = False
+        self.state = self._state(N_FIRST)
+
+    def _state(self, n):
+        """(tables, terms, limit) with tables of n terms. terms[b1, b2, k]: LEVELS' fewest terms
+        (<= n) whose truncation bound at |rho| = EDGES[k] holds for variances in bins b1, b2 (-1 or
+        0 where none does, k = len(EDGES): |rho| beyond the edges); limit: the |rho| up to which
+        every pair of bins is covered."""
+        tables = (_table(self.derivatives, self.orders[0], n), _table(self.derivatives, self.orders[1], n))
+        t1, t2 = tables
+        terms = np.zeros((N_BINS, N_BINS, len(EDGES) + 1), dtype=np.intp)
         if not (t1.ok and t2.ok):
-            self.limit = -1.0
-            return
-        A = t1.bound * t2.bound
-        n = np.arange(N_MAX)
-        for edge in BANDS:
-            tail = edge ** N_MAX * t1.tail * t2.tail
-            # bound(N) = sum_{N <= n < N_MAX} edge^n A_n + tail, for every N at once
-            partial = np.cumsum((edge ** n * A)[::-1])[::-1]
-            fits = np.nonzero(partial + tail <= TRUNCATION)[0]
-            if tail > TRUNCATION or fits.size == 0:
-                break
-            self.edges.append(edge)
-            self.terms.append(int(min(N_MAX, -(-max(int(fits[0]), 1) // 8) * 8)))
-        self.limit = self.edges[-1] if self.edges else -1.0
-        if self.limit > 0 and not self._probe():
-            self.edges, self.terms, self.limit = [], [], -1.0
+            return tables, terms, -1.0
+        edges = np.array(EDGES)
+        levels = np.array([L for L in LEVELS if L <= n])
+        # bound after levels[l] terms: sum_{l' >= l} |rho|^levels[l'] E1[l'] E2[l'] + |rho|^n tail1 tail2
+        X = (t1.energy[:, None, None, :] * t2.energy[None, :, None, :]) * edges[:, None] ** levels[:-1]
+        X = np.concatenate([X, np.zeros(X.shape[:-1] + (1,))], axis=-1)     # after n terms: the tail only
+        bound = np.cumsum(X[..., ::-1], axis=-1)[..., ::-1]
+        bound += (edges ** n)[:, None] * (t1.tail[:, None] * t2.tail[None, :])[:, :, None, None]
+        fits = bound <= TRUNCATION
+        terms[:, :, :-1] = np.where(fits.any(axis=-1), levels[np.argmax(fits, axis=-1)], 0 if n >= N_MAX else -1)
+        everywhere = np.all(terms[:, :, :-1] > 0, axis=(0, 1))
+        k = int(np.argmin(everywhere)) if not everywhere.all() else len(EDGES)
+        state = tables, terms, (EDGES[k - 1] if k > 0 else -1.0)
+        if (terms > 0).any() and not self._probe(state):
+            return tables, np.zeros_like(terms), -1.0
+        return state
 
-    def _probe(self):
-        """The fast path against expect2 at points spread over the domain (1e-10 of the scale)."""
-        v1 = np.array([V_MIN, V_MAX, 3.0])
-        v2 = np.array([V_MIN, V_MAX, 0.5])
-        r = self.limit * np.array([1.0, -1.0, 0.95])
+    def _extend(self):
+        if not self.full:
+            with _LOCK:
+                if not self.full:
+                    self.state = self._state(N_MAX)
+                    self.full = True
+
+    @property
+    def limit(self):
+        """The |rho| up to which every variance pair of the domain is fast (the full tables)."""
+        self._extend()
+        return self.state[2]
+
+    @property
+    def tables(self):
+        return self.state[0]
+
+    def _probe(self, state):
+        """The fast path against expect2 at points spread over the domain, at the uniform limit and
+        at the highest |rho| each variance corner reaches (1e-10 of the scale)."""
+        tables, terms, limit = state
+        v1 = [V_MIN, V_MAX, 3.0, V_MIN, V_MIN, V_MAX, 1.0]
+        v2 = [V_MIN, V_MAX, 0.5, V_MIN, V_MAX, V_MAX, 1.0]
+        r = [limit, -limit, 0.95 * limit, 0, 0, 0, 0]
+        for i in range(3, 7):
+            b1, b2 = _bin(_t(np.array([v1[i]])))[0], _bin(_t(np.array([v2[i]])))[0]
+            covered = np.nonzero(terms[b1, b2, :-1] > 0)[0]
+            r[i] = (-1) ** i * EDGES[covered[-1]] if covered.size else 0.5
+        v1, v2, r = (np.array(a, dtype=float) for a in (v1, v2, r))
+        keep = r > -1.0                  # (limit -1: none uniform)
+        v1, v2, r = v1[keep], v2[keep], r[keep]
         c12 = r * np.sqrt(v1 * v2)
-        fast = self.mehler(v1, c12, v2)
+        t1, t2 = _t(v1), _t(v2)
+        N = _lookup(terms, t1, t2, r)
+        fast = N > 0
+        if not fast.any():
+            return True
+        v1, v2, c12, N = v1[fast], v2[fast], c12[fast], N[fast]
+        value = _series(tables, t1[fast], t2[fast], r[fast], N)
         slow = quadrature.expect2(self.derivatives, *self.orders, v1, c12, v2)
-        return bool(np.all(np.abs(fast - slow) <= PROBE_TOLERANCE * self.scale(v1, v2)))
+        return bool(np.all(np.abs(value - slow) <= PROBE_TOLERANCE * self.scale(v1, v2, tables)))
 
-    def scale(self, v1, v2):
+    def scale(self, v1, v2, tables=None):
         """sqrt(E[f1^2] E[f2^2]) (from the tables, to a few digits: enough for a tolerance)."""
-        h1, h2 = (_coefficients(t, v) for t, v in zip(self.tables, (v1, v2)))
+        h1, h2 = (_coefficients(t, v) for t, v in zip(tables or self.tables, (v1, v2)))
         return np.sqrt(np.sum(h1 * h1, axis=-1) * np.sum(h2 * h2, axis=-1))
 
-    def mehler(self, c11, c12, c22):
-        """The series at points in the fast domain (1-D arrays)."""
-        rho = c12 / np.sqrt(c11 * c22)
-        # (a point at the limit up to rounding takes the last band: the bound is continuous in rho)
-        band = np.minimum(np.searchsorted(np.asarray(self.edges), np.abs(rho)), len(self.edges) - 1)
-        if rho.size < _SMALL:
-            return self._sum(c11, c22, rho, self.terms[int(band.max())])
-        out = np.empty(rho.shape)
-        for b in np.unique(band):
-            sel = np.nonzero(band == b)[0]
-            out[sel] = self._sum(c11[sel], c22[sel], rho[sel], self.terms[b])
-        return out
+    def needed(self, t1, t2, rho, inside=None):
+        """(N, tables): the terms each point needs (0: not covered; points not `inside` get 0) and
+        the tables to sum them from; t1, t2 in [-1, 1] (_t of the variances). Extends the tables
+        to N_MAX terms when a point needs more than N_FIRST."""
+        while True:
+            tables, terms, _ = self.state
+            N = _lookup(terms, t1, t2, rho)
+            if inside is not None:
+                N = np.where(inside, N, 0)
+            if self.full or not (N < 0).any():
+                return N, tables
+            self._extend()
 
-    def _sum(self, c11, c22, rho, N):
-        """sum_{n < N} rho^n h1_n h2_n, the coefficients (N, M) from the tables."""
-        t1, t2 = self.tables
-        H1 = t1.coef[:, :N].T @ _basis(_t(c11))
-        H2 = H1 if (t2 is t1 and c22 is c11) else t2.coef[:, :N].T @ _basis(_t(c22))
-        if rho.size < _SMALL:
-            R = rho ** np.arange(N)[:, None]
-        else:
-            R = np.empty((N, rho.size))
-            R[0] = 1.0
-            R[1:] = rho
-            np.cumprod(R, axis=0, out=R)
+    def mehler(self, c11, c12, c22):
+        """The series at points in the fast domain (1-D arrays, every point covered)."""
+        rho = c12 / np.sqrt(c11 * c22)
+        t1 = _t(c11)
+        t2 = t1 if c22 is c11 else _t(c22)
+        N, tables = self.needed(t1, t2, rho)
+        return _series(tables, t1, t2, rho, N)
+
+
+def _lookup(terms, t1, t2, rho):
+    # (|rho| at an edge up to rounding takes that edge: the bound moves by ~N 1e-13 relative)
+    return terms[_bin(t1), _bin(t2), np.searchsorted(EDGES, np.abs(rho) - 1e-13)]
+
+
+def _series(tables, t1, t2, rho, N):
+    """sum_{n < N_i} rho_i^n h1_n h2_n at each point i (N_i > 0 one of LEVELS), the h_n from the
+    tables' local interpolants. The points sorted by (terms, piece of t1, piece of t2); per
+    number of terms one matrix product per piece (per pair of pieces for h2), the powers of rho
+    by doubling, and a column sum."""
+    tab1, tab2 = tables
+    same = t2 is t1 and tab2 is tab1                # one table at the same variances
+    M = rho.size
+    level = np.searchsorted(LEVELS, N)
+    p1, tau1 = _local(t1)
+    p2, tau2 = (p1, tau1) if same else _local(t2)
+    key = ((level * PIECES + p1) * PIECES + p2).astype(np.int16)
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(key, minlength=len(LEVELS) * PIECES * PIECES).reshape(len(LEVELS), PIECES, PIECES)
+    B1 = _chebyshev(tau1[order])
+    B2 = B1 if same else _chebyshev(tau2[order])
+    rho = rho[order]
+    out = np.empty(M)
+    start = 0
+    for l in np.nonzero(counts.sum(axis=(1, 2)))[0]:
+        L, m = LEVELS[l], int(counts[l].sum())
+        H1 = np.empty((L, m))
+        H2 = H1 if same else np.empty((L, m))
+        a = 0
+        for i in np.nonzero(counts[l].sum(axis=1))[0]:
+            b = a + int(counts[l, i].sum())
+            np.matmul(tab1.local[i][:L], B1[:, start + a:start + b], out=H1[:, a:b])
+            if not same:
+                for j in np.nonzero(counts[l, i])[0]:
+                    c = a + int(counts[l, i, j])
+                    np.matmul(tab2.local[j][:L], B2[:, start + a:start + c], out=H2[:, a:c])
+                    a = c
+            a = b
         H1 *= H2
-        H1 *= R
-        return H1.sum(axis=0)
+        R = np.empty((L, m))
+        R[0] = 1.0
+        R[1] = rho[start:start + m]
+        k = 2
+        while k < L:
+            j = min(k, L - k)
+            np.multiply(R[:j], R[k - 1] * R[1], out=R[k:k + j])
+            k += j
+        out[start:start + m] = np.einsum("ij,ij->j", H1, R)
+        start += m
+    result = np.empty(M)
+    result[order] = out
+    return result
+
+
+def _local(t):
+    """The piece (of PIECES equal ones of [-1, 1]) of each t and t's local variable in [-1, 1]."""
+    u = np.clip((t + 1.0) * (PIECES / 2), 0.0, PIECES)
+    piece = np.minimum(u.astype(np.intp), PIECES - 1)
+    return piece, 2.0 * (u - piece) - 1.0
+
+
+def _chebyshev(tau):
+    """The Chebyshev basis (DEGREE, M) of tau (M,)."""
+    B = np.empty((DEGREE, tau.size))
+    B[0], B[1] = 1.0, tau
+    tau2 = 2.0 * tau
+    for k in range(2, DEGREE):
+        np.multiply(tau2, B[k - 1], out=B[k])
+        B[k] -= B[k - 2]
+    return B
+
+
+def _bin(t):
+    """The bin (of N_BINS in [-1, 1]) of each t; t outside (rounding) is clipped, NaN goes to bin 0."""
+    u = (t + 1.0) * (N_BINS / 2)
+    return np.minimum(np.where(u >= 0.0, u, 0.0), N_BINS - 1).astype(np.intp)
 
 
 def _t(v):
@@ -291,8 +463,8 @@ def _built(store, cls, *key):
     return store[key]
 
 
-def _table(derivatives, orders):
-    return _built(_TABLES, _Table, derivatives, orders)
+def _table(derivatives, orders, n=N_FIRST):
+    return _built(_TABLES, _Table, derivatives, orders, n)
 
 
 def _pair(derivatives, orders1, orders2):
@@ -361,13 +533,15 @@ def pair(derivatives, orders1, orders2, c11, c12, c22):
             if v.min() >= V_MIN and v.max() <= V_MAX:         # (False with a NaN)
                 return _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v).reshape(shape)
         inside = (c11 >= V_MIN) & (c11 <= V_MAX) & (c22 >= V_MIN) & (c22 <= V_MAX)
-        fast = inside & (np.abs(rho) <= kernel.limit)
+        t1, t2 = _t(c11), _t(c22)
+        N, tables = kernel.needed(t1, t2, rho, inside)
+        fast = N > 0
         if fast.all():
-            return kernel.mehler(c11, c12, c22).reshape(shape)
+            return _series(tables, t1, t2, rho, N).reshape(shape)
         flat = inside & ~fast & _flat(c11, c12, c22, bound)
     out = np.empty(c11.shape)
     if fast.any():
-        out[fast] = kernel.mehler(c11[fast], c12[fast], c22[fast])
+        out[fast] = _series(tables, t1[fast], t2[fast], rho[fast], N[fast])
     _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, fast, flat, out)
     return out.reshape(shape)
 
@@ -395,19 +569,19 @@ def _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, fla
 
 def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
     """pair() for a few points with variances in the domain, in few numpy calls: one Chebyshev
-    basis for both variances, the series at every point (its largest band's terms), then the
-    points outside the fast |rho| range replaced."""
+    basis for both variances, the series at every point (with the most terms any point needs), then
+    the points outside the fast domain replaced."""
     M = c11.size
-    B = _basis(_t(v))                                                      # (N_CHEB, 2M)
-    a = np.abs(rho)
-    fast = a <= kernel.limit
+    t = _t(v)
+    B = _basis(t)                                                          # (N_CHEB, 2M)
+    N, (t1, t2) = kernel.needed(t[:M], t[M:], rho)
+    fast = N > 0
     out = np.zeros(M)
     if fast.any():
-        N = kernel.terms[min(int(np.searchsorted(kernel.edges, a[fast].max())), len(kernel.edges) - 1)]
-        t1, t2 = kernel.tables
-        H1 = t1.coef[:, :N].T @ B[:, :M]
-        H1 *= t2.coef[:, :N].T @ B[:, M:]
-        H1 *= np.where(fast, rho, 0.0) ** np.arange(N)[:, None]
+        n = int(N.max())
+        H1 = t1.coefT[:n] @ B[:, :M]
+        H1 *= t2.coefT[:n] @ B[:, M:]
+        H1 *= np.where(fast, rho, 0.0) ** np.arange(n)[:, None]
         out = H1.sum(axis=0)
     if fast.all():
         return out

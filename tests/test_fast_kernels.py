@@ -1,9 +1,11 @@
 """runtime.fast_kernels (Mehler's series over tabulated Hermite coefficients) against mpmath at 30
-digits (tests/reference.py) and against runtime.quadrature, for tanh and sigmoid.
+digits (tests/reference.py) and against runtime.quadrature, for tanh and sigmoid (and softplus,
+its derivatives written out here).
 
 Stated bound (runtime/fast_kernels.py): |error| <= 1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]) for
-variances in [1e-2, 1e2] and every correlation (the fast path up to the kernel's |rho| limit, a
-tabulated or one-dimensional rule at rho = +-1, expect2 elsewhere).
+variances in [1e-2, 1e2] and every correlation (the fast path where its per-point truncation
+bound holds, up to |rho| = 0.9999, a tabulated or one-dimensional rule at rho = +-1, expect2
+elsewhere).
 """
 import math
 import subprocess
@@ -52,6 +54,66 @@ def test_pair_kernels_match_mpmath(activation, kernel, a, b):
                                          f"error {abs(value - ref):.2e} > {tol:.2e}")
 
 
+#: high correlations with variances at both ends of [1e-2, 1e2] (tanh's pair_1_1 and pair_2_0 at
+#: (100, 0.999, 30) are beyond the series' reach: expect2's value is checked there)
+HIGH = [(100.0, 0.95, 100.0), (0.01, -0.99, 100.0), (100.0, 0.999, 30.0), (0.3, -0.999, 0.01)]
+
+
+def _check(activation, kernel, a, b, points):
+    """The module's kernel at each point (v1, rho, v2) within the stated bound of mpmath; returns
+    how many of the points the fast path took."""
+    module = load(activation)
+    o1, o2 = (a,), (b,)
+    fast = 0
+    for v1, r, v2 in points:
+        c12 = r * math.sqrt(v1 * v2)
+        value = float(getattr(module, kernel)(np.array(v1), np.array(c12), np.array(v2)))
+        ref = float(R.pair(activation, a, b, v1, c12, v2))
+        tol = RTOL * abs(ref) + SCALE_TOL * _scale_mp(activation, a, b, v1, v2)
+        assert abs(value - ref) <= tol, (f"{activation}.{kernel}({v1}, {c12}, {v2}) = {value!r}, mpmath {ref!r}: "
+                                         f"error {abs(value - ref):.2e} > {tol:.2e}")
+        t1, t2 = fk._t(np.array([v1])), fk._t(np.array([v2]))
+        fast += int(fk._pair(module.DERIVATIVES, o1, o2).needed(t1, t2, np.array([r]))[0][0] > 0)
+    return fast
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("kernel, a, b", KERNELS, ids=[k[0] for k in KERNELS])
+def test_high_correlations_match_mpmath(activation, kernel, a, b):
+    """|rho| = 0.95, 0.99, 0.999 at the ends of the variance range, and a seeded random covariance
+    with |rho| in [0.99, 0.999]: within the stated bound of mpmath, and (but for tanh's corner
+    above) on the fast path."""
+    rng = np.random.default_rng(7000 + 1000 * ["tanh", "sigmoid"].index(activation) + 10 * a + b)
+    points = HIGH + [(10 ** rng.uniform(-2, 2), rng.choice([-1, 1]) * rng.uniform(0.99, 0.999), 10 ** rng.uniform(-2, 2))]
+    fast = _check(activation, kernel, a, b, points)
+    assert fast >= len(points) - (1 if activation == "tanh" and a + b else 0), fast
+
+
+def _softplus():
+    s = lambda x: 0.5 * (1.0 + np.tanh(0.5 * x))               # noqa: E731  (sigmoid without overflow)
+    return (lambda x: np.logaddexp(0.0, x), s, lambda x: s(x) * (1.0 - s(x)))
+
+
+def test_softplus_at_high_correlations_matches_mpmath():
+    """An activation that grows (softplus, derivatives written out): its tables are accepted and
+    its pair_0_0 and pair_1_1 at |rho| = 0.99 and 0.999 are on the fast path and within the bound
+    of mpmath (nested 12-node Gauss-Legendre in conditional coordinates, tests/reference.py)."""
+    D = _softplus()
+    f = [lambda y: mp.log(1 + mp.exp(y)), lambda y: 1 / (1 + mp.exp(-y))]
+    for a, points in [(0, [(100.0, 0.999, 100.0), (0.01, -0.99, 1.0)]), (1, [(10.0, -0.999, 30.0)])]:
+        for v1, r, v2 in points:
+            c12 = r * math.sqrt(v1 * v2)
+            kappa, s = R._conditional(*R._mp(v1, c12, v2))
+            ref = float(R._outer(lambda y: f[a](y) * R.normal_average(f[a], kappa * y, s, rule=R.NESTED),
+                                 mp.mpf(v1), kappa, s, "softplus", nested=True))
+            scale = float(mp.sqrt(R.normal_average(lambda y: f[a](y) ** 2, 0, mp.sqrt(v1)) *
+                                  R.normal_average(lambda y: f[a](y) ** 2, 0, mp.sqrt(v2))))
+            kernel = fk._pair(D, (a,), (a,))
+            assert kernel.needed(fk._t(np.array([v1])), fk._t(np.array([v2])), np.array([r]))[0][0] > 0, (a, v1, r, v2)
+            value = float(fk.pair(D, (a,), (a,), v1, c12, v2))
+            assert abs(value - ref) <= RTOL * abs(ref) + SCALE_TOL * scale, (a, v1, r, v2, value, ref)
+
+
 def _grid(limit):
     v = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
     r = np.array([-limit, -0.75, -0.3, 0.0, 0.5, 0.85, limit])
@@ -68,8 +130,14 @@ def test_fast_path_equals_expect2_on_a_grid(activation):
     for name in (n for n in module.NUMERIC_KERNELS if n.startswith("pair_")):
         o1, o2 = (tuple(int(c) for c in part) for part in name.split("_")[1:])
         kernel = fk._pair(D, o1, o2)
-        assert kernel.limit >= 0.9, (name, kernel.limit)
+        assert kernel.limit >= 0.995, (name, kernel.limit)
         c11, c12, c22 = _grid(kernel.limit)
+        # and the grid's covered points at |rho| = 0.999 (beyond the uniform limit for tanh)
+        V1, V2 = np.meshgrid([0.01, 1.0, 100.0], [0.01, 3.0, 100.0])
+        extra = np.array([V1.ravel(), 0.999 * np.sqrt(V1 * V2).ravel(), V2.ravel()])
+        extra = extra[:, kernel.needed(fk._t(extra[0]), fk._t(extra[2]), extra[1] / np.sqrt(extra[0] * extra[2]))[0] > 0]
+        c11, c12, c22 = (np.concatenate([x, y, y]) for x, y in zip((c11, c12, c22), (extra[0], extra[1], extra[2])))
+        c12[-extra.shape[1]:] *= -1
         fast = kernel.mehler(c11, c12, c22)
         slow = quadrature.expect2(D, o1, o2, c11, c12, c22)
         tol = RTOL * np.abs(slow) + SCALE_TOL * kernel.scale(c11, c22)
@@ -99,13 +167,13 @@ def test_means_and_degenerate_points_equal_quadrature(activation):
 
 
 def test_outside_the_domain_is_expect2_exactly():
-    """Variances outside [1e-2, 1e2], |rho| above the fast limit: the values are expect2's, bit for
+    """Variances outside [1e-2, 1e2], |rho| beyond fk.EDGES: the values are expect2's, bit for
     bit, in a batch mixed with fast points and alone; NaN stays NaN."""
     tanh = load("tanh")
     D = tanh.DERIVATIVES
     c11 = np.array([1e-3, 500.0, 1.0, 2.0, 0.5, 1.0, np.nan])
     c22 = np.array([1.0, 2.0, 1e-4, 2.0, 0.7, 1.0, 1.0])
-    rho = np.array([0.5, -0.3, 0.2, 0.97, -0.999, 0.4, 0.1])
+    rho = np.array([0.5, -0.3, 0.2, 0.99995, -0.99999, 0.4, 0.1])   # beyond the last edge, 0.9999
     c12 = rho * np.sqrt(c11 * c22)
     slow = quadrature.expect2(D, (0,), (0,), c11, c12, c22)
     for batch in (slice(None), slice(0, 5)):
@@ -125,6 +193,10 @@ def test_shapes_and_determinism():
     assert a.shape == (2, 2) and np.array_equal(a, tanh.pair_1_1(q[:, None], C, q[None, :]))
     assert np.isclose(a[0, 1], a[1, 0], rtol=0, atol=1e-15)
     assert np.ndim(tanh.pair_0_0(1.0, 0.2, 3.0)) == 0 and np.ndim(tanh.mean_1(2.0)) == 0
+    rng = np.random.default_rng(3)                 # a large batch (grouped by terms and pieces): repeatable
+    v1, v2 = 10 ** rng.uniform(-2, 2, 3000), 10 ** rng.uniform(-2, 2, 3000)
+    c12 = rng.uniform(-0.999, 0.999, 3000) * np.sqrt(v1 * v2)
+    assert np.array_equal(tanh.pair_1_1(v1, c12, v2), tanh.pair_1_1(v1.copy(), c12.copy(), v2.copy()))
     assert tanh.pair_2_0(np.ones((0,)), np.ones((0,)), np.ones((0,))).shape == (0,)
 
 
