@@ -160,3 +160,25 @@ def test_I3_matches_mpmath(activation, index):
     ref = R.I3(activation, C.tolist())
     scale = R.literature_scale(activation, "I3", C.tolist())
     assert_matches(module.I3(C), ref, scale, False, f"{activation}.I3({C.tolist()})")
+
+
+def test_far_nodes_of_an_exponential_activation_raise_no_overflow_warning():
+    """sigmoid's derivatives, written with e^(kx), overflow to inf in their denominators at the far
+    nodes of a wide Gaussian (variance 1e4: x up to 900), which is their limit 0, not an error: the
+    averages are silent and right, E[g^(5)(x)] against mpmath at 30 digits and E[g^(5)(x1) g(x2)] at
+    c12 = 0 equal to E[g^(5)] E[g] = E[g^(5)] / 2."""
+    import warnings
+    import mpmath as mp
+    from generated import sigmoid
+    from runtime import quadrature
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        one = quadrature.expect1(sigmoid.DERIVATIVES, (5,), 1e4)
+        pair = quadrature.expect2(sigmoid.DERIVATIVES, (5,), (0,), 1e4, 0.0, 1e4)
+        units = quadrature.expect_units(sigmoid.DERIVATIVES, [((5,), (0,))], np.array([[1e4, 0.0], [0.0, 1e4]]))
+    with mp.workdps(30):
+        d5 = lambda x: mp.diff(lambda u: 1 / (1 + mp.exp(-u)), x, 5)
+        exact = float(mp.quad(lambda x: d5(x) * mp.npdf(x, 0, 100), [-200, -40, -10, 0, 10, 40, 200]))
+    assert abs(one - exact) <= 1e-6 * abs(exact)
+    assert abs(pair - exact / 2) <= 1e-6 * abs(exact)
+    assert np.all(np.isfinite(units[0])) and abs(units[0][0, 1] - exact / 2) <= 1e-6 * abs(exact)
