@@ -9,18 +9,21 @@ Method: Mehler's (Price's) series in the correlation rho = c12 / sqrt(c11 c22),
     h_n(sigma) = E[f(sigma z) He_n(z)] / sqrt(n!),  z ~ N(0, 1),
 
 the normalised Hermite coefficients of f(sigma z). They depend on one variance only, so for each
-unit factor f (an `orders` tuple of g's derivatives) they are tabulated once, lazily on the
-first call, for n < N_MAX (4096): a Chebyshev series of degree < N_CHEB (80) in log(sigma) over
+unit factor f (an `orders` tuple of g's derivatives) they are tabulated lazily: for n < N_FIRST
+(512) on the first call, for twice as many (up to N_MAX, 4096) each time a point needs more terms
+than tabulated (a pair of large variances at high |rho|). Each is a Chebyshev series of degree < N_CHEB (80) in log(sigma) over
 sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule in z (step 0.02 on [-14, 14],
 spectrally accurate for f analytic in a strip: tanh(sigma z) at sigma = 10 has its poles 0.157
 off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21; the Hermite functions up to n = 4096
 oscillate at most with frequency 64, far below the rule's 314), then re-expanded on PIECES (8)
-equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation, ~0.05 s per factor.
+equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation: ~0.02 s per factor at
+512 terms, ~0.2 s at 4096 (one core).
 
 Truncation, per point. The sum after N terms errs by at most, by Cauchy-Schwarz on blocks of
-terms [LEVELS[l], LEVELS[l+1]) and on the tail n >= N_MAX (Parseval: E[f^2] - sum h_n^2),
+terms [LEVELS[l], LEVELS[l+1]) and on the tail n >= n_tab (the table's size; from Parseval,
+E[f^2] - sum h_n^2, or where that cancels, from the residual f - sum h_n He_n/sqrt(n!) on the rule),
 
-    ||f1|| ||f2|| (sum_{l: LEVELS[l] >= N} |rho|^LEVELS[l] E1_l E2_l + |rho|^N_MAX T1 T2),
+    ||f1|| ||f2|| (sum_{l: LEVELS[l] >= N} |rho|^LEVELS[l] E1_l E2_l + |rho|^n_tab T1 T2),
 
 ||f||^2 = E[f(sigma z)^2], E_l and T the normalised block and tail energies. These are bounded on
 N_BINS (16) bins of log(variance) -- SAFETY (2) times their maximum at 9 points of the bin, edges
@@ -66,8 +69,8 @@ import numpy as np
 from runtime import quadrature
 
 V_MIN, V_MAX = 1e-2, 1e2
-N_MAX = 4096         # Hermite terms tabulated when a point needs more than N_FIRST
-N_FIRST = 512        # Hermite terms tabulated at a factor's first use
+N_MAX = 4096         # Hermite terms tabulated at most
+N_FIRST = 512        # Hermite terms tabulated at a factor's first use (doubled when a point needs more)
 N_CHEB = 80          # Chebyshev degree (+1) in log(sigma)
 PIECES, DEGREE = 8, 24   # the series' evaluation: Chebyshev interpolants of degree < DEGREE on PIECES equal pieces
 TRUNCATION = 1e-11   # truncation bound, relative to the Cauchy-Schwarz scale
@@ -108,7 +111,7 @@ _U0, _U1 = 0.5 * np.log(V_MIN), 0.5 * np.log(V_MAX)     # log(sigma) range
 _LOCK = threading.RLock()     # re-entrant: a pair builds its two tables under it
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def _hermite_rule(n=N_FIRST):
     """Trapezoidal nodes z on [-14, 14], weights w, and the matrices (even k, odd k) of
     w(z) He_k(z)/sqrt(k!), k < n, at the nodes z >= 0: f's even and odd parts need no more."""
@@ -219,7 +222,6 @@ class _Table:
         # column n: E[f^2], for the normalised bounds below
         C, self.ok = _transform(np.concatenate([H.T, norm2[:, None]], axis=1))
         self.coef = np.ascontiguousarray(C[:, :n])                          # (N_CHEB, n); column 0: E[f]
-        self.coefT = np.ascontiguousarray(self.coef.T)                      # (n, N_CHEB): rows are terms
         self.ok = self.ok and bool(np.all(norm2 > 0))
         if not self.ok:
             return
@@ -263,11 +265,11 @@ def _basis(t):
 class _Pair:
     """The Mehler series of one kernel: the terms each point needs (by the bins of its variances
     and the edge of its |rho|). Its `state`, replaced whole: (tables, terms, limit), from tables of
-    N_FIRST terms until a point needs more (terms -1), then of N_MAX (terms 0: beyond reach)."""
+    N_FIRST terms, doubled up to N_MAX whenever a point needs more (terms -1; 0: beyond reach)."""
 
     def __init__(self, derivatives, orders1, orders2):
         self.derivatives, self.orders = derivatives, (orders1, orders2)
-        self.full = False
+        self.size = N_FIRST
         self.state = self._state(N_FIRST)
 
     def _state(self, n):
@@ -296,17 +298,19 @@ class _Pair:
             return tables, np.zeros_like(terms), -1.0
         return state
 
-    def _extend(self):
-        if not self.full:
+    def _extend(self, n=2):
+        """Tables of `n` times as many terms (at most N_MAX)."""
+        size = self.size
+        if size < N_MAX:
             with _LOCK:
-                if not self.full:
-                    self.state = self._state(N_MAX)
-                    self.full = True
+                if self.size == size:
+                    self.state = self._state(min(n * size, N_MAX))
+                    self.size = min(n * size, N_MAX)
 
     @property
     def limit(self):
         """The |rho| up to which every variance pair of the domain is fast (the full tables)."""
-        self._extend()
+        self._extend(N_MAX)
         return self.state[2]
 
     @property
@@ -346,13 +350,13 @@ class _Pair:
     def needed(self, t1, t2, rho, inside=None):
         """(N, tables): the terms each point needs (0: not covered; points not `inside` get 0) and
         the tables to sum them from; t1, t2 in [-1, 1] (_t of the variances). Extends the tables
-        to N_MAX terms when a point needs more than N_FIRST."""
+        (doubling them) while a point needs more terms than they hold."""
         while True:
             tables, terms, _ = self.state
             N = _lookup(terms, t1, t2, rho)
             if inside is not None:
                 N = np.where(inside, N, 0)
-            if self.full or not (N < 0).any():
+            if self.size >= N_MAX or not (N < 0).any():
                 return N, tables
             self._extend()
 
@@ -519,9 +523,13 @@ def pair(derivatives, orders1, orders2, c11, c12, c22):
     Mehler series in its domain, tabulated or one-dimensional rules at rho = +-1, else
     quadrature.expect2 (see the module docstring)."""
     orders1, orders2 = tuple(orders1), tuple(orders2)
-    arrays = np.broadcast_arrays(*(np.asarray(c, dtype=float) for c in (c11, c12, c22)))
-    shape = arrays[0].shape
-    c11, c12, c22 = (a.ravel() for a in arrays)
+    c11, c12, c22 = (np.asarray(c, dtype=float) for c in (c11, c12, c22))
+    shape = c11.shape
+    if not c12.shape == c22.shape == shape:              # (broadcast by adding zeros: cheaper than broadcast_arrays)
+        shape = np.broadcast_shapes(c11.shape, c12.shape, c22.shape)
+        zero = np.zeros(shape)
+        c11, c12, c22 = (c if c.shape == shape else c + zero for c in (c11, c12, c22))
+    c11, c12, c22 = c11.ravel(), c12.ravel(), c22.ravel()
     if c11.size == 0:
         return np.empty(shape)
     kernel = _pair(derivatives, orders1, orders2)
@@ -567,22 +575,44 @@ def _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, fla
         out[rest] = quadrature.expect2(derivatives, orders1, orders2, c11[rest], c12[rest], c22[rest])
 
 
+#: the last small batch's variances and their (t, Chebyshev basis, bins): the kernels that one
+#: right-hand side evaluates at the same variances share them
+_LAST = [(b"", None)]
+
+
+def _small_basis(v):
+    key = v.tobytes()
+    last_key, last = _LAST[0]                        # (one read: another thread may replace it)
+    if last_key != key or last is None:
+        t = _t(v)
+        last = (t, _basis(t), _bin(t))
+        _LAST[0] = key, last
+    return last
+
+
 def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
     """pair() for a few points with variances in the domain, in few numpy calls: one Chebyshev
     basis for both variances, the series at every point (with the most terms any point needs), then
     the points outside the fast domain replaced."""
     M = c11.size
-    t = _t(v)
-    B = _basis(t)                                                          # (N_CHEB, 2M)
-    N, (t1, t2) = kernel.needed(t[:M], t[M:], rho)
+    t, B, b = _small_basis(v)
+    tables, terms, _ = kernel.state
+    N = terms[b[:M], b[M:], np.searchsorted(EDGES, np.abs(rho) - 1e-13)]   # (_lookup, the bins in one call)
+    if N.min() < 0:
+        N, tables = kernel.needed(t[:M], t[M:], rho)
     fast = N > 0
+    n = int(N.max())
     out = np.zeros(M)
-    if fast.any():
-        n = int(N.max())
-        H1 = t1.coefT[:n] @ B[:, :M]
-        H1 *= t2.coefT[:n] @ B[:, M:]
-        H1 *= np.where(fast, rho, 0.0) ** np.arange(n)[:, None]
-        out = H1.sum(axis=0)
+    if n > 0:
+        t1, t2 = tables
+        H = t1.coef[:, :n].T @ B[:, :M]
+        H *= t2.coef[:, :n].T @ B[:, M:]
+        R = np.empty((n, M))
+        R[0] = 1.0
+        R[1:] = np.where(fast, rho, 0.0)
+        np.cumprod(R, axis=0, out=R)
+        H *= R
+        out = H.sum(axis=0)
     if fast.all():
         return out
     flat = ~fast & _flat(c11, c12, c22, np.sqrt(c11 * c22))
