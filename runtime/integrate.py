@@ -548,6 +548,15 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     build = functools.partial(_system, act, rule, lr, rho_vec, rho_mat, units, b0 is not None, m_rho=m_rho,
                               D=spectrum.D, tied=tied)
     system = build(finite_size)
+    spikes = spectrum.rho_hat[spectrum.rho_hat * np.sqrt(spectrum.D) >= 1] * spectrum.D
+    if rule not in act.DRIFTS and not stochastic and spikes.size and np.size(rho_vec):
+        warnings.warn(f"{act.NAME}/{rule} at D = {spectrum.D:g}: with spikes of order D (eigenvalues "
+                      f"{', '.join(f'{s:.4g}' for s in spikes[:4])}), SGD runs end in a mixture of sign patterns and "
+                      "leave the plateau at noise-driven times; no equations for one mean state describe them "
+                      "(measured 2-90 seed spreads off, docs/tied.md), and these equations' escape hangs on "
+                      "rounding errors (erf, D = 400: solvers differ by up to 0.3 in the error). "
+                      "integrate(..., stochastic=True) (equations = \"stochastic\" in a config) gives SGD's "
+                      "distribution", RuntimeWarning, stacklevel=3)
     if fluctuations:
         system = FluctuationSystem(system, build(False), act.SPIKE_NOISE[rule] if b0 is None else act.BIAS_NOISE[rule][1:])
         y0 = system.initial_state(y0)

@@ -118,3 +118,19 @@ def test_default_tolerances_keep_a_deep_saddle(name):
     assert np.ptp(ref.error) > 1.0                      # the run leaves both saddles within t <= 80
     sol = act.integrate(eigvals, None, W0, V0, times=times, progress=False)
     assert np.max(np.abs(sol.error - ref.error)) < 1e-4
+
+
+def test_tied_mean_equations_with_spikes_of_order_D_warn_and_point_to_the_paths():
+    """Tied weights with spikes of order D: SGD runs are a mixture the mean equations cannot describe
+    (docs/tied.md) and their escape hangs on rounding; integrate says so. Macroscopic atoms only (where
+    the tied equations match SGD) and the sample paths do not warn."""
+    import warnings
+    erf = generated.load("erf")
+    eigvals, eigvecs, W0, V0 = spiked_problem(60, 2, (2.0, 1.0), seed=0)
+    with pytest.warns(RuntimeWarning, match=r"spikes of order D \(eigenvalues 120, 60\).*stochastic=True"):
+        erf.integrate(eigvals, eigvecs, W0, V0, times=[0, 0.5], rule="tied", progress=False)
+    macroscopic = np.concatenate([np.full(6, 4.0), np.full(6, 2.0), np.ones(48)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        erf.integrate(macroscopic, None, W0, V0, times=[0, 0.5], rule="tied", progress=False)
+        erf.integrate(eigvals, eigvecs, W0, V0, times=[0, 0.5], rule="tied", stochastic=True, paths=2, progress=False)
