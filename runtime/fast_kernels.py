@@ -407,16 +407,19 @@ def _series(tables, t1, t2, rho, N):
                     np.matmul(tab2.local[j][:L], B2[:, start + a:start + c], out=H2[:, a:c])
                     a = c
             a = b
-        H1 *= H2
-        R = np.empty((L, m))
-        R[0] = 1.0
-        R[1] = rho[start:start + m]
-        k = 2
-        while k < L:
-            j = min(k, L - k)
-            np.multiply(R[:j], R[k - 1] * R[1], out=R[k:k + j])
-            k += j
-        out[start:start + m] = np.einsum("ij,ij->j", H1, R)
+        step = max(_CHUNK // L, 64)                   # (the products and powers stay in cache)
+        for a in range(0, m, step):
+            b = min(a + step, m)
+            P = H1[:, a:b] * H2[:, a:b]
+            R = np.empty((L, b - a))
+            R[0] = 1.0
+            R[1] = rho[start + a:start + b]
+            k = 2
+            while k < L:
+                j = min(k, L - k)
+                np.multiply(R[:j], R[k - 1] * R[1], out=R[k:k + j])
+                k += j
+            out[start + a:start + b] = np.einsum("ij,ij->j", P, R)
         start += m
     result = np.empty(M)
     result[order] = out
