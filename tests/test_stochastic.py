@@ -1,13 +1,15 @@
 """integrate(..., stochastic=True): sample paths of the diffusion approximation of SGD at finite D
 (runtime.stochastic, issue 15), against direct SGD, the fluctuation expansion, the finite-D
 equations and the D -> infinity limit."""
+import gc
+
 import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
 from conftest import assert_paths_agree
-from generated import linear
-from runtime import stochastic
+from generated import erf, linear, relu
+from runtime import averages, quadrature, stochastic
 from runtime.simulate import simulate
 from runtime.spectrum import spiked_problem
 
@@ -128,3 +130,127 @@ def test_escape_times_and_basins_read_the_paths():
 def test_bad_requests_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         linear.integrate(*saddle_case(D=50), times=[0, 1], stochastic=True, **kwargs)
+
+
+def issue_case(act, K, b0=None, D=300):
+    """Issue 15's ReLU-with-a-trained-bias and erf K = 3 cases (test_stochastic_samples'
+    test_issue_cases_from_a_saddle_start): spikes (3, 2, 1.5) D over a unit bulk, D = 300,
+    eigenbasis, W0, V0 = 0.1 N(0, 1) from seed 7 (the saddle start), lr 1."""
+    eigvals = np.concatenate([np.array([3.0, 2.0, 1.5]) * D, np.ones(D - 3)])
+    rng = np.random.default_rng(7)
+    return act, (eigvals, None, 0.1 * rng.standard_normal((K, D)), 0.1 * rng.standard_normal((K, D))), b0
+
+
+RELU_BIAS = (relu, 2, np.array([0.3, -0.2]))
+ERF_K3 = (erf, 3)
+
+
+def _forget_averages():
+    """Drop the averages remembered for the last Q (runtime.quadrature's and each activation's
+    Equations'), so that none computed at other node counts is read back."""
+    quadrature._LAST[:] = [None, {}]
+    for obj in gc.get_objects():
+        if isinstance(obj, averages.Equations):
+            obj._last = (None, None)
+
+
+#: node counts of the coarse multi-unit rule (runtime.quadrature's defaults: 131 one-unit nodes,
+#: 91 x 131 per pair, 45^3 per triple): 7.5x cheaper on erf K = 3; against the default rule at 48
+#: states along SGD paths the drift's finite-D correction is 3e-6 and the spikes' noise 1e-4 off,
+#: relative to their largest entries (test_coarse_quadrature_keeps_the_finite_d_terms). Not for a
+#: smoothed kink: ReLU's noise averages need the default rule's nodes (300 % off at these counts).
+COARSE = dict(N_ONE=61, N_TRIPLE=25, pair=(45, 61))
+
+
+@pytest.fixture
+def coarse_quadrature(monkeypatch):
+    """The multi-unit quadrature at COARSE's node counts for the test, the remembered averages
+    dropped before and after it."""
+    _forget_averages()
+    monkeypatch.setattr(quadrature, "N_ONE", COARSE["N_ONE"])
+    monkeypatch.setattr(quadrature, "N_TRIPLE", COARSE["N_TRIPLE"])
+    monkeypatch.setattr(quadrature._pair_rule, "__defaults__", (*COARSE["pair"], 1.0))
+    yield
+    _forget_averages()
+
+
+def _finite_terms(act, args, b0, Y):
+    """The drift's finite-D correction F_D - F_inf and the spikes' noise N (step_noise) of
+    integrate()'s systems for `act` at states Y (m, N)."""
+    captured = {}
+
+    def grab(finite, limit, noises, y0, times, paths, *rest):
+        captured.update(finite=finite, limit=limit, noises=noises)
+        return np.asarray(times, float), np.broadcast_to(y0, (len(times), paths, y0.size)), 0, "ok", 0
+
+    real = stochastic.sample_paths
+    stochastic.sample_paths = grab
+    try:
+        act.integrate(*args, times=[0.0, 1.0], b0=b0, stochastic=True, paths=2, progress=False)
+    finally:
+        stochastic.sample_paths = real
+    finite, limit = captured["finite"], captured["limit"]
+    _forget_averages()
+    correction = finite(0.0, Y.T).T - limit(0.0, Y.T).T
+    return correction, finite.step_noise(Y, captured["noises"])[1]
+
+
+def test_coarse_quadrature_keeps_the_finite_d_terms(monkeypatch):
+    """erf, K = 3 (the case test_erf_three_units_from_a_saddle_start runs at COARSE's node counts):
+    at 48 states of SGD runs (8 per-sample paths at t = 0, 1, 2, 3, 5, 8: the fall from the saddle,
+    the plateau and the second escape) the coarse rule's drift correction and spike noise are
+    within 1e-5 and 1e-3 of the default rule's, relative to their largest entries (measured 3e-6
+    and 1e-4); the correction itself is O(1/D), so its error is ~1e-8 of the drift."""
+    act, args, b0 = issue_case(*ERF_K3)
+    states = act.integrate(*args, times=[0, 1, 2, 3, 5, 8], stochastic="samples", paths=8, seed=3, progress=False,
+                           keep_atoms=True).state
+    Y = states.reshape(-1, states.shape[-1])
+    correction, N = _finite_terms(act, args, b0, Y)
+    monkeypatch.setattr(quadrature, "N_ONE", COARSE["N_ONE"])
+    monkeypatch.setattr(quadrature, "N_TRIPLE", COARSE["N_TRIPLE"])
+    monkeypatch.setattr(quadrature._pair_rule, "__defaults__", (*COARSE["pair"], 1.0))
+    coarse_correction, coarse_N = _finite_terms(act, args, b0, Y)
+    _forget_averages()
+    assert np.abs(correction).max() > 1e-4 and np.abs(N).max() > 1e-4       # terms that matter
+    assert np.abs(coarse_correction - correction).max() <= 1e-5 * np.abs(correction).max()
+    assert np.abs(coarse_N - N).max() <= 1e-3 * np.abs(N).max()
+
+
+def _against_sgd(act, args, b0, times, paths, seeds, levels):
+    """The diffusion paths (seed 9) against `seeds` SGD runs: mean within 3 SE and KS at every time
+    (assert_paths_agree), and for each level the times the error first drops below it by KS (a
+    run that never does within `times` counts as later than every one that does)."""
+    run = act.integrate(*args, times=times, b0=b0, stochastic=True, paths=paths, seed=9, progress=False)
+    sgd = simulate(act, *args, times=times, b0=b0, seeds=seeds, test_samples=0, progress=False)
+    assert run.status == 0 and run.error_paths.shape == (paths, times.size)
+    assert run.error[0] == pytest.approx(sgd.error[0, 0], rel=1e-10)
+    worst_p, worst_gap = assert_paths_agree(run.error_paths, sgd.error, times)
+    print(f"smallest KS p {worst_p:.3g} over {times.size - 1} times, largest mean gap {worst_gap:.2f} SE", end="")
+    for level in levels:
+        ours, theirs = (np.nan_to_num(escape, nan=np.inf) for escape in
+                        (run.escape_times(level), stochastic.escape_times(times, sgd.error, level)))
+        assert np.mean(np.isfinite(ours)) > 0.9 and np.mean(np.isfinite(theirs)) > 0.9, level
+        pvalue = ks_2samp(ours, theirs).pvalue
+        assert pvalue > 0.01, level
+        print(f"; escape below {level}: {np.mean(ours[np.isfinite(ours)]):.3f} against "
+              f"{np.mean(theirs[np.isfinite(theirs)]):.3f}, KS p {pvalue:.3g}", end="")
+    return run, sgd
+
+
+def test_relu_with_a_trained_bias_from_a_saddle_start():
+    """ReLU with a trained bias b0 = (0.3, -0.2), K = 2 (issue 15's case), at the default settings:
+    32 diffusion paths against 24 SGD seeds to t = 5, through the fall from the saddle (t ~ 1.5-3.5,
+    error 3.74 -> 2.3): mean and distribution at every time, and the time of the fall's midpoint."""
+    act, args, b0 = issue_case(*RELU_BIAS)
+    times = np.linspace(0, 5, 11)
+    _against_sgd(act, args, b0, times, 32, 24, [3.0])
+
+
+def test_erf_three_units_from_a_saddle_start(coarse_quadrature):
+    """erf, K = 3 (issue 15's case), the multi-unit quadrature at COARSE's node counts (checked
+    above): 48 diffusion paths against 48 SGD seeds to t = 12, through the fall from the saddle
+    (t ~ 2, error 3.74 -> 1.45), the plateau and the second escape, the one the noise times (t ~ 5-12,
+    1.45 -> 0.8): mean and distribution at every time, and the times of both."""
+    act, args, b0 = issue_case(*ERF_K3)
+    times = np.linspace(0, 12, 25)
+    _against_sgd(act, args, b0, times, 48, 48, [2.2, 1.3])
