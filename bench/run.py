@@ -284,7 +284,8 @@ def bench_fast_kernels(rng):
     """Numerical pair kernels (tanh, sigmoid): evaluations/s of the module's kernel (the fast Mehler
     path of runtime.fast_kernels where it applies) against runtime.quadrature.expect2 and erf's
     closed form, on 10^5 random covariances (variances log-uniform in [1e-2, 1e2], rho uniform in
-    [-0.9, 0.9], and in [-0.999, 0.999] where the fast path hands |rho| > 0.92 to expect2); then
+    [-0.9, 0.9], and in [-0.999, 0.999], where the fast path hands the few points beyond its
+    per-point truncation bound -- tanh's large-variance corner -- to expect2); then
     the tanh / erf run time of a spiked run (D = 500, K = 2, t <= 50), in the D -> infinity limit
     and at finite D, in a fresh process (tables built on first use included) and warm."""
     import subprocess
