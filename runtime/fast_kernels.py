@@ -49,10 +49,12 @@ unchanged: nothing is approximated outside the domain.
 Accuracy (tests/test_fast_kernels.py, against mpmath at 30 digits at random covariances and at
 |rho| = 0.95, 0.99, 0.999 with variances at both ends, for tanh, sigmoid and softplus): |error| <=
 1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]), i.e. 1e-9 relative, and absolute at 1e-10 of the
-Cauchy-Schwarz scale where the value is ~0 (measured: ~1e-13 relative). A batch of fewer than
-_SMALL points is summed with the most terms any of its points needs, so a value can differ by
-~1e-12 of the scale between batches; for given inputs the result is deterministic (the tables
-are a fixed computation, the grouping of points does not change a point's own sum). Each table
+Cauchy-Schwarz scale where the value is ~0 (measured: <= 1e-12 relative). A batch of fewer than
+_SMALL points is summed with the most terms any of its points needs (and from the global
+Chebyshev series), so a value can differ by ~1e-12 of the scale between batches. For given
+inputs the result is deterministic: the tables are a fixed computation, and growing them keeps
+their first terms and the terms each covered point takes bit for bit, so a value does not depend
+on which points were evaluated before (tests/test_fast_kernels.py). Each table
 checks itself when built: its global and local Chebyshev series must have converged (last
 coefficients < 1e-14, resp. 1e-13, of the largest) and the fast path must agree with expect2 at
 probe points (among them each variance corner's highest covered |rho|) at 1e-10 of the scale; a
@@ -221,6 +223,13 @@ class _Table:
             residual = np.sqrt((w @ (r * r)) / norm2)
         # column n: E[f^2], for the normalised bounds below
         C, self.ok = _transform(np.concatenate([H.T, norm2[:, None]], axis=1))
+        # the terms a smaller table of this factor has, copied bit for bit: a point's value does not
+        # change when another point makes the tables grow
+        sizes = [key[2] for key in list(_TABLES) if key[0] is derivatives and key[1] == orders and key[2] < n]
+        previous = _TABLES[derivatives, orders, max(sizes)] if sizes else None
+        previous = previous if previous is not None and previous.ok else None
+        if previous is not None:
+            C[:, :previous.n] = previous.coef
         self.coef = np.ascontiguousarray(C[:, :n])                          # (N_CHEB, n); column 0: E[f]
         self.ok = self.ok and bool(np.all(norm2 > 0))
         if not self.ok:
@@ -232,6 +241,9 @@ class _Table:
         T[0] *= 0.5
         local = [T @ (_basis(-1.0 + (2 * p + x + 1.0) / PIECES).T @ self.coef) for p in range(PIECES)]
         self.local = [np.ascontiguousarray(c.T) for c in local]
+        if previous is not None:
+            for mine, theirs in zip(self.local, previous.local):
+                mine[:previous.n] = theirs
         self.ok = max(np.abs(c[-3:]).max() for c in local) <= 1e-13 * np.abs(self.coef).max()
         if not self.ok:
             return
@@ -272,11 +284,12 @@ class _Pair:
         self.size = N_FIRST
         self.state = self._state(N_FIRST)
 
-    def _state(self, n):
+    def _state(self, n, previous=None):
         """(tables, terms, limit) with tables of n terms. terms[b1, b2, k]: LEVELS' fewest terms
         (<= n) whose truncation bound at |rho| = EDGES[k] holds for variances in bins b1, b2 (-1 or
-        0 where none does, k = len(EDGES): |rho| beyond the edges); limit: the |rho| up to which
-        every pair of bins is covered."""
+        0 where none does, k = len(EDGES): |rho| beyond the edges), kept from the `previous` terms
+        where those were covered (the same first terms, bit for bit: results do not depend on
+        whether the tables grew); limit: the |rho| up to which every pair of bins is covered."""
         tables = (_table(self.derivatives, self.orders[0], n), _table(self.derivatives, self.orders[1], n))
         t1, t2 = tables
         terms = np.zeros((N_BINS, N_BINS, len(EDGES) + 1), dtype=np.intp)
@@ -291,6 +304,8 @@ class _Pair:
         bound += (edges ** n)[:, None] * (t1.tail[:, None] * t2.tail[None, :])[:, :, None, None]
         fits = bound <= TRUNCATION
         terms[:, :, :-1] = np.where(fits.any(axis=-1), levels[np.argmax(fits, axis=-1)], 0 if n >= N_MAX else -1)
+        if previous is not None:
+            terms = np.where(previous > 0, previous, terms)
         everywhere = np.all(terms[:, :, :-1] > 0, axis=(0, 1))
         k = int(np.argmin(everywhere)) if not everywhere.all() else len(EDGES)
         state = tables, terms, (EDGES[k - 1] if k > 0 else -1.0)
@@ -304,7 +319,7 @@ class _Pair:
         if size < N_MAX:
             with _LOCK:
                 if self.size == size:
-                    self.state = self._state(min(n * size, N_MAX))
+                    self.state = self._state(min(n * size, N_MAX), self.state[1])
                     self.size = min(n * size, N_MAX)
 
     @property

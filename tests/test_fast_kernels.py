@@ -214,3 +214,21 @@ def test_import_builds_nothing_and_needs_no_sympy():
             "print(time.perf_counter() - t)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert float(out.stdout) < 2.0, out.stdout
+
+
+def test_values_do_not_change_when_the_tables_grow():
+    """Deterministic: a batch's values are the same, bit for bit, before and after a point at
+    large variances and high |rho| made the tables grow from 512 to 4096 terms (in a fresh
+    process: the other tests grow them)."""
+    code = ("import numpy as np\nfrom generated import tanh\nfrom runtime import fast_kernels as fk\n"
+            "rng = np.random.default_rng(5)\n"
+            "v1, v2 = 10 ** rng.uniform(-2, 1, 3000), 10 ** rng.uniform(-2, 1, 3000)\n"
+            "c12 = rng.uniform(-0.95, 0.95, 3000) * np.sqrt(v1 * v2)\n"
+            "a, s = tanh.pair_1_1(v1, c12, v2), tanh.pair_1_1(v1[:7], c12[:7], v2[:7])\n"
+            "kernel = fk._pair(tanh.DERIVATIVES, (1,), (1,))\n"
+            "assert kernel.size == fk.N_FIRST, kernel.size\n"
+            "tanh.pair_1_1(100.0, 99.5, 100.0)\n"
+            "assert kernel.size == fk.N_MAX, kernel.size\n"
+            "assert np.array_equal(a, tanh.pair_1_1(v1, c12, v2))\n"
+            "assert np.array_equal(s, tanh.pair_1_1(v1[:7], c12[:7], v2[:7]))\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
