@@ -231,6 +231,7 @@ class _Table:
         if previous is not None:
             C[:, :previous.n] = previous.coef
         self.coef = np.ascontiguousarray(C[:, :n])                          # (N_CHEB, n); column 0: E[f]
+        self.norm2 = C[:, n].copy()                                          # E[f^2]'s Chebyshev series
         self.ok = self.ok and bool(np.all(norm2 > 0))
         if not self.ok:
             return
