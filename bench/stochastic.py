@@ -21,7 +21,7 @@ from runtime.simulate import simulate
 #: (activation, D, paths, t_max, stochastic): True the diffusion approximation (runtime.stochastic),
 #: "samples" SGD stepped per sample in the reduced space (runtime.stochastic_samples)
 #: erf and ReLU diffusion paths at D = 500 only to t <= 5: their multi-unit quadratures at every path's
-#: state cost ~25 s of CPU per 5 units of time at 256 paths (docs/performance.md), ~4 min to t <= 50
+#: state cost 25 s (erf) and 70 s (ReLU) of CPU to t <= 5 at 256 paths (docs/performance.md)
 CASES = (("linear", 500, 256, 50.0, True), ("linear", 300, 256, 20.0, True), ("linear", 3000, 256, 20.0, True),
          ("erf", 300, 64, 5.0, True), ("erf", 500, 256, 5.0, True), ("relu", 500, 256, 5.0, True),
          ("linear", 500, 256, 50.0, "samples"), ("erf", 500, 256, 50.0, "samples"),
