@@ -100,7 +100,9 @@ def test_erf_tied_on_several_atoms_with_a_schedule():
 
 def test_compression_keeps_every_inner_product():
     """A block of samples and the compression of the frames leave integrate()'s state (the spikes'
-    vectors, each large atom's sum theta theta^T) unchanged by the compression, to rounding."""
+    vectors, each large atom's sum theta theta^T) unchanged by the compression, to rounding; also
+    where the weights are dependent within an atom (V = 2 W), whose Gram matrix has no Cholesky
+    factor."""
     spectrum = Spectrum.spiked(100, (3.0, 2.0))
     q, r, t = random_init_matrices(spectrum, 2, seed=0)
     run = linear.integrate(spectrum=spectrum, init=(q, r, t), times=[0.0, 0.5], stochastic="samples", paths=4,
@@ -114,6 +116,11 @@ def test_compression_keeps_every_inner_product():
     net.compress()
     assert np.allclose(net.state(), before, rtol=1e-10, atol=1e-10 * np.abs(before).max())
     assert np.all(net.W[:, :, net.blocks[0].start + net.R:] == 0)
+    net.V[:] = 2 * net.W                # rows dependent within the atom: a singular Gram matrix (the QR)
+    before = net.state()
+    net.compress()
+    assert np.allclose(net.state(), before, rtol=1e-10, atol=1e-10 * np.abs(before).max())
+    assert np.all(np.isfinite(net.W)) and np.all(np.isfinite(net.V))
 
 
 def test_trained_biases():
