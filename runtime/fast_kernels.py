@@ -10,14 +10,15 @@ Method: Mehler's (Price's) series in the correlation rho = c12 / sqrt(c11 c22),
 
 the normalised Hermite coefficients of f(sigma z). They depend on one variance only, so for each
 unit factor f (an `orders` tuple of g's derivatives) they are tabulated lazily: for n < N_FIRST
-(512) on the first call, for twice as many (up to N_MAX, 4096) each time a point needs more terms
-than tabulated (a pair of large variances at high |rho|). Each is a Chebyshev series of degree < N_CHEB (80) in log(sigma) over
-sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule in z (step 0.02 on [-14, 14],
-spectrally accurate for f analytic in a strip: tanh(sigma z) at sigma = 10 has its poles 0.157
-off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21; the Hermite functions up to n = 4096
-oscillate at most with frequency 64, far below the rule's 314), then re-expanded on PIECES (8)
-equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation: ~0.02 s per factor at
-512 terms, ~0.2 s at 4096 (one core).
+(512) on the first call, for 4 times as many (2048, then N_MAX = 8192) when a point needs more
+terms than tabulated (a pair of large variances at high |rho|). Each is a Chebyshev series of
+degree < N_CHEB (80) in log(sigma) over sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule
+in z (step 0.02 on [-14, 14], spectrally accurate for f analytic in a strip: tanh(sigma z) at
+sigma = 10 has its poles 0.157 off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21; the
+Hermite functions up to n = 8192 oscillate with frequency <= sqrt(n) ~ 91 and grow off the axis
+like exp(sqrt(n) |Im z|), which leaves ~exp(-(314 - 91) 0.157) ~ 1e-15), then re-expanded on
+PIECES (8) equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation: ~0.02 s per
+factor at 512 terms, ~0.2 s at 8192 (one core; 512 terms take ~1.4 MB a factor, 8192 ~18 MB).
 
 Truncation, per point. The sum after N terms errs by at most, by Cauchy-Schwarz on blocks of
 terms [LEVELS[l], LEVELS[l+1]) and on the tail n >= n_tab (the table's size; from Parseval,
@@ -28,18 +29,20 @@ E[f^2] - sum h_n^2, or where that cancels, from the residual f - sum h_n He_n/sq
 ||f||^2 = E[f(sigma z)^2], E_l and T the normalised block and tail energies. These are bounded on
 N_BINS (16) bins of log(variance) -- SAFETY (2) times their maximum at 9 points of the bin, edges
 included: a margin for the smooth variation between them, not a proof -- and for every pair of
-bins and every |rho| edge in EDGES the fewest LEVELS (8 ... 4096) whose bound is <= TRUNCATION
+bins and every |rho| edge in EDGES the fewest LEVELS (8 ... 8192) whose bound is <= TRUNCATION
 (1e-11) are tabulated (_Pair.terms). A point takes the terms of its variances' bins at the
 first edge >= |rho|: most need few (mean 30-50 terms for variances log-uniform in [1e-2, 1e2]),
-a pair of large variances at |rho| ~ 0.99 thousands. Points are grouped by their number of
+a pair of large variances at |rho| = 0.99-0.999 thousands (tanh's pair_1_1 at variances 100,
+|rho| = 0.999: 8192). Points are grouped by their number of
 terms and pieces: per group, matrix products (local Chebyshev basis @ table) and a weighted row
 sum; ~1-2e6 evaluations/s on one core (docs/performance.md).
 
 Domain and fallback. The fast path takes points with both variances in [V_MIN, V_MAX] and a
 bound that holds by N_MAX terms: up to the last edge, |rho| = 0.9999, except where both variances
-are large and |rho| high -- for tanh's kernels uniformly up to |rho| = 0.995 (pair_0_0 up to 0.999
-but for both variances in [56, 100]), for sigmoid's up to 0.999-0.9999 (`_Pair.limit`, `domain`:
-the |rho| up to which every variance pair is fast). Points with conditional variance
+are large and |rho| high -- for tanh's pair_0_0, pair_1_1, pair_2_0 every variance pair up to
+|rho| = 0.999 (0.9995-0.9999), for its higher derivatives' kernels up to 0.998-0.999, for
+sigmoid's up to 0.999-0.9999 (`_Pair.limit`, `domain`: the |rho| up to which every variance pair
+is fast). Points with conditional variance
 c22 - c12^2/c11 <= DEGENERATE (rho = +-1 up to rounding: the diagonal k = l of every kernel
 matrix) are one-dimensional, E[f1(x1) f2(kappa x1)], by runtime.quadrature's outer rule (the
 value expect2 gives there, without its collapsed inner rule). Every other point (|rho| beyond the
@@ -71,8 +74,8 @@ import numpy as np
 from runtime import quadrature
 
 V_MIN, V_MAX = 1e-2, 1e2
-N_MAX = 4096         # Hermite terms tabulated at most
-N_FIRST = 512        # Hermite terms tabulated at a factor's first use (doubled when a point needs more)
+N_MAX = 8192         # Hermite terms tabulated at most
+N_FIRST = 512        # Hermite terms tabulated at a factor's first use (x4 when a point needs more)
 N_CHEB = 80          # Chebyshev degree (+1) in log(sigma)
 PIECES, DEGREE = 8, 24   # the series' evaluation: Chebyshev interpolants of degree < DEGREE on PIECES equal pieces
 TRUNCATION = 1e-11   # truncation bound, relative to the Cauchy-Schwarz scale
@@ -80,7 +83,7 @@ TRUNCATION = 1e-11   # truncation bound, relative to the Cauchy-Schwarz scale
 EDGES = (0.3, 0.5, 0.65, 0.75, 0.82, 0.88, 0.92, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
 #: the numbers of terms a point can take: the truncation bound is checked after each
 LEVELS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048,
-          2560, 3072, N_MAX)
+          2560, 3072, 4096, 5120, 6144, N_MAX)
 N_BINS = 16          # bins in log(variance) of the coefficient bounds
 SAFETY = 2.0         # factor on each bin's block energies (their maximum at 9 points of the bin)
 DEGENERATE = 1e-14   # conditional variance below which a point is treated as rho = +-1
@@ -113,19 +116,23 @@ _U0, _U1 = 0.5 * np.log(V_MIN), 0.5 * np.log(V_MAX)     # log(sigma) range
 _LOCK = threading.RLock()     # re-entrant: a pair builds its two tables under it
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _hermite_rule(n=N_FIRST):
     """Trapezoidal nodes z on [-14, 14], weights w, and the matrices (even k, odd k) of
     w(z) He_k(z)/sqrt(k!), k < n, at the nodes z >= 0: f's even and odd parts need no more."""
     z = _STEP * np.arange(-round(_ZMAX / _STEP), round(_ZMAX / _STEP) + 1)      # symmetric: f(-x) is a flip
     w = _STEP * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
     half = z.size // 2
-    P = np.empty((n, half + 1))
-    P[0], P[1] = 1.0, z[half:]
+    zp = z[half:]
+    P = np.empty(((n + 1) // 2, zp.size)), np.empty((n // 2, zp.size))     # even and odd k, filled in turn
+    previous, current = np.ones(zp.size), zp.copy()
+    P[0][0], P[1][0] = previous, current
     for k in range(1, n - 1):
-        P[k + 1] = (z[half:] * P[k] - np.sqrt(k) * P[k - 1]) / np.sqrt(k + 1)
-    P *= w[half:]
-    return z, w, np.ascontiguousarray(P[0::2]), np.ascontiguousarray(P[1::2])
+        previous, current = current, (zp * current - np.sqrt(k) * previous) / np.sqrt(k + 1)
+        P[(k + 1) % 2][(k + 1) // 2] = current
+    for part in P:
+        part *= w[half:]
+    return z, w, P[0], P[1]
 
 
 _GRID = {}
@@ -278,7 +285,7 @@ def _basis(t):
 class _Pair:
     """The Mehler series of one kernel: the terms each point needs (by the bins of its variances
     and the edge of its |rho|). Its `state`, replaced whole: (tables, terms, limit), from tables of
-    N_FIRST terms, doubled up to N_MAX whenever a point needs more (terms -1; 0: beyond reach)."""
+    N_FIRST terms, 4 times as many up to N_MAX whenever a point needs more (terms -1; 0: beyond reach)."""
 
     def __init__(self, derivatives, orders1, orders2):
         self.derivatives, self.orders = derivatives, (orders1, orders2)
@@ -314,7 +321,7 @@ class _Pair:
             return tables, np.zeros_like(terms), -1.0
         return state
 
-    def _extend(self, n=2):
+    def _extend(self, n=4):
         """Tables of `n` times as many terms (at most N_MAX)."""
         size = self.size
         if size < N_MAX:
@@ -366,7 +373,7 @@ class _Pair:
     def needed(self, t1, t2, rho, inside=None):
         """(N, tables): the terms each point needs (0: not covered; points not `inside` get 0) and
         the tables to sum them from; t1, t2 in [-1, 1] (_t of the variances). Extends the tables
-        (doubling them) while a point needs more terms than they hold."""
+        (4 times as many terms) while a point needs more terms than they hold."""
         while True:
             tables, terms, _ = self.state
             N = _lookup(terms, t1, t2, rho)
