@@ -10,15 +10,15 @@ Method: Mehler's (Price's) series in the correlation rho = c12 / sqrt(c11 c22),
 
 the normalised Hermite coefficients of f(sigma z). They depend on one variance only, so for each
 unit factor f (an `orders` tuple of g's derivatives) they are tabulated lazily: for n < N_FIRST
-(512) on the first call, for 4 times as many (2048, then N_MAX = 8192) when a point needs more
+(512) on the first call, for 4 times as many (2048, then N_MAX = 4096) when a point needs more
 terms than tabulated (a pair of large variances at high |rho|). Each is a Chebyshev series of
 degree < N_CHEB (80) in log(sigma) over sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule
 in z (step 0.02 on [-14, 14], spectrally accurate for f analytic in a strip: tanh(sigma z) at
 sigma = 10 has its poles 0.157 off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21; the
-Hermite functions up to n = 8192 oscillate with frequency <= sqrt(n) ~ 91 and grow off the axis
-like exp(sqrt(n) |Im z|), which leaves ~exp(-(314 - 91) 0.157) ~ 1e-15), then re-expanded on
+Hermite functions up to n = 4096 oscillate with frequency <= sqrt(n) = 64 and grow off the axis
+like exp(sqrt(n) |Im z|), which leaves ~exp(-(314 - 64) 0.157) ~ 1e-17), then re-expanded on
 PIECES (8) equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation: ~0.02 s per
-factor at 512 terms, ~0.2 s at 8192 (one core; 512 terms take ~1.4 MB a factor, 8192 ~18 MB).
+factor at 512 terms, ~0.1 s at 4096 (one core; 512 terms take ~1.1 MB a factor, 4096 ~9 MB).
 
 Truncation, per point. The sum after N terms errs by at most, by Cauchy-Schwarz on blocks of
 terms [LEVELS[l], LEVELS[l+1]) and on the tail n >= n_tab (the table's size; from Parseval,
@@ -29,20 +29,20 @@ E[f^2] - sum h_n^2, or where that cancels, from the residual f - sum h_n He_n/sq
 ||f||^2 = E[f(sigma z)^2], E_l and T the normalised block and tail energies. These are bounded on
 N_BINS (16) bins of log(variance) -- SAFETY (2) times their maximum at 9 points of the bin, edges
 included: a margin for the smooth variation between them, not a proof -- and for every pair of
-bins and every |rho| edge in EDGES the fewest LEVELS (8 ... 8192) whose bound is <= TRUNCATION
+bins and every |rho| edge in EDGES the fewest LEVELS (8 ... 4096) whose bound is <= TRUNCATION
 (1e-11) are tabulated (_Pair.terms). A point takes the terms of its variances' bins at the
 first edge >= |rho|: most need few (mean 30-50 terms for variances log-uniform in [1e-2, 1e2]),
-a pair of large variances at |rho| = 0.99-0.999 thousands (tanh's pair_1_1 at variances 100,
-|rho| = 0.999: 8192). Points are grouped by their number of
+a pair of large variances at |rho| = 0.99 thousands. Points are grouped by their number of
 terms and pieces: per group, matrix products (local Chebyshev basis @ table) and a weighted row
 sum; ~1-2e6 evaluations/s on one core (docs/performance.md).
 
 Domain and fallback. The fast path takes points with both variances in [V_MIN, V_MAX] and a
 bound that holds by N_MAX terms: up to the last edge, |rho| = 0.9999, except where both variances
-are large and |rho| high -- for tanh's pair_0_0, pair_1_1, pair_2_0 every variance pair up to
-|rho| = 0.999 (0.9995-0.9999), for its higher derivatives' kernels up to 0.998-0.999, for
+are large and |rho| high -- for tanh's kernels every variance pair up to |rho| = 0.995 (0.998
+for pair_0_0) and up to 0.9999 but for both variances >~ 10-50 (depending on the kernel), for
 sigmoid's up to 0.999-0.9999 (`_Pair.limit`, `domain`: the |rho| up to which every variance pair
-is fast). Points with conditional variance
+is fast). Tables of 8192 terms would cover tanh's I2-type kernels up to 0.999 everywhere, but
+evaluate such points only ~1.5x faster than expect2, for ~100 MB more: not worth it. Points with conditional variance
 c22 - c12^2/c11 <= DEGENERATE (rho = +-1 up to rounding: the diagonal k = l of every kernel
 matrix) are one-dimensional, E[f1(x1) f2(kappa x1)], by runtime.quadrature's outer rule (the
 value expect2 gives there, without its collapsed inner rule). Every other point (|rho| beyond the
@@ -74,7 +74,7 @@ import numpy as np
 from runtime import quadrature
 
 V_MIN, V_MAX = 1e-2, 1e2
-N_MAX = 8192         # Hermite terms tabulated at most
+N_MAX = 4096         # Hermite terms tabulated at most
 N_FIRST = 512        # Hermite terms tabulated at a factor's first use (x4 when a point needs more)
 N_CHEB = 80          # Chebyshev degree (+1) in log(sigma)
 PIECES, DEGREE = 8, 24   # the series' evaluation: Chebyshev interpolants of degree < DEGREE on PIECES equal pieces
@@ -83,7 +83,7 @@ TRUNCATION = 1e-11   # truncation bound, relative to the Cauchy-Schwarz scale
 EDGES = (0.3, 0.5, 0.65, 0.75, 0.82, 0.88, 0.92, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
 #: the numbers of terms a point can take: the truncation bound is checked after each
 LEVELS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048,
-          2560, 3072, 4096, 5120, 6144, N_MAX)
+          2560, 3072, N_MAX)
 N_BINS = 16          # bins in log(variance) of the coefficient bounds
 SAFETY = 2.0         # factor on each bin's block energies (their maximum at 9 points of the bin)
 DEGENERATE = 1e-14   # conditional variance below which a point is treated as rho = +-1

@@ -54,7 +54,8 @@ def test_pair_kernels_match_mpmath(activation, kernel, a, b):
                                          f"error {abs(value - ref):.2e} > {tol:.2e}")
 
 
-#: high correlations with variances at both ends of [1e-2, 1e2]
+#: high correlations with variances at both ends of [1e-2, 1e2] (tanh's corner -- both variances
+#: >~ 30, |rho| > 0.995 -- is beyond the series' reach for some kernels: expect2's value is checked there)
 HIGH = [(100.0, 0.95, 100.0), (0.01, -0.99, 100.0), (100.0, 0.999, 30.0), (0.3, -0.999, 0.01), (100.0, -0.999, 100.0)]
 
 
@@ -80,11 +81,13 @@ def _check(activation, kernel, a, b, points):
 @pytest.mark.parametrize("kernel, a, b", KERNELS, ids=[k[0] for k in KERNELS])
 def test_high_correlations_match_mpmath(activation, kernel, a, b):
     """|rho| = 0.95, 0.99, 0.999 at the ends of the variance range, and a seeded random covariance
-    with |rho| in [0.99, 0.999]: within the stated bound of mpmath, and on the fast path."""
+    with |rho| in [0.99, 0.999]: within the stated bound of mpmath, and on the fast path but for
+    tanh's corner."""
     rng = np.random.default_rng(7000 + 1000 * ["tanh", "sigmoid"].index(activation) + 10 * a + b)
     points = HIGH + [(10 ** rng.uniform(-2, 2), rng.choice([-1, 1]) * rng.uniform(0.99, 0.999), 10 ** rng.uniform(-2, 2))]
     fast = _check(activation, kernel, a, b, points)
-    assert fast == len(points), fast
+    corner = sum(activation == "tanh" and min(v1, v2) >= 30 and abs(r) > 0.995 for v1, r, v2 in points)
+    assert fast >= len(points) - corner, (fast, corner)
 
 
 def _softplus():
@@ -240,7 +243,7 @@ def test_import_builds_nothing_and_needs_no_sympy():
 
 def test_values_do_not_change_when_the_tables_grow():
     """Deterministic: a batch's values are the same, bit for bit, before and after a point at
-    large variances and high |rho| made the tables grow from 512 to 8192 terms (in a fresh
+    large variances and high |rho| made the tables grow from 512 to 4096 terms (in a fresh
     process: the other tests grow them)."""
     code = ("import numpy as np\nfrom generated import tanh\nfrom runtime import fast_kernels as fk\n"
             "rng = np.random.default_rng(5)\n"
