@@ -18,7 +18,7 @@ sigma = 10 has its poles 0.157 off the real axis, error ~exp(-2 pi 0.157 / 0.02)
 Hermite functions up to n = 4096 oscillate with frequency <= sqrt(n) = 64 and grow off the axis
 like exp(sqrt(n) |Im z|), which leaves ~exp(-(314 - 64) 0.157) ~ 1e-17), then re-expanded on
 PIECES (8) equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation: ~0.02 s per
-factor at 512 terms, ~0.1 s at 4096 (one core; 512 terms take ~1.1 MB a factor, 4096 ~9 MB).
+factor at 512 terms, ~0.2 s at 4096 (one core; 512 terms take ~1.1 MB a factor, 4096 ~9 MB).
 
 Truncation, per point. The sum after N terms errs by at most, by Cauchy-Schwarz on blocks of
 terms [LEVELS[l], LEVELS[l+1]) and on the tail n >= n_tab (the table's size; from Parseval,
@@ -42,9 +42,9 @@ are large and |rho| high -- for tanh's kernels every variance pair up to |rho| =
 for pair_0_0) and up to 0.9999 but for both variances >~ 10-50 (depending on the kernel), for
 sigmoid's up to 0.999-0.9999 (`_Pair.limit`, `domain`: the |rho| up to which every variance pair
 is fast). Tables of 8192 terms would cover tanh's I2-type kernels up to 0.999 everywhere, but
-evaluate such points only ~1.5x faster than expect2, for ~100 MB more: not worth it. Points with conditional variance
-c22 - c12^2/c11 <= DEGENERATE (rho = +-1 up to rounding: the diagonal k = l of every kernel
-matrix) are one-dimensional, E[f1(x1) f2(kappa x1)], by runtime.quadrature's outer rule (the
+evaluate such points only ~1.5x faster than expect2, for ~100 MB more: not worth it. Points with
+conditional variance c22 - c12^2/c11 <= DEGENERATE (rho = +-1 up to rounding: the diagonal k = l
+of every kernel matrix) are one-dimensional, E[f1(x1) f2(kappa x1)], by runtime.quadrature's outer rule (the
 value expect2 gives there, without its collapsed inner rule). Every other point (|rho| beyond the
 bound's reach, variances outside the domain, means, NaN) goes to runtime.quadrature.expect2
 unchanged: nothing is approximated outside the domain.
