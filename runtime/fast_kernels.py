@@ -232,7 +232,7 @@ class _Table:
         C, self.ok = _transform(np.concatenate([H.T, norm2[:, None]], axis=1))
         # the terms a smaller table of this factor has, copied bit for bit: a point's value does not
         # change when another point makes the tables grow
-        sizes = [key[2] for key in list(_TABLES) if key[0] is derivatives and key[1] == orders and key[2] < n]
+        sizes = [key[2] for key in list(_TABLES) if key[0] == derivatives and key[1] == orders and key[2] < n]
         previous = _TABLES[derivatives, orders, max(sizes)] if sizes else None
         previous = previous if previous is not None and previous.ok else None
         if previous is not None:
