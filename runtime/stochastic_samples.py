@@ -17,8 +17,9 @@ components along the frame and the fresh directions of samples i < j, its own fr
 with squared norm rho_a chi^2(m_a - R - j), and none along the later ones (the Bartlett
 decomposition of the block): the rule's update (runtime.simulate's, the same code SGD runs, with
 the true D in its normalisations) then runs on arrays of R + BLOCK numbers per large atom, and
-at the end of the block each atom's part of the weights is compressed back to R coordinates (QR
-of the atom's block: every inner product is kept). Atoms of small multiplicity (spikes) keep
+at the end of the block each atom's part of the weights is compressed back to R coordinates (the
+Cholesky factor of the rows' Gram matrix in the atom's block, or a QR of the block where that
+matrix is singular: every inner product is kept). Atoms of small multiplicity (spikes) keep
 their directions explicitly. The law of every path is that of SGD at this D, at a cost per step
 independent of D: one numpy update of all paths per sample, as in runtime.simulate.
 
