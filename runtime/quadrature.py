@@ -102,9 +102,11 @@ def expect2(derivatives, orders1, orders2, c11, c12, c22, m1=0.0, m2=0.0, scale=
     return out.reshape(shape)
 
 
-def _pair_rule(c11, c12, c22, m1, m2, n_outer=N_OUTER, n_inner=N_INNER, scale=1.0):
+def _pair_rule(c11, c12, c22, m1, m2, n_outer=None, n_inner=None, scale=1.0):
     """Outer nodes x1 (M, n_outer) with weights w1, and for each the inner nodes x2
-    (M, n_outer, n_inner) with weights w of E[. | x1] (see the module docstring)."""
+    (M, n_outer, n_inner) with weights w of E[. | x1] (see the module docstring); the node counts
+    default to N_OUTER and N_INNER as they are at the call."""
+    n_outer, n_inner = N_OUTER if n_outer is None else n_outer, N_INNER if n_inner is None else n_inner
     sigma1 = np.sqrt(c11)
     positive = c11 > 0
     kappa = np.where(positive, c12 / np.where(positive, c11, 1.0), 0.0)
@@ -118,7 +120,7 @@ def _pair_rule(c11, c12, c22, m1, m2, n_outer=N_OUTER, n_inner=N_INNER, scale=1.
     return x1, w1, y, w
 
 
-def _conditional_rule(m, s, n=N_INNER, scale=1.0):
+def _conditional_rule(m, s, n, scale=1.0):
     """Nodes y (..., n) and weights for E[f(m + s z)], z ~ N(0, 1), elementwise over m, s.
     Where every element is centred (the common case) the weights are one vector of n numbers,
     returned broadcast to y's shape (a read-only view: _fold sums with it as a matrix product)."""

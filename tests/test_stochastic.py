@@ -159,7 +159,7 @@ def _forget_averages():
 #: states along SGD paths the drift's finite-D correction is 3e-6 and the spikes' noise 1e-4 off,
 #: relative to their largest entries (test_coarse_quadrature_keeps_the_finite_d_terms). Not for a
 #: smoothed kink: ReLU's noise averages need the default rule's nodes (300 % off at these counts).
-COARSE = dict(N_ONE=61, N_TRIPLE=25, pair=(45, 61))
+COARSE = dict(N_ONE=61, N_TRIPLE=25, N_OUTER=45, N_INNER=61)
 
 
 @pytest.fixture
@@ -167,9 +167,8 @@ def coarse_quadrature(monkeypatch):
     """The multi-unit quadrature at COARSE's node counts for the test, the remembered averages
     dropped before and after it."""
     _forget_averages()
-    monkeypatch.setattr(quadrature, "N_ONE", COARSE["N_ONE"])
-    monkeypatch.setattr(quadrature, "N_TRIPLE", COARSE["N_TRIPLE"])
-    monkeypatch.setattr(quadrature._pair_rule, "__defaults__", (*COARSE["pair"], 1.0))
+    for name, count in COARSE.items():
+        monkeypatch.setattr(quadrature, name, count)
     yield
     _forget_averages()
 
@@ -206,9 +205,8 @@ def test_coarse_quadrature_keeps_the_finite_d_terms(monkeypatch):
                            keep_atoms=True).state
     Y = states.reshape(-1, states.shape[-1])
     correction, N = _finite_terms(act, args, b0, Y)
-    monkeypatch.setattr(quadrature, "N_ONE", COARSE["N_ONE"])
-    monkeypatch.setattr(quadrature, "N_TRIPLE", COARSE["N_TRIPLE"])
-    monkeypatch.setattr(quadrature._pair_rule, "__defaults__", (*COARSE["pair"], 1.0))
+    for name, count in COARSE.items():
+        monkeypatch.setattr(quadrature, name, count)
     coarse_correction, coarse_N = _finite_terms(act, args, b0, Y)
     _forget_averages()
     assert np.abs(correction).max() > 1e-4 and np.abs(N).max() > 1e-4       # terms that matter
