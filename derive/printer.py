@@ -31,6 +31,38 @@ class angle(sp.Function):
     """pi/2 + atan2(c, s) for s >= 0, computed as atan2(s, -c) (pi/2 at c = s = 0)."""
 
 
+class log_ndtr(sp.Function):
+    """log Phi(h), printed scipy.special.log_ndtr (accurate however small Phi(h) is)."""
+
+
+class erfcx(sp.Function):
+    """erfcx(u) = exp(u^2) erfc(u), printed scipy.special.erfcx."""
+
+
+class tilted_bvn(sp.Function):
+    """tilted_bvn(h, k, rho, a[, a - q/2]) = exp(a) bvn(h, k, rho), printed _bvn(h, k, rho, a[, a - q/2])
+    (runtime.elementwise.bvn's tilt and scaled_tilt)."""
+
+
+# ----------------------------------------------------------------------------------------
+# Exp-tilted tail probabilities: exp(a) Phi(h), exp(a) bvn(h, k, rho)
+#
+# Completing the square (derive/shifted.py's tilt) turns E[e^x H(-x)] into e^(v/2) Phi(-sqrt v),
+# and ELU's pair kernels into e^(c11/2 + c12 + c22/2) bvn(...): at variances of a few hundred
+# the exponential overflows and the probability underflows, inf * 0. `stable_tails` gathers each
+# such product, whose exponent is not known to be <= 0 (a Gaussian density times a CDF, as ReLU's
+# are, stays as it is), into one factor evaluated stably:
+#
+# * exp(a) Phi(h) with a - h^2/2 = d <= 0 (known): exp(d) erfcx(-h/sqrt 2)/2, exact
+#   (e^(v/2) Phi(-sqrt v) = erfcx(sqrt(v/2))/2), for h < 0 where the sign of h is not known
+#   (a mean in h: exp(a + log_ndtr(h)) for h >= 0, where log_ndtr(h) ~ 0 is exact);
+# * otherwise exp(a + log_ndtr(h)) (erfc(u) = 2 Phi(-sqrt 2 u) likewise), the relative error then
+#   ~1e-16 |a|;
+# * exp(a) bvn(h, k, rho) as tilted_bvn: exp(a + log bvn), and in the tail exp(a - q/2) times the
+#   scaled CDF bvn e^(q/2), q/2 the Gaussian exponent at (h, k), with a - q/2 worked out here
+#   (0 for ELU: the tilted Gaussian's density is largest at the orthant's corner) -- no cancellation.
+
+
 def _nonnegative_version(expr):
     """Replace positive symbols by nonnegative ones (a variance may be exactly zero)."""
     return expr.xreplace({s: sp.Symbol(s.name, nonnegative=True) for s in expr.free_symbols if s.is_positive})
@@ -71,13 +103,131 @@ def distribute(expr):
     return out
 
 
+def _tails():
+    from derive import shifted, smoothing
+    return (shifted.ndtr, shifted.bvn, sp.erfc, smoothing.erfc), (sp.exp, smoothing.exp)
+
+
+def _known_nonpositive(expr):
+    return bool(_nonnegative_version(expr).is_nonpositive)
+
+
+def _radicals_positive(expr):
+    """expr with its radicals (square roots of variances and determinants here) as positive symbols,
+    to tell its sign."""
+    return sp.sympify(expr).replace(lambda e: e.is_Pow and e.exp.is_Rational and not e.exp.is_Integer,
+                                    lambda e: sp.Dummy(positive=True) ** sp.sign(e.exp))
+
+
+def _exponent(factor, exps):
+    """a for a factor exp(a) (or exp(a)^n: n a), else None."""
+    if isinstance(factor, exps):
+        return factor.args[0]
+    if factor.is_Pow and isinstance(factor.base, exps) and factor.exp.is_Integer:
+        return factor.exp * factor.base.args[0]
+    return None
+
+
+def _distribute_products(expr):
+    """expr as a list of terms, products distributed over sums (function arguments left whole)."""
+    if expr.is_Add:
+        return [t for a in expr.args for t in _distribute_products(a)]
+    if expr.is_Mul:
+        terms = [sp.S.One]
+        for f in expr.args:
+            terms = [t * u for t in terms for u in _distribute_products(f)]
+        return terms
+    return [expr]
+
+
+def stable_tails(expr):
+    """expr with its products exp(a) * (normal CDF, erfc or bvn) in a stable form (see above), and
+    products of several exponentials of derive.smoothing's (which SymPy does not merge: ELU's
+    g_eps'' has e^(x + eps^2/2) e^(-x^2/(2 eps^2) - x - eps^2/2), inf * 0 for x > 709) as one."""
+    expr = sp.sympify(expr)
+    tails, exps = _tails()
+    if expr.is_Atom or not expr.has(*exps):
+        return expr
+    if expr.is_Mul:
+        exponents = [_exponent(f, exps) for f in expr.args]
+        found = [a for a in exponents if a is not None]
+        if found:
+            exponent = sp.Add(*found)
+            rest = sp.Mul(*(f for f, a in zip(expr.args, exponents) if a is None))
+            if rest.has(*tails) and not _known_nonpositive(exponent):
+                return sp.Add(*(_tilted(t, exponent) for t in _distribute_products(rest)))
+            if len(found) > 1 and any(isinstance(f.base if f.is_Pow else f, exps[1:]) for f in expr.args):
+                return stable_tails(rest) * sp.exp(exponent)
+    return expr.func(*(stable_tails(a) for a in expr.args))
+
+
+def _tilted(term, exponent):
+    """term * exp(exponent), its exponentials and its tail probabilities in one stable factor."""
+    from derive import shifted
+    tails, exps = _tails()
+    others, cdfs, bvns = [], [], []
+    for f in sp.Mul.make_args(term):
+        a = _exponent(f, exps)
+        base, times = (f.base, int(f.exp)) if f.is_Pow and f.exp.is_Integer and f.exp > 0 else (f, 1)
+        if a is not None:
+            exponent += a
+        elif isinstance(base, shifted.ndtr) and not base.args[0].is_number:
+            cdfs += [base.args[0]] * times
+        elif isinstance(base, (sp.erfc, *tails[3:])) and not base.args[0].is_number:
+            cdfs += [-sp.sqrt(2) * base.args[0]] * times
+            others.append(sp.Integer(2) ** times)
+        elif isinstance(base, shifted.bvn):
+            bvns += [base] * times
+        else:
+            others.append(stable_tails(f))
+    rest = sp.Mul(*others)
+    if (not cdfs and not bvns) or _known_nonpositive(exponent):
+        tail = sp.Mul(*(shifted.ndtr(h) for h in cdfs), *bvns)
+        return rest * tail * (sp.exp(exponent) if exponent != 0 else 1)
+    if not bvns and len(cdfs) == 1:
+        (h,) = cdfs
+        d = sp.cancel(exponent - h ** 2 / 2)
+        if _known_nonpositive(_radicals_positive(d)):
+            scaled = sp.exp(d) * erfcx(sp.cancel(-h / sp.sqrt(2))) / 2
+            if _known_nonpositive(_radicals_positive(h)):
+                return rest * scaled
+            # h of either sign: erfcx(-h/sqrt 2) overflows for h > 37, where log_ndtr(h) ~ 0 is exact
+            scaled = scaled.xreplace({scaled.atoms(erfcx).pop(): erfcx(sp.Max(sp.cancel(-h / sp.sqrt(2)), 0))})
+            return rest * sp.Piecewise((scaled, h < 0), (sp.exp(exponent + log_ndtr(h)), True))
+    exponent = exponent + sp.Add(*(log_ndtr(h) for h in cdfs))
+    if len(bvns) > 1:
+        raise ValueError(f"a product of bivariate normal CDFs: {term}")
+    if bvns:
+        return rest * tilted_bvn(*bvns[0].args, *_scaled_exponent(exponent, *bvns[0].args))
+    return rest * sp.exp(exponent)
+
+
+def _scaled_exponent(exponent, h, k, rho):
+    """(exponent, exponent - q/2) with q = (h^2 - 2 rho h k + k^2)/(1 - rho^2) worked out, if that is
+    free of radicals (0 for ELU's tilts, minus a Gaussian density's exponent with means): bvn's
+    scaled tilt; else (exponent,)."""
+    unwrap = {e: e.args[0] / e.args[1] for e in sp.sympify(h + k + rho).atoms(div)}
+    h, k, rho = (sp.sympify(a).xreplace(unwrap) for a in (h, k, rho))
+    if exponent.has(log_ndtr) or not rho.has(sp.Symbol):
+        return (exponent,)
+    scaled = sp.factor(sp.cancel(sp.together(exponent - (h**2 - 2 * rho * h * k + k**2) / (2 * (1 - rho**2)))))
+    if any(p.exp.is_Rational and not p.exp.is_Integer for p in scaled.atoms(sp.Pow)):
+        return (exponent,)
+    return exponent, scaled
+
+
 def guard(expr):
-    """Rewrite divisions, radicals and asin for evaluation on the boundary of the PSD cone."""
+    """Rewrite divisions, radicals and asin for evaluation on the boundary of the PSD cone, and
+    exp-tilted tail probabilities in a stable form (`stable_tails`)."""
+    return _guard(stable_tails(expr))
+
+
+def _guard(expr):
     expr = sp.sympify(expr)
     if expr.is_Atom:
         return expr
     if expr.is_Add:
-        return sp.Add(*(guard(a) for a in expr.args))
+        return sp.Add(*(_guard(a) for a in expr.args))
     if expr.is_Mul or (expr.is_Pow and expr.exp.is_negative):
         num, den = [], []
         for f in sp.Mul.make_args(expr):
@@ -89,19 +239,19 @@ def guard(expr):
             else:
                 num.append(f)
         if not den:
-            return sp.Mul(*(guard(f) for f in num))
+            return sp.Mul(*(_guard(f) for f in num))
         n, d = sp.Mul(*num), sp.Mul(*den)
         if _known_positive(d):
-            return sp.Mul(*(guard(f) for f in num)) / sp.Mul(*(guard(f) for f in den))
-        return div(guard(n), guard(d))
+            return sp.Mul(*(_guard(f) for f in num)) / sp.Mul(*(_guard(f) for f in den))
+        return div(_guard(n), _guard(d))
     if expr.is_Pow and not expr.exp.is_Integer:
-        base = guard(expr.base)
+        base = _guard(expr.base)
         if _known_nonnegative(expr.base):
             return sp.Pow(base, expr.exp)
         return sqrt0(base) if expr.exp == sp.S.Half else sp.Pow(sp.Max(base, 0), expr.exp)
     if isinstance(expr, sp.asin):
-        return arcsin(guard(expr.args[0]))
-    return expr.func(*(guard(a) for a in expr.args))
+        return arcsin(_guard(expr.args[0]))
+    return expr.func(*(_guard(a) for a in expr.args))
 
 
 class NumpyPrinter(SciPyPrinter):
@@ -110,7 +260,8 @@ class NumpyPrinter(SciPyPrinter):
 
     def __init__(self, functions=()):
         names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin", "atan2": "_atan2", "angle": "_angle",
-                 "ndtr": "scipy.special.ndtr", "bvn": "_bvn"}
+                 "ndtr": "scipy.special.ndtr", "bvn": "_bvn",
+                 "log_ndtr": "scipy.special.log_ndtr", "erfcx": "scipy.special.erfcx", "tilted_bvn": "_bvn"}
         names.update(functions if isinstance(functions, dict) else {f: f for f in functions})
         super().__init__({"fully_qualified_modules": True, "user_functions": names})
 
