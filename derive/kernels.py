@@ -71,6 +71,13 @@ def product(g, orders):
 
 def derive_kernel(g, kernel: Kernel):
     """Closed form of `kernel` for the activation expression g, or None."""
+    if affine_erf(g):
+        # erf(a x + c) = 2 Phi(sqrt 2 (a x + c)) - 1: a step of the shifted-Gaussian engine (issue 16,
+        # item 1), its kernels those of a shifted Gaussian at zero means, in seconds (the Price
+        # route below would integrate bivariate normal CDFs at non-zero thresholds)
+        closed = _at_zero_mean(g, kernel, steps=False)
+        if closed is not None:
+            return closed
     try:
         if len(kernel.orders) == 1:
             return _mean(g, kernel.orders[0])
@@ -79,12 +86,21 @@ def derive_kernel(g, kernel: Kernel):
         return _at_zero_mean(g, kernel)
 
 
-def _at_zero_mean(g, kernel: Kernel):
+def affine_erf(g):
+    """Whether g has an erf (or erfc) of an affine argument a x + c, c != 0 (erf(x + 1/2), Phi(x - 1))."""
+    for e in sp.sympify(g).atoms(sp.erf, sp.erfc):
+        arg = sp.expand(e.args[0])
+        if arg.has(x) and arg.is_polynomial(x) and sp.degree(arg, x) == 1 and arg.subs(x, 0) != 0:
+            return True
+    return False
+
+
+def _at_zero_mean(g, kernel: Kernel, steps=True):
     """A piecewise g the engine above refuses (steps off 0, as hard tanh's at +-1, or pieces that
     are not polynomials, as ELU's e^x - 1): the shifted-Gaussian engine (derive/shifted.py, normal
     CDFs and the bivariate normal CDF at the shifted points) at zero means; None if it fails too."""
     from derive import shifted
-    if not G.normalize(g).has(sp.Heaviside):
+    if steps and not G.normalize(g).has(sp.Heaviside):
         return None
     closed = shifted.derive_kernel(g, kernel)
     if closed is None:
