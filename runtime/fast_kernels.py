@@ -53,8 +53,9 @@ Accuracy (tests/test_fast_kernels.py, against mpmath at 30 digits at random cova
 |rho| = 0.95, 0.99, 0.999 with variances at both ends, for tanh, sigmoid and softplus): |error| <=
 1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]), i.e. 1e-9 relative, and absolute at 1e-10 of the
 Cauchy-Schwarz scale where the value is ~0 (measured: <= 1e-12 relative). A batch of fewer than
-_SMALL points is summed with the most terms any of its points needs (and from the global
-Chebyshev series), so a value can differ by ~1e-12 of the scale between batches. For given
+_SMALL points takes a path with fewer numpy calls and the same sums (each point's own terms, the
+local interpolants, the same powers of rho), so a value does not depend on the batch it comes in
+beyond rounding (tests/test_kernels_input.py: 1e-13). For given
 inputs the result is deterministic: the tables are a fixed computation, and growing them keeps
 their first terms and the terms each covered point takes bit for bit, so a value does not depend
 on which points were evaluated before (tests/test_fast_kernels.py). Each table
@@ -248,7 +249,8 @@ class _Table:
         T = (2.0 / DEGREE) * np.cos(np.outer(k, np.pi * (k + 0.5) / DEGREE))
         T[0] *= 0.5
         local = [T @ (_basis(-1.0 + (2 * p + x + 1.0) / PIECES).T @ self.coef) for p in range(PIECES)]
-        self.local = [np.ascontiguousarray(c.T) for c in local]
+        self.stacked = np.ascontiguousarray(np.stack([c.T for c in local]))     # (PIECES, n, DEGREE)
+        self.local = list(self.stacked)                                          # views, one per piece
         if previous is not None:
             for mine, theirs in zip(self.local, previous.local):
                 mine[:previous.n] = theirs
@@ -434,19 +436,23 @@ def _series(tables, t1, t2, rho, N):
         for a in range(0, m, step):
             b = min(a + step, m)
             P = H1[:, a:b] * H2[:, a:b]
-            R = np.empty((L, b - a))
-            R[0] = 1.0
-            R[1] = rho[start + a:start + b]
-            k = 2
-            while k < L:
-                j = min(k, L - k)
-                np.multiply(R[:j], R[k - 1] * R[1], out=R[k:k + j])
-                k += j
-            out[start + a:start + b] = np.einsum("ij,ij->j", P, R)
+            out[start + a:start + b] = np.einsum("ij,ij->j", P, _powers(rho[start + a:start + b], L))
         start += m
     result = np.empty(M)
     result[order] = out
     return result
+
+
+def _powers(rho, L):
+    """rho^k for k < L (L >= 2), (L, M), by doubling: each power is rounded the same way for any L."""
+    R = np.empty((L, rho.size))
+    R[0], R[1] = 1.0, rho
+    k = 2
+    while k < L:
+        j = min(k, L - k)
+        np.multiply(R[:j], R[k - 1] * R[1], out=R[k:k + j])
+        k += j
+    return R
 
 
 def _local(t):
@@ -601,8 +607,8 @@ def _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, fla
         out[rest] = quadrature.expect2(derivatives, orders1, orders2, c11[rest], c12[rest], c22[rest])
 
 
-#: the last small batch's variances and their (t, Chebyshev basis, bins): the kernels that one
-#: right-hand side evaluates at the same variances share them
+#: the last small batch's variances and their (t, piece, local Chebyshev basis, bin): the kernels
+#: that one right-hand side evaluates at the same variances share them
 _LAST = [(b"", None)]
 
 
@@ -611,17 +617,24 @@ def _small_basis(v):
     last_key, last = _LAST[0]                        # (one read: another thread may replace it)
     if last_key != key or last is None:
         t = _t(v)
-        last = (t, _basis(t), _bin(t))
+        piece, tau = _local(t)
+        last = (t, piece, _chebyshev(tau).T[:, :, None], _bin(t), _basis(t))
         _LAST[0] = key, last
     return last
 
 
+def _at_pieces(table, n, piece, B):
+    """h_k, k < n, (n, M) at points on the given pieces with local Chebyshev bases B (M, DEGREE, 1):
+    the products _series takes, one small matrix product per point."""
+    return np.matmul(table.stacked[piece, :n], B)[..., 0].T
+
+
 def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
-    """pair() for a few points with variances in the domain, in few numpy calls: one Chebyshev
-    basis for both variances, the series at every point (with the most terms any point needs), then
-    the points outside the fast domain replaced."""
+    """pair() for a few points with variances in the domain, in few numpy calls: the sums of
+    _series (each point's own terms, the tables' local interpolants, the same powers), so that a
+    value does not depend on the batch it comes in, then the points outside the fast domain."""
     M = c11.size
-    t, B, b = _small_basis(v)
+    t, piece, B, b, G = _small_basis(v)
     tables, terms, _ = kernel.state
     N = terms[b[:M], b[M:], np.searchsorted(EDGES, np.abs(rho) - 1e-13)]   # (_lookup, the bins in one call)
     if N.min() < 0:
@@ -630,24 +643,19 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
     n = int(N.max())
     out = np.zeros(M)
     if n > 0:
-        t1, t2 = tables
-        H = t1.coef[:, :n].T @ B[:, :M]
-        H *= t2.coef[:, :n].T @ B[:, M:]
-        R = np.empty((n, M))
-        R[0] = 1.0
-        R[1:] = np.where(fast, rho, 0.0)
-        np.cumprod(R, axis=0, out=R)
-        H *= R
-        out = H.sum(axis=0)
+        H = _at_pieces(tables[0], n, piece[:M], B[:M]) * _at_pieces(tables[1], n, piece[M:], B[M:])
+        R = _powers(np.where(fast, rho, 0.0), n)
+        R[np.arange(n)[:, None] >= N] = 0.0                                  # each point's own terms
+        out = np.einsum("ij,ij->j", H, R)
     if fast.all():
         return out
     flat = ~fast & _flat(c11, c12, c22, np.sqrt(c11 * c22))
     done = fast
     if flat.any():
         diagonal = _mean_table(derivatives, orders1, orders2)
-        if diagonal.ok:                  # rho = +-1 at equal variances: the diagonal's table, same basis
+        if diagonal.ok:       # rho = +-1 at equal variances (the diagonal k = l): its table, as _Mean does
             equal = flat & (c11 == c22)
-            values = diagonal.coef.T @ B[:, :M]
+            values = diagonal.coef.T @ G[:, :M]
             out = np.where(equal, np.where(rho >= 0, values[0], values[1]), out)
             done, flat = fast | equal, flat & ~equal
     _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
