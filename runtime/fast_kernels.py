@@ -275,13 +275,7 @@ def _basis(t):
     """Chebyshev basis T_k(t), k < N_CHEB, of t (M,): (N_CHEB, M)."""
     if t.size < _SMALL:
         return np.cos(np.multiply.outer(_K, np.arccos(np.minimum(np.maximum(t, -1.0), 1.0))))
-    B = np.empty((N_CHEB, t.size))
-    B[0], B[1] = 1.0, t
-    t2 = 2.0 * t
-    for k in range(2, N_CHEB):
-        np.multiply(t2, B[k - 1], out=B[k])
-        B[k] -= B[k - 2]
-    return B
+    return _chebyshev(t, N_CHEB)
 
 
 class _Pair:
@@ -462,12 +456,12 @@ def _local(t):
     return piece, 2.0 * (u - piece) - 1.0
 
 
-def _chebyshev(tau):
-    """The Chebyshev basis (DEGREE, M) of tau (M,)."""
-    B = np.empty((DEGREE, tau.size))
+def _chebyshev(tau, degree=DEGREE):
+    """The Chebyshev basis T_k(tau), k < degree, (degree, M) of tau (M,), by the recurrence."""
+    B = np.empty((degree, tau.size))
     B[0], B[1] = 1.0, tau
     tau2 = 2.0 * tau
-    for k in range(2, DEGREE):
+    for k in range(2, degree):
         np.multiply(tau2, B[k - 1], out=B[k])
         B[k] -= B[k - 2]
     return B

@@ -43,15 +43,7 @@ def _points(seed, n):
 def test_pair_kernels_match_mpmath(activation, kernel, a, b):
     """Seeded random covariances over the whole domain (and its corners, rho = +-1): the module's
     kernel (the fast path where it applies) within the stated bound of mpmath."""
-    module = load(activation)
-    seed = 1000 * ["tanh", "sigmoid"].index(activation) + 10 * a + b
-    for v1, r, v2 in _points(seed, 2):
-        c12 = r * math.sqrt(v1 * v2)
-        value = float(getattr(module, kernel)(np.array(v1), np.array(c12), np.array(v2)))
-        ref = float(R.pair(activation, a, b, v1, c12, v2))
-        tol = RTOL * abs(ref) + SCALE_TOL * _scale_mp(activation, a, b, v1, v2)
-        assert abs(value - ref) <= tol, (f"{activation}.{kernel}({v1}, {c12}, {v2}) = {value!r}, mpmath {ref!r}: "
-                                         f"error {abs(value - ref):.2e} > {tol:.2e}")
+    _check(activation, kernel, a, b, _points(1000 * ["tanh", "sigmoid"].index(activation) + 10 * a + b, 2))
 
 
 #: high correlations with variances at both ends of [1e-2, 1e2] (tanh's corner -- both variances
