@@ -82,14 +82,16 @@ def check_spread(system, ts, Z, spread, error, *, samples=SAMPLES, seed=0, progr
     best = None
     with _progress.bar(len(starts), "check the fluctuations' spread", progress) as bar:
         for k in starts:
-            best = _from_start(system, ts, Z, spread, error, k, samples, rng, best)
+            check = _from_start(system, ts, Z, spread, error, k, samples, rng)
+            if check is not None and (best is None or check.ratio > best.ratio):
+                best = check
             bar.update()
     return best
 
 
-def _from_start(system, ts, Z, spread, error, k, samples, rng, best):
-    """`best` or the SpreadCheck of the points drawn at ts[k] and carried to every later time,
-    whichever has the larger ratio (`best` where the carried points' solver fails)."""
+def _from_start(system, ts, Z, spread, error, k, samples, rng):
+    """The SpreadCheck of the points drawn at ts[k] and carried to every later time (None where
+    the carried points' solver fails)."""
     t_end, n = ts[-1], system.n
     y, C = system._split(Z[k])
     lam, vec = np.linalg.eigh(C)
@@ -101,12 +103,9 @@ def _from_start(system, ts, Z, spread, error, k, samples, rng, best):
 
     sol = solve_ivp(flow, (ts[k], t_end), points.ravel(), t_eval=ts[k + 1:], rtol=RTOL, atol=ATOL)
     if sol.status != 0:
-        return best
+        return None
     pushed = np.array([np.std(error(Y)) for Y in sol.y.T.reshape(-1, samples, n)])
     predicted = spread[k + 1:k + 1 + pushed.size]
     ratio = pushed / np.maximum(predicted, 1e-300)
     j = int(np.argmax(ratio))
-    if best is None or ratio[j] > best.ratio:
-        best = SpreadCheck(float(ratio[j]), float(ts[k]), float(ts[k + 1 + j]), float(pushed[j]),
-                           float(predicted[j]))
-    return best
+    return SpreadCheck(float(ratio[j]), float(ts[k]), float(ts[k + 1 + j]), float(pushed[j]), float(predicted[j]))
