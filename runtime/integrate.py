@@ -548,7 +548,7 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
     build = functools.partial(_system, act, rule, lr, rho_vec, rho_mat, units, b0 is not None, m_rho=m_rho,
                               D=spectrum.D, tied=tied)
     system = build(finite_size)
-    spikes = spectrum.rho_hat[spectrum.rho_hat * np.sqrt(spectrum.D) >= 1] * spectrum.D
+    spikes = spectrum.rho[spectrum.rho >= np.sqrt(spectrum.D)]             # eigenvalues of order D
     if rule not in act.DRIFTS and not stochastic and spikes.size and np.size(rho_vec):
         warnings.warn(f"{act.NAME}/{rule} at D = {spectrum.D:g}: with spikes of order D (eigenvalues "
                       f"{', '.join(f'{s:.4g}' for s in spikes[:4])}), SGD runs end in a mixture of sign patterns and "
