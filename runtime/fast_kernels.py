@@ -249,11 +249,9 @@ class _Table:
         T = (2.0 / DEGREE) * np.cos(np.outer(k, np.pi * (k + 0.5) / DEGREE))
         T[0] *= 0.5
         local = [T @ (_basis(-1.0 + (2 * p + x + 1.0) / PIECES).T @ self.coef) for p in range(PIECES)]
-        self.stacked = np.ascontiguousarray(np.stack([c.T for c in local]))     # (PIECES, n, DEGREE)
-        self.local = list(self.stacked)                                          # views, one per piece
+        self.local = np.ascontiguousarray(np.stack([c.T for c in local]))       # (PIECES, n, DEGREE)
         if previous is not None:
-            for mine, theirs in zip(self.local, previous.local):
-                mine[:previous.n] = theirs
+            self.local[:, :previous.n] = previous.local
         self.ok = max(np.abs(c[-3:]).max() for c in local) <= 1e-13 * np.abs(self.coef).max()
         if not self.ok:
             return
@@ -620,7 +618,7 @@ def _small_basis(v):
 def _at_pieces(table, n, piece, B):
     """h_k, k < n, (n, M) at points on the given pieces with local Chebyshev bases B (M, DEGREE, 1):
     the products _series takes, one small matrix product per point."""
-    return np.matmul(table.stacked[piece, :n], B)[..., 0].T
+    return np.matmul(table.local[piece, :n], B)[..., 0].T
 
 
 def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
