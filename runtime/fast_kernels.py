@@ -36,29 +36,47 @@ a pair of large variances at |rho| = 0.99 thousands. Points are grouped by their
 terms and pieces: per group, matrix products (local Chebyshev basis @ table) and a weighted row
 sum; ~1-2e6 evaluations/s on one core (docs/performance.md).
 
-Domain and fallback. The fast path takes points with both variances in [V_MIN, V_MAX] and a
+Domain and fallback. The series takes points with both variances in [V_MIN, V_MAX] and a
 bound that holds by N_MAX terms: up to the last edge, |rho| = 0.9999, except where both variances
 are large and |rho| high -- for tanh's kernels every variance pair up to |rho| = 0.995 (0.998
 for pair_0_0) and up to 0.9999 but for both variances >~ 10-50 (depending on the kernel), for
 sigmoid's up to 0.999-0.9999 (`_Pair.limit`, `domain`: the |rho| up to which every variance pair
-is fast). Tables of 8192 terms would cover tanh's I2-type kernels up to 0.999 everywhere, but
-evaluate such points only ~1.5x faster than expect2, for ~100 MB more: not worth it. Points with
-conditional variance c22 - c12^2/c11 <= DEGENERATE (rho = +-1 up to rounding: the diagonal k = l
-of every kernel matrix) are one-dimensional, E[f1(x1) f2(kappa x1)], by runtime.quadrature's outer rule (the
-value expect2 gives there, without its collapsed inner rule). Every other point (|rho| beyond the
-bound's reach, variances outside the domain, means, NaN) goes to runtime.quadrature.expect2
-unchanged: nothing is approximated outside the domain.
+is on the series). Points with conditional variance c22 - c12^2/c11 <= DEGENERATE (rho = +-1 up
+to rounding: the diagonal k = l of every kernel matrix) are one-dimensional, E[f1(x1) f2(kappa x1)],
+by runtime.quadrature's outer rule (the value expect2 gives there, without its collapsed inner rule).
+
+The corner: the points of the domain beyond the series' reach (|rho| > 0.9999 anywhere, both of
+tanh's variances large at |rho| > ~0.995) with d = 1 - |rho| < D_TOP (2^-4) come from corner cells
+(_Pair.corner). There the average is a smooth function of (t1, t2, d) up to d = 0 (by Price's
+theorem its rho-derivatives are (sigma1 sigma2)^n E[f1^(n) f2^(n)], finite), analytic for Re d > 0
+but with Taylor coefficients at d = 0 growing like n!: so d is split in octaves towards 0. Per
+sign of rho, CELL_PIECES (8) equal pieces of each t and CELL_OCTAVES (10) intervals of d
+([0, 2^-13), then [2^(j-14), 2^(j-13)), j = 1 ... 9), a cell is the tensor Chebyshev interpolant
+of degree < CELL_DEGREE (12, 12, 14) in (t1, t2, d) through expect2's values at its 2016 points
+(expect2 is within ~1e-15 of mpmath near |rho| = 1), built when a point first falls in it
+(~0.15 s, ~1.4 s where f2 is g'' or a higher derivative, slow at expect2's nodes; 16 kB) and
+checked: its last coefficients along each axis <= CELL_TOLERANCE (1e-11), and the interpolant at
+its two extreme corners within PROBE_TOLERANCE of expect2, both relative to the smallest
+sqrt(E[f1^2] E[f2^2]) in the cell (by expect1); a cell that fails either is left to expect2. A
+batch's corner points are grouped by cell: per cell one matrix product and two contractions,
+~2e6 points/s. Points the series covers stay on it, even where it takes thousands of terms (~1e4
+points/s at 4096): a cell costs ~2000 expect2 evaluations, so taking them would make most first
+uses slower (docs/performance.md). Every other point (beyond the series' reach with d >= D_TOP,
+in a cell that failed its checks, variances outside the domain, means, NaN) goes to
+runtime.quadrature.expect2 unchanged: nothing is approximated outside the domain.
 
 Accuracy (tests/test_fast_kernels.py, against mpmath at 30 digits at random covariances and at
-|rho| = 0.95, 0.99, 0.999 with variances at both ends, for tanh, sigmoid and softplus): |error| <=
-1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]), i.e. 1e-9 relative, and absolute at 1e-10 of the
-Cauchy-Schwarz scale where the value is ~0 (measured: <= 1e-12 relative). A batch of fewer than
+|rho| = 0.95, 0.99, 0.999 with variances at both ends, for tanh, sigmoid and softplus, and at
+corner points up to |rho| = 1 - 1e-9 and +-1): |error| <= 1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]),
+i.e. 1e-9 relative, and absolute at 1e-10 of the Cauchy-Schwarz scale where the value is ~0
+(measured: <= 1e-12 relative; the cells <= 1e-12 of the scale against expect2). A batch of fewer than
 _SMALL points takes a path with fewer numpy calls and the same sums (each point's own terms, the
 local interpolants, the same powers of rho), so a value does not depend on the batch it comes in
 beyond rounding (tests/test_kernels_input.py: 1e-13). For given
 inputs the result is deterministic: the tables are a fixed computation, and growing them keeps
 their first terms and the terms each covered point takes bit for bit, so a value does not depend
-on which points were evaluated before (tests/test_fast_kernels.py). Each table
+on which points were evaluated before (tests/test_fast_kernels.py); a cell is a fixed computation
+of its index, and a point takes the cells only where the full tables do not reach it. Each table
 checks itself when built: its global and local Chebyshev series must have converged (last
 coefficients < 1e-14, resp. 1e-13, of the largest) and the fast path must agree with expect2 at
 probe points (among them each variance corner's highest covered |rho|) at 1e-10 of the scale; a
@@ -88,6 +106,12 @@ LEVELS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640,
 N_BINS = 16          # bins in log(variance) of the coefficient bounds
 SAFETY = 2.0         # factor on each bin's block energies (their maximum at 9 points of the bin)
 DEGENERATE = 1e-14   # conditional variance below which a point is treated as rho = +-1
+#: the corner cells: CELL_PIECES equal pieces of each t in [-1, 1], CELL_OCTAVES intervals of d = 1 - |rho|
+#: ([0, D_LOW), then octaves [D_LOW 2^(j-1), D_LOW 2^j) up to D_TOP), Chebyshev degrees (+1) in (t1, t2, d)
+CELL_PIECES, CELL_OCTAVES, D_LOW = 8, 10, 2.0 ** -13
+D_TOP = D_LOW * 2.0 ** (CELL_OCTAVES - 1)
+CELL_DEGREE = (12, 12, 14)
+CELL_TOLERANCE = 1e-11   # a cell's last Chebyshev coefficients, relative to the smallest scale in it
 PROBE_TOLERANCE = 1e-10
 _STEP, _ZMAX = 0.02, 14.0
 _K = np.arange(N_CHEB, dtype=float)
@@ -244,10 +268,7 @@ class _Table:
         if not self.ok:
             return
         # the same interpolant re-expanded on PIECES pieces, degree < DEGREE: local[p] (n, DEGREE)
-        k = np.arange(DEGREE)
-        x = np.cos(np.pi * (k + 0.5) / DEGREE)
-        T = (2.0 / DEGREE) * np.cos(np.outer(k, np.pi * (k + 0.5) / DEGREE))
-        T[0] *= 0.5
+        x, T = _interpolation(DEGREE)
         local = [T @ (_basis(-1.0 + (2 * p + x + 1.0) / PIECES).T @ self.coef) for p in range(PIECES)]
         self.local = np.ascontiguousarray(np.stack([c.T for c in local]))       # (PIECES, n, DEGREE)
         if previous is not None:
@@ -269,6 +290,17 @@ class _Table:
         self.tail = SAFETY * np.minimum(tail[rows].max(axis=1), np.where(near, residual, 0.0).max(axis=1))
 
 
+@functools.lru_cache(maxsize=None)
+def _interpolation(n):
+    """The n Chebyshev points x_j = cos(pi (j + 1/2) / n) and the matrix T (n, n) taking values at
+    them to the coefficients of the interpolant sum_k c_k T_k(x), k < n."""
+    k = np.arange(n)
+    x = np.cos(np.pi * (k + 0.5) / n)
+    T = (2.0 / n) * np.cos(np.outer(k, np.pi * (k + 0.5) / n))
+    T[0] *= 0.5
+    return x, T
+
+
 def _basis(t):
     """Chebyshev basis T_k(t), k < N_CHEB, of t (M,): (N_CHEB, M)."""
     if t.size < _SMALL:
@@ -279,12 +311,14 @@ def _basis(t):
 class _Pair:
     """The Mehler series of one kernel: the terms each point needs (by the bins of its variances
     and the edge of its |rho|). Its `state`, replaced whole: (tables, terms, limit), from tables of
-    N_FIRST terms, 4 times as many up to N_MAX whenever a point needs more (terms -1; 0: beyond reach)."""
+    N_FIRST terms, 4 times as many up to N_MAX whenever a point needs more (terms -1; 0: beyond reach);
+    and its corner cells beyond the series' reach, `cells` {index: coefficients or None}, built lazily."""
 
     def __init__(self, derivatives, orders1, orders2):
         self.derivatives, self.orders = derivatives, (orders1, orders2)
         self.size = N_FIRST
         self.state = self._state(N_FIRST)
+        self.cells = {}
 
     def _state(self, n, previous=None):
         """(tables, terms, limit) with tables of n terms. terms[b1, b2, k]: LEVELS' fewest terms
@@ -377,6 +411,60 @@ class _Pair:
                 return N, tables
             self._extend()
 
+    def corner(self, t1, t2, rho):
+        """(values, ok) at points with 0 <= 1 - |rho| < D_TOP from the corner cells: per cell
+        (sign of rho, pieces of t1 and t2, interval of d = 1 - |rho|) the tensor Chebyshev sum
+        sum_abc C[a, b, c] T_a(tau1) T_b(tau2) T_c(tau3) in the points' local variables; ok False
+        where the cell failed its checks (_cell)."""
+        c1, tau1 = _local(t1, CELL_PIECES)
+        c2, tau2 = _local(t2, CELL_PIECES)
+        j, tau3 = _octave(1.0 - np.abs(rho))
+        key = (((rho < 0) * CELL_PIECES + c1) * CELL_PIECES + c2) * CELL_OCTAVES + j
+        order = np.argsort(key, kind="stable")
+        keys, starts = np.unique(key[order], return_index=True)
+        n1, n2, n3 = CELL_DEGREE
+        B1, B2, B3 = (_chebyshev(tau[order], n) for tau, n in zip((tau1, tau2, tau3), CELL_DEGREE))
+        out, ok = np.empty(rho.size), np.ones(rho.size, bool)
+        for k, a, b in zip(keys, starts, np.append(starts[1:], rho.size)):
+            C = _built(self.cells, self._cell, int(k))        # (n3 n2, n1)
+            if C is None:
+                ok[a:b] = False
+                continue
+            X = (C @ B1[:, a:b]).reshape(n3, n2, b - a)
+            out[a:b] = np.einsum("cm,cm->m", np.einsum("cbm,bm->cm", X, B2[:, a:b]), B3[:, a:b])
+        values, good = np.empty(rho.size), np.empty(rho.size, bool)
+        values[order], good[order] = out, ok
+        return values, good
+
+    def _cell(self, key):
+        """A corner cell's coefficients C[a, b, c] (as (n3 n2, n1): C[a, b, c] at [c n2 + b, a]) from
+        expect2 at its tensor Chebyshev points, or None where the tables failed or the cell fails
+        its checks: the last coefficients along each axis <= CELL_TOLERANCE, and the interpolant at
+        the cell's two extreme corners within PROBE_TOLERANCE of expect2, relative to the smallest
+        scale sqrt(E[f1^2] E[f2^2]) at its points (the scale by expect1: fixed, whatever the tables' size)."""
+        if not all(t.ok for t in self.tables):
+            return None
+        rest, j = divmod(key, CELL_OCTAVES)
+        sign, c1, c2 = *divmod(rest // CELL_PIECES, CELL_PIECES), rest % CELL_PIECES
+        (x1, T1), (x2, T2), (x3, T3) = (_interpolation(n) for n in CELL_DEGREE)
+        lo, hi = (float(b) for b in _bounds(j))
+        v1, v2 = (_variance(-1.0 + (2 * c + x + 1.0) / CELL_PIECES) for c, x in ((c1, x1), (c2, x2)))
+        V1, V2, D = np.meshgrid(v1, v2, lo + (x3 + 1.0) * (0.5 * (hi - lo)), indexing="ij")
+        s = 1.0 - 2.0 * sign
+        expect2 = functools.partial(quadrature.expect2, self.derivatives, *self.orders)
+        C = np.einsum("ai,bj,ck,ijk->abc", T1, T2, T3, expect2(V1, s * (1.0 - D) * np.sqrt(V1 * V2), V2))
+        # the extreme corners (all local variables -1, resp. +1) and the smallest scale
+        e1, e2 = (_variance(-1.0 + 2.0 * np.array([c, c + 1]) / CELL_PIECES) for c in (c1, c2))
+        r = s * (1.0 - np.array([lo, hi]))
+        probe = expect2(e1, r * np.sqrt(e1 * e2), e2)
+        fast = np.array([np.sum((-1.0) ** np.indices(C.shape).sum(axis=0) * C), np.sum(C)])   # T_k(-+1) = (-+1)^k
+        scale = np.sqrt(np.prod([quadrature.expect1(self.derivatives, o + o, np.concatenate([v, e])).min()
+                                 for o, v, e in zip(self.orders, (v1, v2), (e1, e2))]))
+        last = max(np.abs(C[-1]).max(), np.abs(C[:, -1]).max(), np.abs(C[:, :, -1]).max())
+        if not (last <= CELL_TOLERANCE * scale and np.all(np.abs(fast - probe) <= PROBE_TOLERANCE * scale)):
+            return None
+        return np.ascontiguousarray(C.transpose(2, 1, 0).reshape(-1, T1.shape[0]))
+
     def mehler(self, c11, c12, c22):
         """The series at points in the fast domain (1-D arrays, every point covered)."""
         rho = c12 / np.sqrt(c11 * c22)
@@ -447,11 +535,24 @@ def _powers(rho, L):
     return R
 
 
-def _local(t):
-    """The piece (of PIECES equal ones of [-1, 1]) of each t and t's local variable in [-1, 1]."""
-    u = np.clip((t + 1.0) * (PIECES / 2), 0.0, PIECES)
-    piece = np.minimum(u.astype(np.intp), PIECES - 1)
+def _local(t, pieces=PIECES):
+    """The piece (of `pieces` equal ones of [-1, 1]) of each t and t's local variable in [-1, 1]."""
+    u = np.clip((t + 1.0) * (pieces / 2), 0.0, pieces)
+    piece = np.minimum(u.astype(np.intp), pieces - 1)
     return piece, 2.0 * (u - piece) - 1.0
+
+
+def _bounds(j):
+    """The interval [lo, hi) of d = 1 - |rho| of the corner cells' octave j."""
+    return np.where(j > 0, np.ldexp(D_LOW, j - 1), 0.0), np.ldexp(D_LOW, j)
+
+
+def _octave(d):
+    """The octave j of each d in [0, D_TOP) (j = 0: [0, D_LOW), else [D_LOW 2^(j-1), D_LOW 2^j))
+    and d's local variable in [-1, 1]."""
+    j = np.maximum(np.frexp(d / D_LOW)[1], 0)
+    lo, hi = _bounds(j)
+    return j, 2.0 * (d - lo) / (hi - lo) - 1.0
 
 
 def _chebyshev(tau, degree=DEGREE):
@@ -473,6 +574,11 @@ def _bin(t):
 
 def _t(v):
     return (np.log(v) * 0.5 - _U0) * (2.0 / (_U1 - _U0)) - 1.0
+
+
+def _variance(t):
+    """The variance at t (the inverse of _t)."""
+    return np.exp(2.0 * (_U0 + (t + 1.0) * (0.5 * (_U1 - _U0))))
 
 
 def _coefficients(table, v):
@@ -544,8 +650,8 @@ def mean(derivatives, orders, v):
 
 def pair(derivatives, orders1, orders2, c11, c12, c22):
     """E[prod_a g^(a)(x1) prod_b g^(b)(x2)] for (x1, x2) ~ N(0, [[c11, c12], [c12, c22]]): the
-    Mehler series in its domain, tabulated or one-dimensional rules at rho = +-1, else
-    quadrature.expect2 (see the module docstring)."""
+    Mehler series in its domain, tabulated or one-dimensional rules at rho = +-1, the corner cells
+    beyond the series' reach, else quadrature.expect2 (see the module docstring)."""
     orders1, orders2 = tuple(orders1), tuple(orders2)
     c11, c12, c22 = (np.asarray(c, dtype=float) for c in (c11, c12, c22))
     shape = c11.shape
@@ -574,8 +680,28 @@ def pair(derivatives, orders1, orders2, c11, c12, c22):
     out = np.empty(c11.shape)
     if fast.any():
         out[fast] = _series(tables, t1[fast], t2[fast], rho[fast], N[fast])
-    _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, fast, flat, out)
+    done = fast | _corner(kernel, t1, t2, rho, inside & ~(fast | flat), out)
+    _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
     return out.reshape(shape)
+
+
+def _reach(rho):
+    """Whether 1 - |rho| is in [0, D_TOP), the corner cells' range (False for NaN)."""
+    with np.errstate(invalid="ignore"):
+        d = 1.0 - np.abs(rho)
+        return (d >= 0.0) & (d < D_TOP)
+
+
+def _corner(kernel, t1, t2, rho, todo, out):
+    """out at the points `todo` in the corner cells' range, from the cells; returns where it was
+    set (cells that failed their checks left out)."""
+    reach = todo & _reach(rho)
+    if reach.any():
+        index = np.nonzero(reach)[0]
+        values, ok = kernel.corner(t1[index], t2[index], rho[index])
+        out[index[ok]] = values[ok]
+        reach[index[~ok]] = False
+    return reach
 
 
 def _flat(c11, c12, c22, bound):
@@ -650,5 +776,6 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
             values = diagonal.coef.T @ G[:, :M]
             out = np.where(equal, np.where(rho >= 0, values[0], values[1]), out)
             done, flat = fast | equal, flat & ~equal
+    done = done | _corner(kernel, t[:M], t[M:], rho, ~(done | flat), out)
     _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
     return out

@@ -4,8 +4,8 @@ its derivatives written out here).
 
 Stated bound (runtime/fast_kernels.py): |error| <= 1e-9 |value| + 1e-10 sqrt(E[f1^2] E[f2^2]) for
 variances in [1e-2, 1e2] and every correlation (the fast path where its per-point truncation
-bound holds, up to |rho| = 0.9999, a tabulated or one-dimensional rule at rho = +-1, expect2
-elsewhere).
+bound holds, up to |rho| = 0.9999, a tabulated or one-dimensional rule at rho = +-1, the corner
+cells beyond the series' reach with 1 - |rho| < 2^-4, expect2 elsewhere).
 """
 import math
 import subprocess
@@ -80,6 +80,61 @@ def test_high_correlations_match_mpmath(activation, kernel, a, b):
     fast = _check(activation, kernel, a, b, points)
     corner = sum(activation == "tanh" and min(v1, v2) >= 30 and abs(r) > 0.995 for v1, r, v2 in points)
     assert fast >= len(points) - corner, (fast, corner)
+
+
+def _corner_points(seed):
+    """(v1, rho, v2) at tanh's corner: |rho| = 0.999 with variances in [60, 100], +-0.9999 and
+    1 - 10^U(-9, -5) with variances in [10, 100], 1 - 10^U(-9, -5) over the whole domain (every
+    kernel's corner: beyond the last edge, 0.9999), and rho = +-1 exactly at unequal variances."""
+    rng = np.random.default_rng(seed)
+    v = lambda lo, n=2: 10 ** rng.uniform(math.log10(lo), 2, n)          # noqa: E731
+    sign = lambda: rng.choice([-1.0, 1.0])                               # noqa: E731
+    near = lambda: 1 - 10 ** rng.uniform(-9, -5)                         # noqa: E731
+    points = [(v(60), sign() * 0.999), (v(10), sign() * 0.9999), (v(10), sign() * near()),
+              (v(1e-2), sign() * near()), (v(10), 1.0), (v(10), -1.0)]
+    return [(float(a), r, float(b)) for (a, b), r in points]
+
+
+CORNER = [("tanh", "pair_0_0", 0, 0), ("tanh", "pair_1_1", 1, 1), ("tanh", "pair_2_0", 2, 0),
+          ("sigmoid", "pair_1_1", 1, 1)]
+
+
+@pytest.mark.parametrize("activation, kernel, a, b", CORNER, ids=[f"{c[0]}-{c[1]}" for c in CORNER])
+def test_corner_cells_match_mpmath(activation, kernel, a, b):
+    """Points beyond the series' reach (fk._Pair.corner's cells: |rho| = 0.999 ... 1 - 1e-9 at
+    large and small variances) and rho = +-1 exactly: within the stated bound of mpmath, and the
+    points with |rho| > 0.9999 (rho = +-1 aside) on the cells."""
+    points = _corner_points(9000 + 100 * ["tanh", "sigmoid"].index(activation) + 10 * a + b)
+    _check(activation, kernel, a, b, points)
+    module = load(activation)
+    pair = fk._pair(module.DERIVATIVES, (a,), (b,))
+    for v1, r, v2 in points:
+        if 0.9999 < abs(r) < 1:
+            c12 = np.array([r * math.sqrt(v1 * v2)])
+            cell = fk._corner(pair, fk._t(np.array([v1])), fk._t(np.array([v2])), c12 / math.sqrt(v1 * v2),
+                              np.array([True]), np.empty(1))
+            assert cell[0], (v1, r, v2)
+
+
+def test_corner_points_do_not_go_to_expect2(monkeypatch):
+    """Once its cells are built, tanh's corner (|rho| 0.999 ... 1 - 1e-8, large variances, and
+    beyond the last edge at small ones) is evaluated without expect2, alone, in a small batch and
+    in a large one, with the same values up to rounding."""
+    tanh = load("tanh")
+    v1 = np.array([100.0, 30.0, 0.5, 50.0, 80.0])
+    v2 = np.array([100.0, 80.0, 2.0, 20.0, 100.0])
+    c12 = np.array([0.999, -0.9995, 0.99995, -(1 - 1e-8), 0.9999]) * np.sqrt(v1 * v2)
+    first = tanh.pair_1_1(v1, c12, v2)
+    kernel = fk._pair(tanh.DERIVATIVES, (1,), (1,))
+    assert kernel.cells and all(C is not None for C in kernel.cells.values())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("expect2 called")
+    monkeypatch.setattr(quadrature, "expect2", refuse)
+    alone = np.array([tanh.pair_1_1(*x) for x in zip(v1, c12, v2)])
+    large = tanh.pair_1_1(*(np.repeat(x, 100) for x in (v1, c12, v2)))
+    assert np.array_equal(tanh.pair_1_1(v1, c12, v2), first)
+    assert np.allclose(alone, first, rtol=1e-13, atol=0) and np.allclose(large[::100], first, rtol=1e-13, atol=0)
 
 
 def _softplus():
@@ -185,12 +240,13 @@ def test_means_and_degenerate_points_equal_quadrature(activation):
 
 
 def test_outside_the_domain_is_expect2_exactly():
-    """Variances outside [1e-2, 1e2], |rho| beyond fk.EDGES: the values are expect2's, bit for
-    bit, in a batch mixed with fast points and alone; NaN stays NaN."""
+    """Variances outside [1e-2, 1e2] (also with |rho| beyond fk.EDGES, where inside the domain
+    the corner cells take over): the values are expect2's, bit for bit, in a batch mixed with fast
+    points and alone; NaN stays NaN."""
     tanh = load("tanh")
     D = tanh.DERIVATIVES
-    c11 = np.array([1e-3, 500.0, 1.0, 2.0, 0.5, 1.0, np.nan])
-    c22 = np.array([1.0, 2.0, 1e-4, 2.0, 0.7, 1.0, 1.0])
+    c11 = np.array([1e-3, 500.0, 1.0, 2.0, 5e-3, 1.0, np.nan])
+    c22 = np.array([1.0, 2.0, 1e-4, 200.0, 0.7, 1.0, 1.0])
     rho = np.array([0.5, -0.3, 0.2, 0.99995, -0.99999, 0.4, 0.1])   # beyond the last edge, 0.9999
     c12 = rho * np.sqrt(c11 * c22)
     slow = quadrature.expect2(D, (0,), (0,), c11, c12, c22)
