@@ -19,6 +19,11 @@ class sqrt0(sp.Function):
     """sqrt(max(a, 0))."""
 
 
+class det(sp.Function):
+    """det(c11, c12, c22) = c11 c22 - c12^2, 0 where bvn takes the correlation as +-1
+    (runtime.elementwise.det)."""
+
+
 class arcsin(sp.Function):
     """asin(clip(a, -1, 1))."""
 
@@ -191,9 +196,10 @@ def _tilted(term, exponent):
             scaled = sp.exp(d) * erfcx(sp.cancel(-h / sp.sqrt(2))) / 2
             if _known_nonpositive(_radicals_positive(h)):
                 return rest * scaled
-            # h of either sign: erfcx(-h/sqrt 2) overflows for h > 37, where log_ndtr(h) ~ 0 is exact
+            # h of either sign: erfcx(-h/sqrt 2) overflows for h > 37, where log_ndtr(h) ~ 0 is exact; h = 0
+            # (a determinant that is 0) by erfcx, whose exp(d) does not carry the rounding of exponent
             scaled = scaled.xreplace({scaled.atoms(erfcx).pop(): erfcx(sp.Max(sp.cancel(-h / sp.sqrt(2)), 0))})
-            return rest * sp.Piecewise((scaled, h < 0), (sp.exp(exponent + log_ndtr(h)), True))
+            return rest * sp.Piecewise((scaled, h <= 0), (sp.exp(exponent + log_ndtr(h)), True))
     exponent = exponent + sp.Add(*(log_ndtr(h) for h in cdfs))
     if len(bvns) > 1:
         raise ValueError(f"a product of bivariate normal CDFs: {term}")
@@ -219,7 +225,23 @@ def _scaled_exponent(exponent, h, k, rho):
 def guard(expr):
     """Rewrite divisions, radicals and asin for evaluation on the boundary of the PSD cone, and
     exp-tilted tail probabilities in a stable form (`stable_tails`)."""
-    return _guard(stable_tails(expr))
+    return _singular_as_bvn(_guard(stable_tails(expr)))
+
+
+def _singular_as_bvn(expr):
+    """In an expression that calls bvn, sqrt0(c11 c22 - c12^2) -> sqrt0(det(c11, c12, c22)).
+
+    bvn takes a correlation within rounding of +-1 as +-1; the expression's other terms must then
+    see a zero determinant too, or terms that cancel each other do so only to the rounding of
+    sqrt(det) (ELU's E[g''(x1) g(x2)] at variances 1e6 came out 20x its value)."""
+    from derive import shifted
+    names = {s.name: s for s in expr.free_symbols}
+    if not expr.has(shifted.bvn, tilted_bvn) or not {"c11", "c12", "c22"} <= names.keys():
+        return expr
+    c11, c12, c22 = names["c11"], names["c12"], names["c22"]
+    determinant = c11 * c22 - c12 ** 2
+    return expr.replace(lambda e: isinstance(e, sqrt0) and sp.expand(e.args[0] - determinant) == 0,
+                        lambda e: sqrt0(det(c11, c12, c22)))
 
 
 def _guard(expr):
@@ -259,7 +281,7 @@ class NumpyPrinter(SciPyPrinter):
     `functions` maps them)."""
 
     def __init__(self, functions=()):
-        names = {"div": "_div", "sqrt0": "_sqrt0", "arcsin": "_arcsin", "atan2": "_atan2", "angle": "_angle",
+        names = {"div": "_div", "sqrt0": "_sqrt0", "det": "_det", "arcsin": "_arcsin", "atan2": "_atan2", "angle": "_angle",
                  "ndtr": "scipy.special.ndtr", "bvn": "_bvn",
                  "log_ndtr": "scipy.special.log_ndtr", "erfcx": "scipy.special.erfcx", "tilted_bvn": "_bvn"}
         names.update(functions if isinstance(functions, dict) else {f: f for f in functions})

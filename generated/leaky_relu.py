@@ -13,7 +13,7 @@ import scipy.special
 from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, sqrt0 as _sqrt0
 from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'leaky_relu', 'x*Heaviside(-x)/100 + x*Heaviside(x)', {'slope': '1/100'}, None
@@ -216,14 +216,14 @@ def shifted_pair_0_0(m1, m2, c11, c12, c22):
     t16 = t13*t15
     t17 = numpy.sqrt(c11)
     t18 = 2*t17*t9
-    t19 = scipy.special.ndtr(-k2)
-    t20 = t15*t19
-    t21 = (1/100)*m1
-    t22 = t11*scipy.special.ndtr(-k1)
-    t23 = c11*m2 - c12*m1
-    t24 = t8*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2)
-    t25 = t10*t14*t17
-    return _broadcast(c12*t0 + (1/10000)*c12*t3 + m1*(m2*t0 + t12 + _div(t16, t18)) + (1/10000)*m1*(m2*t3 - t22 + _div(-t20, t18)) + t21*(m2*t5 + t22 + _div(-t16, t18)) + t21*(m2*t7 - t12 + _div(t20, t18)) + (99/20000)*t25*(_div(-t24, t18) + _div(t19*t23, c11)) + (99/200)*t25*(_div(t24, t18) + _div(t13*t23, c11)) + t5*t6 + t6*t7, m1, m2, c11, c12, c22)
+    t19 = c11*m2 - c12*m1
+    t20 = t8*_sqrt0(_det(c11, c12, c22))*numpy.exp(-1/2*k2**2)
+    t21 = t10*t14*t17
+    t22 = scipy.special.ndtr(-k2)
+    t23 = t15*t22
+    t24 = (1/100)*m1
+    t25 = t11*scipy.special.ndtr(-k1)
+    return _broadcast(c12*t0 + (1/10000)*c12*t3 + m1*(m2*t0 + t12 + _div(t16, t18)) + (1/10000)*m1*(m2*t3 - t25 + _div(-t23, t18)) + (99/20000)*t21*(_div(-t20, t18) + _div(t19*t22, c11)) + (99/200)*t21*(_div(t20, t18) + _div(t13*t19, c11)) + t24*(m2*t5 + t25 + _div(-t16, t18)) + t24*(m2*t7 - t12 + _div(t23, t18)) + t5*t6 + t6*t7, m1, m2, c11, c12, c22)
 
 
 def shifted_mean_00(m, v):

@@ -13,7 +13,7 @@ import scipy.special
 from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, sqrt0 as _sqrt0
 from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'relu', 'x*Heaviside(x)', {}, None
@@ -181,7 +181,7 @@ def shifted_pair_0_0(m1, m2, c11, c12, c22):
     t5 = t1*numpy.exp(-1/2*h1**2)
     t6 = numpy.sqrt(c11)
     t7 = 2*t2*t6
-    return _broadcast(c12*t0 + m1*(numpy.sqrt(c22)*t1*t3*scipy.special.ndtr(k1)*numpy.exp(-1/2*h2**2) + m2*t0 + _div(c12*t4*t5, t7)) + t3*t5*t6*(_div(t4*(c11*m2 - c12*m1), c11) + _div(t1*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2), t7)), m1, m2, c11, c12, c22)
+    return _broadcast(c12*t0 + m1*(numpy.sqrt(c22)*t1*t3*scipy.special.ndtr(k1)*numpy.exp(-1/2*h2**2) + m2*t0 + _div(c12*t4*t5, t7)) + t3*t5*t6*(_div(t4*(c11*m2 - c12*m1), c11) + _div(t1*_sqrt0(_det(c11, c12, c22))*numpy.exp(-1/2*k2**2), t7)), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_00(m, v):

@@ -2,7 +2,7 @@
 # Activation sigmoid: g(x) = 1/(1 + exp(-x))
 # Kernels: NUMERICAL kernels (no closed form found), by runtime.averages.numerical_kernels:
 #   mean_00, mean_1, mean_11, mean_3 by a Chebyshev series in log(variance) tabulated by quadrature for variances in [0.01, 100] (runtime/fast_kernels.py, equal to the quadrature to ~1e-14), double-exponential quadrature outside (runtime/quadrature.py);
-#   pair_0_0, pair_1_0, pair_1_1, pair_2_0, pair_2_2, pair_3_1, pair_3_3, pair_4_0, pair_4_2, pair_5_1 by Mehler's series in the correlation over tabulated Hermite coefficients (runtime/fast_kernels.py) for variances in [0.01, 100] and |rho| up to the kernel's limit, double-exponential quadrature elsewhere (runtime/quadrature.py).
+#   pair_0_0, pair_1_0, pair_1_1, pair_2_0, pair_2_2, pair_3_1, pair_3_3, pair_4_0, pair_4_2, pair_5_1 by Mehler's series in the correlation over tabulated Hermite coefficients (runtime/fast_kernels.py) for variances in [0.01, 100] and |rho| up to the series' reach, 3-D Chebyshev cells in (log variances, 1 - |rho|) tabulated by quadrature beyond it, double-exponential quadrature outside the variance domain (runtime/quadrature.py).
 # Equations of motion: generated/rules.py (the same for every activation) read with this module's averages (runtime/averages.py).
 # Finite-D equations: averages over several units (multi_*) NUMERICAL, by double-exponential quadrature per unit, pair or triple of units (runtime/quadrature.py, expect_units; K <= 3; three-unit accuracy in runtime/quadrature.py at N_TRIPLE).
 # Shifted kernels (trained bias): NUMERICAL (no closed form found), by runtime.averages.numerical_kernels:
@@ -16,7 +16,7 @@ import scipy.special
 from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, sqrt0 as _sqrt0
 from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'sigmoid', '1/(1 + exp(-x))', {}, None
@@ -81,7 +81,7 @@ mean_2 = mean_4 = _averages.constant(0)
 
 #: the kernels without a closed form, over DERIVATIVES (runtime/averages.py, numerical_kernels):
 #: mean_* by a Chebyshev series in log(variance) tabulated by quadrature for variances in [0.01, 100] (runtime/fast_kernels.py, equal to the quadrature to ~1e-14), double-exponential quadrature outside (runtime/quadrature.py)
-#: pair_* by Mehler's series in the correlation over tabulated Hermite coefficients (runtime/fast_kernels.py) for variances in [0.01, 100] and |rho| up to the kernel's limit, double-exponential quadrature elsewhere (runtime/quadrature.py)
+#: pair_* by Mehler's series in the correlation over tabulated Hermite coefficients (runtime/fast_kernels.py) for variances in [0.01, 100] and |rho| up to the series' reach, 3-D Chebyshev cells in (log variances, 1 - |rho|) tabulated by quadrature beyond it, double-exponential quadrature outside the variance domain (runtime/quadrature.py)
 #: shifted_mean_* by double-exponential quadrature with the mean (runtime/quadrature.py)
 #: shifted_pair_* by double-exponential quadrature with the means (runtime/quadrature.py)
 mean_00, mean_1, mean_11, mean_3, pair_0_0, pair_1_0, pair_1_1, pair_2_0, pair_2_2, pair_3_1, pair_3_3, pair_4_0, pair_4_2, pair_5_1, shifted_mean_0, shifted_pair_0_0, shifted_mean_00, shifted_mean_1, shifted_pair_1_0, shifted_pair_1_1, shifted_mean_11, shifted_mean_2, shifted_pair_2_0, shifted_mean_3, = _averages.numerical_kernels(DERIVATIVES, NUMERIC_KERNELS + SHIFTED_NUMERIC_KERNELS)

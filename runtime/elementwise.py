@@ -6,6 +6,8 @@ domain (inputs are validated before they get here, see `runtime.check`):
 
 * `div(a, b)`: a/b, with 0/0 -> 0 (a Stein term whose covariance vanishes) and a/0 -> +-inf;
 * `sqrt0(a)`: sqrt(max(a, 0)) for a radicand that is a determinant or a conditional variance;
+* `det(c11, c12, c22)`: c11 c22 - c12^2, 0 where `bvn` takes the correlation as +-1, so that the
+  kernels that call bvn see one covariance, singular or not, in all their terms;
 * `arcsin(a)`: arcsin(clip(a, -1, 1)) for a correlation coefficient;
 * `atan2(c, s)`, `angle(c, s)`: asin(c/sqrt(X)) printed as atan2(c, sqrt(X - c^2)) or, where
   that is shorter, pi/2 + asin as atan2(sqrt(X - c^2), -c): exact near |correlation| 1;
@@ -31,6 +33,23 @@ def div(a, b):
 def sqrt0(a):
     """sqrt(max(a, 0))."""
     return np.sqrt(np.maximum(a, 0.0))
+
+
+#: |correlation| within this of 1 is +-1 (bvn, det): what c12/(sqrt(c11) sqrt(c22)) rounds to at an
+#: exactly singular covariance
+SINGULAR = 4 * np.finfo(float).eps
+
+
+def det(c11, c12, c22):
+    """c11 c22 - c12^2, exactly 0 where 1 - |c12/(sqrt(c11) sqrt(c22))| <= SINGULAR (bvn's +-1).
+
+    A covariance singular up to rounding (c12 = +-sqrt(c11 c22) rounded) has a determinant of
+    ~1e-16 c11 c22 of either sign; the shifted and exp-tilted kernels add terms in sqrt(det) to
+    bvn terms that cancel them to ~1e-6 relatively at variances 1e6 (ELU's E[g''(x1) g(x2)]), so a
+    determinant that disagrees with bvn's rho = +-1 put them 20x off."""
+    c11, c12, c22 = (np.asarray(a, dtype=float) for a in (c11, c12, c22))
+    rho = div(c12, np.sqrt(c11) * np.sqrt(c22))
+    return np.where(1.0 - np.abs(rho) <= SINGULAR, 0.0, c11 * c22 - c12 ** 2)
 
 
 def arcsin(a):
@@ -86,19 +105,17 @@ def bvn(h, k, rho, tilt=None, scaled_tilt=None):
             value[tail] = np.exp(_bvn_tail(h[tail], k[tail], rho[tail])[1])
         return value
     h, k, rho, tilt = np.broadcast_arrays(*(np.asarray(u, dtype=float) for u in (h, k, rho, tilt)))
+    log_p, (h, k, rho, general), tail, scaled = _log_bvn(h, k, rho)
     with np.errstate(over="ignore", invalid="ignore"):
-        out = np.exp(tilt + log_bvn(h, k, rho))
+        out = np.exp(tilt + log_p)
         if scaled_tilt is None:
             return out
         scaled_tilt = np.broadcast_to(np.asarray(scaled_tilt, dtype=float), out.shape)
-        h, k, rho, value, general = _owen(h, k, rho)
-        tail = general & (value < TAIL) & np.isfinite(scaled_tilt)
+        finite = np.isfinite(scaled_tilt)
         out = np.array(out)
-        if tail.any():
-            scaled, _ = _bvn_tail(h[tail], k[tail], rho[tail])
-            out[tail] = np.exp(scaled_tilt[tail] + scaled)
+        out[tail & finite] = np.exp(scaled_tilt[tail & finite] + scaled[finite[tail]])
         # rho = 1 at h = k (to rounding): P = Phi(h), q = h^2 (ELU's pair kernels at c12 = -c11 = -c22)
-        line = (~general & (rho > 0) & np.isfinite(h) & np.isfinite(k) & np.isfinite(scaled_tilt)
+        line = (~general & (rho > 0) & np.isfinite(h) & np.isfinite(k) & finite
                 & (np.abs(h - k) <= 8 * np.finfo(float).eps * np.maximum(np.abs(h), np.abs(k))))
         if line.any():
             out[line] = np.exp(scaled_tilt[line] + _scaled_log_ndtr(np.minimum(h, k)[line]))
@@ -108,20 +125,29 @@ def bvn(h, k, rho, tilt=None, scaled_tilt=None):
 def log_bvn(h, k, rho):
     """log P(X < h, Y < k) (see bvn), accurate relatively however small the probability: -inf where
     it is 0; the edges (rho = +-1, infinite h or k) by log_ndtr, values below TAIL by the tail rule."""
+    return _log_bvn(h, k, rho)[0]
+
+
+def _log_bvn(h, k, rho):
+    """(log P, (h, k, rho, general) broadcast as `_owen` gives them, tail, scaled): log_bvn, the
+    points the tail rule took (`tail`, a mask) and their log(P e^(q/2)) (`scaled`, one a point of
+    the tail; `_bvn_tail`), for bvn's scaled tilt."""
     h, k, rho, value, general = _owen(h, k, rho)
     with np.errstate(all="ignore"):
         out = np.log(value)
         a, b = np.minimum(h, k), np.maximum(h, k)
         up = log_ndtr(a)
-        # rho = -1: P(-b < X < a) = Phi(a) - Phi(-b) for a + b > 0, else 0
+        # rho = -1: P(-b < X < a) = Phi(a) - Phi(-b) for a + b > 0, else 0; a sliver a + b within
+        # rounding of 0 is 0 (k = -h up to rounding, as at rho = 1 h = k is the line in bvn)
         down = np.where(a <= 0, up + np.log1p(-np.minimum(np.exp(log_ndtr(-b) - up), 1.0)),
                         np.log1p(-(ndtr(-a) + ndtr(-b))))
-        down = np.where(a + b > 0, down, -np.inf)
+        down = np.where(a + b > 8 * np.finfo(float).eps * np.maximum(np.abs(a), np.abs(b)), down, -np.inf)
     out = np.where(general, out, np.where(rho > 0, up, down))
     tail = general & (value < TAIL)
+    scaled = np.empty(0)
     if tail.any():
-        out[tail] = _bvn_tail(h[tail], k[tail], rho[tail])[1]
-    return out
+        scaled, out[tail] = _bvn_tail(h[tail], k[tail], rho[tail])
+    return out, (h, k, rho, general), tail, scaled
 
 
 def _owen(h, k, rho):
@@ -130,7 +156,7 @@ def _owen(h, k, rho):
     h, k, rho = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (h, k, rho)))
     rho = np.clip(rho, -1.0, 1.0)
     r = np.sqrt((1.0 - rho) * (1.0 + rho))
-    general = (1.0 - np.abs(rho) > 4 * np.finfo(float).eps) & np.isfinite(h) & np.isfinite(k)
+    general = (1.0 - np.abs(rho) > SINGULAR) & np.isfinite(h) & np.isfinite(k)
     with np.errstate(all="ignore"):
         hs = np.where(h == 0, 1e-300, h)
         ks = np.where(k == 0, 1e-300, k)
@@ -281,8 +307,9 @@ def standardised(m1, m2, c11, c12, c22):
     """(h1, h2, r, k1, k2) for (x1, x2) ~ N((m1, m2), [[c11, c12], [c12, c22]]): the standardised
     means h1 = m1/sqrt(c11), h2 = m2/sqrt(c22), the correlation r = c12/sqrt(c11 c22), and the
     standardised conditional means k1 = (c22 m1 - c12 m2)/sqrt(c22 det) (of x1 given x2 = 0) and
-    k2 = (c11 m2 - c12 m1)/sqrt(c11 det), det = c11 c22 - c12^2 (sqrt0), each a div (0/0 -> 0).
+    k2 = (c11 m2 - c12 m1)/sqrt(c11 det), det = c11 c22 - c12^2 (`det`, 0 where bvn's rho is +-1),
+    each a div (0/0 -> 0).
     derive/codegen.py writes the shifted pair kernels in these (derive.codegen._standardisation)."""
-    s1, s2, sd = np.sqrt(c11), np.sqrt(c22), sqrt0(c11 * c22 - c12 ** 2)
+    s1, s2, sd = np.sqrt(c11), np.sqrt(c22), sqrt0(det(c11, c12, c22))
     return (div(m1, s1), div(m2, s2), div(c12, s1 * s2),
             div(c22 * m1 - c12 * m2, s2 * sd), div(c11 * m2 - c12 * m1, s1 * sd))

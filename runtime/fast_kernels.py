@@ -123,8 +123,9 @@ METHODS = {
              "(runtime/fast_kernels.py, equal to the quadrature to ~1e-14), double-exponential quadrature "
              "outside (runtime/quadrature.py)"),
     "pair": ("Mehler's series in the correlation over tabulated Hermite coefficients (runtime/fast_kernels.py) "
-             f"for variances in [{V_MIN:g}, {V_MAX:g}] and |rho| up to the kernel's limit, double-exponential "
-             "quadrature elsewhere (runtime/quadrature.py)"),
+             f"for variances in [{V_MIN:g}, {V_MAX:g}] and |rho| up to the series' reach, 3-D Chebyshev cells in "
+             "(log variances, 1 - |rho|) tabulated by quadrature beyond it, double-exponential quadrature outside "
+             "the variance domain (runtime/quadrature.py)"),
     "shifted_mean": "double-exponential quadrature with the mean (runtime/quadrature.py)",
     "shifted_pair": "double-exponential quadrature with the means (runtime/quadrature.py)",
 }
