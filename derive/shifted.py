@@ -141,10 +141,7 @@ def _terms(f, i, dim):
         return marks[key]
 
     def erf_to_step(e):
-        poly = sp.Poly(e.args[0], x)
-        if poly.degree() > 1:
-            raise G.NoClosedForm(f"erf of a non-linear argument: {e}")
-        a, b = poly.coeff_monomial(x), poly.coeff_monomial(1)
+        a, b = _affine(e.args[0], "erf")
         return 2 * mark(Step(tuple(sp.sqrt(2) * a * u for u in unit), sp.sqrt(2) * b, sp.S.One)) - 1
 
     f = f.replace(lambda e: isinstance(e, sp.erfc), lambda e: 1 - sp.erf(e.args[0]))
@@ -181,12 +178,21 @@ def _terms(f, i, dim):
     return out
 
 
-def _step(arg, unit):
-    """H(k x + c) = H(sign(k) x + c/|k|): a step at any constant point (hard tanh: x = +-1)."""
+def _affine(arg, what):
+    """(k, c) with arg = k x + c, k and c free of x (else NoClosedForm, naming `what`)."""
+    arg = sp.expand(arg)
     k = arg.coeff(x)
     c = sp.expand(arg - k * x)
-    if k == 0 or c.has(x):
-        raise G.NoClosedForm(f"step in a non-linear argument: Heaviside({arg})")
+    if k.has(x) or c.has(x):
+        raise G.NoClosedForm(f"{what} of a non-linear argument: {arg}")
+    return k, c
+
+
+def _step(arg, unit):
+    """H(k x + c) = H(sign(k) x + c/|k|): a step at any constant point (hard tanh: x = +-1)."""
+    k, c = _affine(arg, "Heaviside")
+    if k == 0:
+        raise G.NoClosedForm(f"Heaviside of a constant argument: {arg}")
     return Step(tuple(sp.sign(k) * u for u in unit), c / sp.Abs(k) if c != 0 else sp.S.Zero, sp.S.Zero)
 
 
@@ -194,10 +200,9 @@ def _delta(e, unit, mark):
     """delta(k x + c) = delta(x + c/k) / |k|: the density at 0 of u = x + c/k."""
     if len(e.args) > 1 and e.args[1] != 0:
         raise G.NoClosedForm(f"derivative of a delta: {e}")
-    k = e.args[0].coeff(x)
-    c = sp.expand(e.args[0] - k * x)
-    if k == 0 or c.has(x):
-        raise G.NoClosedForm(f"delta of a non-linear argument: {e}")
+    k, c = _affine(e.args[0], "DiracDelta")
+    if k == 0:
+        raise G.NoClosedForm(f"DiracDelta of a constant argument: {e}")
     return mark(Step(unit, c / k if c != 0 else sp.S.Zero, sp.S.Zero), density=True) / sp.Abs(k)
 
 
