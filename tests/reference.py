@@ -154,10 +154,10 @@ def _erf_inner(b, p, m, s):
 
 
 def _sin_inner(b, p, m, s):
-    e = mp.exp(-s * s / 2)
-    if b == 0:
-        return e * mp.sin(m) if p == 0 else e * (m * mp.sin(m) + s * s * mp.cos(m))
-    return e * mp.cos(m) if p == 0 else e * (m * mp.cos(m) - s * s * mp.sin(m))
+    """sin^(b)(y) = sin(y + b pi/2): E[sin(y + a)] = e^(-s^2/2) sin(m + a), E[y sin(y + a)] =
+    e^(-s^2/2) (m sin(m + a) + s^2 cos(m + a)) (Stein), for every order b."""
+    e, phase = mp.exp(-s * s / 2), m + b * mp.pi / 2
+    return e * mp.sin(phase) if p == 0 else e * (m * mp.sin(phase) + s * s * mp.cos(phase))
 
 
 def _quadratic_inner(b, p, m, s):
@@ -176,14 +176,16 @@ _INNER = {"linear": _linear_inner, "quadratic": _quadratic_inner, "sin": _sin_in
           "erf": _erf_inner, "relu": _relu_inner, "leaky_relu": _leaky_inner}
 #: activations whose inner averages are textbook formulas (the others are nested quadratures)
 TEXTBOOK = frozenset(_INNER)
+#: ... for every derivative order (the others for b <= 1)
+EVERY_ORDER = frozenset({"sin"})
 
 
 def inner_average(name, b, p, m, s, nested=False):
-    """E[y^p g^(b)(y)] for y ~ N(m, s^2): textbook formula when known (b <= 1), else quadrature."""
+    """E[y^p g^(b)(y)] for y ~ N(m, s^2): textbook formula when known (b <= 1, sin's any b), else quadrature."""
     m, s = mp.mpf(m), mp.mpf(s)
     if s == 0:
         return m**p * derivative(name, b)(m)
-    if name in _INNER and not nested and b <= 1:
+    if name in _INNER and not nested and (b <= 1 or name in EVERY_ORDER):
         return _INNER[name](b, p, m, s)
     f = derivative(name, b)
     return normal_average(lambda y: y**p * f(y), m, s, rule=NESTED, xcap=OSCILLATING.get(name))
