@@ -143,11 +143,17 @@ _LOCK = threading.RLock()     # re-entrant: a pair builds its two tables under i
 
 
 @functools.lru_cache(maxsize=1)
-def _hermite_rule(n=N_FIRST):
-    """Trapezoidal nodes z on [-14, 14], weights w, and the matrices (even k, odd k) of
-    w(z) He_k(z)/sqrt(k!), k < n, at the nodes z >= 0: f's even and odd parts need no more."""
+def _trapezoid():
+    """Trapezoidal nodes z on [-14, 14] and weights w: the step times the standard normal density."""
     z = _STEP * np.arange(-round(_ZMAX / _STEP), round(_ZMAX / _STEP) + 1)      # symmetric: f(-x) is a flip
-    w = _STEP * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+    return z, _STEP * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+
+
+@functools.lru_cache(maxsize=1)
+def _hermite_rule(n):
+    """The trapezoidal rule (z, w) and the matrices (even k, odd k) of w(z) He_k(z)/sqrt(k!), k < n,
+    at the nodes z >= 0: f's even and odd parts need no more."""
+    z, w = _trapezoid()
     half = z.size // 2
     zp = z[half:]
     P = np.empty(((n + 1) // 2, zp.size)), np.empty((n // 2, zp.size))     # even and odd k, filled in turn
@@ -171,7 +177,7 @@ def _on_grid(derivatives, orders, flip=False):
     for a in orders:
         key = (derivatives, a)
         if key not in _GRID:
-            z = _hermite_rule()[0]
+            z = _trapezoid()[0]
             with np.errstate(all="ignore"):
                 _GRID[key] = derivatives[a](_nodes()[1][None, :] * z[:, None])
         out = out * _GRID[key]
@@ -209,7 +215,7 @@ class _Mean:
     one-dimensional rule at probe points (1e-12 of E[f1^2]^(1/2) E[f2^2]^(1/2) + 1e-12)."""
 
     def __init__(self, derivatives, orders1, orders2=()):
-        w = _hermite_rule()[1]
+        w = _trapezoid()[1]
         with np.errstate(all="ignore"):
             f1 = _on_grid(derivatives, orders1)
             values = np.stack([w @ (f1 * _on_grid(derivatives, orders2)),
