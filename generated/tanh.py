@@ -37,25 +37,26 @@ def dg(x):
 def d2g(x):
     """g^(2)(x) = 2*tanh(x)**3 - 2*tanh(x)"""
     t0 = numpy.tanh(x)
-    return _broadcast(2*t0**3 - 2*t0, x)
+    return _broadcast(t0*(2*t0**2 - 2), x)
 
 
 def d3g(x):
     """g^(3)(x) = -6*tanh(x)**4 + 8*tanh(x)**2 - 2"""
-    t0 = numpy.tanh(x)
-    return _broadcast(-6*t0**4 + 8*t0**2 - 2, x)
+    t0 = numpy.tanh(x)**2
+    return _broadcast(t0*(8 - 6*t0) - 2, x)
 
 
 def d4g(x):
     """g^(4)(x) = 24*tanh(x)**5 - 40*tanh(x)**3 + 16*tanh(x)"""
     t0 = numpy.tanh(x)
-    return _broadcast(24*t0**5 - 40*t0**3 + 16*t0, x)
+    t1 = t0**2
+    return _broadcast(t0*(t1*(24*t1 - 40) + 16), x)
 
 
 def d5g(x):
     """g^(5)(x) = -120*tanh(x)**6 + 240*tanh(x)**4 - 136*tanh(x)**2 + 16"""
-    t0 = numpy.tanh(x)
-    return _broadcast(-120*t0**6 + 240*t0**4 - 136*t0**2 + 16, x)
+    t0 = numpy.tanh(x)**2
+    return _broadcast(t0*(t0*(240 - 120*t0) - 136) + 16, x)
 
 
 DERIVATIVES = (g, dg, d2g, d3g, d4g, d5g,)
