@@ -237,9 +237,10 @@ def numerical_kernels(derivatives, names):
     runtime.fast_kernels.METHODS states (and the generated modules' headers repeat):
 
     pair_* by runtime.fast_kernels.pair: Mehler's series in the correlation over Hermite
-    coefficients tabulated (lazily, per factor, in ~10-100 ms) in log(variance), for variances in
-    [1e-2, 1e2] and |rho| up to the kernel's limit (0.92 for tanh and sigmoid), error <= 1e-9 of
-    the value + 1e-10 of the Cauchy-Schwarz scale; tabulated or one-dimensional rules at rho = +-1;
+    coefficients tabulated (lazily, per factor, in ~5-60 ms) in log(variance), for variances in
+    [1e-2, 1e2] and |rho| up to the series' per-point reach, error <= 1e-9 of the value + 1e-10 of
+    the Cauchy-Schwarz scale; beyond that reach (1 - |rho| < 2^-4) Chebyshev cells in (log
+    variances, 1 - |rho|) tabulated by quadrature; tabulated or one-dimensional rules at rho = +-1;
     every other point by the double-exponential quadrature of runtime.quadrature.expect2 (~1e-10).
     mean_* by a tabulated Chebyshev series in log(variance) on [1e-2, 1e2] (equal to
     runtime.quadrature.expect1 to ~1e-14), expect1 outside; shifted_* by double-exponential

@@ -10,15 +10,16 @@ Method: Mehler's (Price's) series in the correlation rho = c12 / sqrt(c11 c22),
 
 the normalised Hermite coefficients of f(sigma z). They depend on one variance only, so for each
 unit factor f (an `orders` tuple of g's derivatives) they are tabulated lazily: for n < N_FIRST
-(512) on the first call, for 4 times as many (2048, then N_MAX = 4096) when a point needs more
+(128) on the first call, for 4 times as many (512, 2048, then N_MAX = 4096) when a point needs more
 terms than tabulated (a pair of large variances at high |rho|). Each is a Chebyshev series of
 degree < N_CHEB (80) in log(sigma) over sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule
 in z (step 0.02 on [-14, 14], spectrally accurate for f analytic in a strip: tanh(sigma z) at
 sigma = 10 has its poles 0.157 off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21; the
 Hermite functions up to n = 4096 oscillate with frequency <= sqrt(n) = 64 and grow off the axis
 like exp(sqrt(n) |Im z|), which leaves ~exp(-(314 - 64) 0.157) ~ 1e-17), then re-expanded on
-PIECES (8) equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation: ~0.02 s per
-factor at 512 terms, ~0.2 s at 4096 (one core; 512 terms take ~1.1 MB a factor, 4096 ~9 MB).
+PIECES (8) equal pieces of log(sigma) with degree < DEGREE (24) for the evaluation: ~5 ms per
+factor at 128 terms, 10 ms at 512, ~0.06 s at 4096 (one core, idle; 128 terms take ~0.3 MB a
+factor, 4096 ~9 MB).
 
 Truncation, per point. The sum after N terms errs by at most, by Cauchy-Schwarz on blocks of
 terms [LEVELS[l], LEVELS[l+1]) and on the tail n >= n_tab (the table's size; from Parseval,
@@ -94,7 +95,7 @@ from runtime import quadrature
 
 V_MIN, V_MAX = 1e-2, 1e2
 N_MAX = 4096         # Hermite terms tabulated at most
-N_FIRST = 512        # Hermite terms tabulated at a factor's first use (x4 when a point needs more)
+N_FIRST = 128        # Hermite terms tabulated at a factor's first use (x4 when a point needs more)
 N_CHEB = 80          # Chebyshev degree (+1) in log(sigma)
 PIECES, DEGREE = 8, 24   # the series' evaluation: Chebyshev interpolants of degree < DEGREE on PIECES equal pieces
 TRUNCATION = 1e-11   # truncation bound, relative to the Cauchy-Schwarz scale
@@ -732,18 +733,38 @@ def _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, fla
         out[rest] = quadrature.expect2(derivatives, orders1, orders2, c11[rest], c12[rest], c22[rest])
 
 
-#: the last small batch's variances and their (t, piece, local Chebyshev basis, bin): the kernels
-#: that one right-hand side evaluates at the same variances share them
+class _Points:
+    """What the kernels that one right-hand side evaluates at the same few points share: the
+    variances' (t, piece, local Chebyshev basis, bin, global basis), rho's |rho| edge, where the
+    points are rho = +-1 (flat) and at equal variances, and the powers of rho (grown as needed)."""
+
+    def __init__(self, c11, c12, c22, rho, v):
+        M = c11.size
+        self.t = _t(v)
+        self.piece, tau = _local(self.t)
+        self.B, self.bins, self.G = _chebyshev(tau).T[:, :, None], _bin(self.t), _basis(self.t)
+        self.rho, self.edge = rho, np.searchsorted(EDGES, np.abs(rho) - 1e-13)
+        self.flat = _flat(c11, c12, c22, np.sqrt(c11 * c22))
+        self.equal = self.flat & (c11 == c22)
+        self.R = _powers(rho, 2)
+        self.M = M
+
+    def powers(self, n):
+        """rho^k, k < n, (n, M): rows of the same doubling whatever n (see _powers)."""
+        if self.R.shape[0] < n:
+            self.R = _powers(self.rho, max(n, 2 * self.R.shape[0]))
+        return self.R[:n]
+
+
+#: the last small batch's points and their _Points (the kernels of one right-hand side share them)
 _LAST = [(b"", None)]
 
 
-def _small_basis(v):
-    key = v.tobytes()
+def _small_points(c11, c12, c22, rho, v):
+    key = v.tobytes() + c12.tobytes()
     last_key, last = _LAST[0]                        # (one read: another thread may replace it)
     if last_key != key or last is None:
-        t = _t(v)
-        piece, tau = _local(t)
-        last = (t, piece, _chebyshev(tau).T[:, :, None], _bin(t), _basis(t))
+        last = _Points(c11, c12, c22, rho, v)
         _LAST[0] = key, last
     return last
 
@@ -758,10 +779,10 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
     """pair() for a few points with variances in the domain, in few numpy calls: the sums of
     _series (each point's own terms, the tables' local interpolants, the same powers), so that a
     value does not depend on the batch it comes in, then the points outside the fast domain."""
-    M = c11.size
-    t, piece, B, b, G = _small_basis(v)
+    P = _small_points(c11, c12, c22, rho, v)
+    M, t, piece, B = P.M, P.t, P.piece, P.B
     tables, terms, _ = kernel.state
-    N = terms[b[:M], b[M:], np.searchsorted(EDGES, np.abs(rho) - 1e-13)]   # (_lookup, the bins in one call)
+    N = terms[P.bins[:M], P.bins[M:], P.edge]                             # (_lookup, the bins in one call)
     if N.min() < 0:
         N, tables = kernel.needed(t[:M], t[M:], rho)
     fast = N > 0
@@ -769,20 +790,22 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
     out = np.zeros(M)
     if n > 0:
         H = _at_pieces(tables[0], n, piece[:M], B[:M]) * _at_pieces(tables[1], n, piece[M:], B[M:])
-        R = _powers(np.where(fast, rho, 0.0), n)
-        R[np.arange(n)[:, None] >= N] = 0.0                                  # each point's own terms
+        R = np.where(np.arange(n)[:, None] < N, P.powers(n), 0.0)          # each point's own terms
         out = np.einsum("ij,ij->j", H, R)
     if fast.all():
         return out
-    flat = ~fast & _flat(c11, c12, c22, np.sqrt(c11 * c22))
-    done = fast
+    flat, done = ~fast & P.flat, fast
     if flat.any():
         diagonal = _mean_table(derivatives, orders1, orders2)
         if diagonal.ok:       # rho = +-1 at equal variances (the diagonal k = l): its table, as _Mean does
-            equal = flat & (c11 == c22)
-            values = diagonal.coef.T @ G[:, :M]
+            equal = flat & P.equal
+            values = diagonal.coef.T @ P.G[:, :M]
             out = np.where(equal, np.where(rho >= 0, values[0], values[1]), out)
             done, flat = fast | equal, flat & ~equal
-    done = done | _corner(kernel, t[:M], t[M:], rho, ~(done | flat), out)
+    rest = ~(done | flat)
+    if rest.any():
+        done = done | _corner(kernel, t[:M], t[M:], rho, rest, out)
+    elif not flat.any():
+        return out
     _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
     return out
