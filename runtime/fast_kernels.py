@@ -653,7 +653,18 @@ def mean(derivatives, orders, v):
         if rest.any():
             out[rest] = quadrature.expect1(derivatives, orders, flat[rest])
         return out.reshape(shape)
+    if flat.size < _SMALL:                      # (the means of one right-hand side share their variances)
+        key = flat.tobytes()
+        last_key, basis = _LAST_MEAN[0]
+        if last_key != key:
+            basis = _basis(_t(flat))
+            _LAST_MEAN[0] = key, basis
+        return (table.coef[:, 0] @ basis).reshape(shape)
     return (table.coef[:, 0] @ _basis(_t(flat))).reshape(shape)
+
+
+#: the last small batch of variances of mean() and their Chebyshev basis
+_LAST_MEAN = [(b"", None)]
 
 
 def pair(derivatives, orders1, orders2, c11, c12, c22):
@@ -671,13 +682,13 @@ def pair(derivatives, orders1, orders2, c11, c12, c22):
     if c11.size == 0:
         return np.empty(shape)
     kernel = _pair(derivatives, orders1, orders2)
+    if c11.size < _SMALL:
+        points = _small_points(c11, c12, c22)
+        if points.inside:
+            return _small(derivatives, orders1, orders2, kernel, c11, c12, c22, points).reshape(shape)
     with np.errstate(all="ignore"):
         bound = np.sqrt(c11 * c22)
         rho = c12 / bound
-        if 0 < c11.size < _SMALL:
-            v = np.concatenate((c11, c22))
-            if v.min() >= V_MIN and v.max() <= V_MAX:         # (False with a NaN)
-                return _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v).reshape(shape)
         inside = (c11 >= V_MIN) & (c11 <= V_MAX) & (c22 >= V_MIN) & (c22 <= V_MAX)
         t1, t2 = _t(c11), _t(c22)
         N, tables = kernel.needed(t1, t2, rho, inside)
@@ -738,21 +749,26 @@ class _Points:
     variances' (t, piece, local Chebyshev basis, bin, global basis), rho's |rho| edge, where the
     points are rho = +-1 (flat) and at equal variances, and the powers of rho (grown as needed)."""
 
-    def __init__(self, c11, c12, c22, rho, v):
-        M = c11.size
-        self.t = _t(v)
-        self.piece, tau = _local(self.t)
-        self.B, self.bins, self.G = _chebyshev(tau).T[:, :, None], _bin(self.t), _basis(self.t)
-        self.rho, self.edge = rho, np.searchsorted(EDGES, np.abs(rho) - 1e-13)
-        self.flat = _flat(c11, c12, c22, np.sqrt(c11 * c22))
-        self.equal = self.flat & (c11 == c22)
-        self.R = _powers(rho, 2)
-        self.M = M
+    def __init__(self, c11, c12, c22):
+        with np.errstate(all="ignore"):
+            v = np.concatenate((c11, c22))
+            self.inside = bool(v.min() >= V_MIN and v.max() <= V_MAX)        # (False with a NaN)
+            if not self.inside:
+                return
+            self.M, self.rho = c11.size, c12 / np.sqrt(c11 * c22)
+            self.t = _t(v)
+            self.piece, tau = _local(self.t)
+            self.B, self.bins, self.G = _chebyshev(tau).T[:, :, None], _bin(self.t), _basis(self.t)
+            self.edge = np.searchsorted(EDGES, np.abs(self.rho) - 1e-13)
+            self.flat = _flat(c11, c12, c22, np.sqrt(c11 * c22))
+            self.equal = self.flat & (c11 == c22)
+            self.R = _powers(self.rho, 2)
 
     def powers(self, n):
         """rho^k, k < n, (n, M): rows of the same doubling whatever n (see _powers)."""
         if self.R.shape[0] < n:
-            self.R = _powers(self.rho, max(n, 2 * self.R.shape[0]))
+            with np.errstate(all="ignore"):
+                self.R = _powers(self.rho, max(n, 2 * self.R.shape[0]))
         return self.R[:n]
 
 
@@ -760,11 +776,11 @@ class _Points:
 _LAST = [(b"", None)]
 
 
-def _small_points(c11, c12, c22, rho, v):
-    key = v.tobytes() + c12.tobytes()
+def _small_points(c11, c12, c22):
+    key = c11.tobytes() + c12.tobytes() + c22.tobytes()
     last_key, last = _LAST[0]                        # (one read: another thread may replace it)
     if last_key != key or last is None:
-        last = _Points(c11, c12, c22, rho, v)
+        last = _Points(c11, c12, c22)
         _LAST[0] = key, last
     return last
 
@@ -775,12 +791,11 @@ def _at_pieces(table, n, piece, B):
     return np.matmul(table.local[piece, :n], B)[..., 0].T
 
 
-def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
+def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, P):
     """pair() for a few points with variances in the domain, in few numpy calls: the sums of
     _series (each point's own terms, the tables' local interpolants, the same powers), so that a
     value does not depend on the batch it comes in, then the points outside the fast domain."""
-    P = _small_points(c11, c12, c22, rho, v)
-    M, t, piece, B = P.M, P.t, P.piece, P.B
+    M, t, piece, B, rho = P.M, P.t, P.piece, P.B, P.rho
     tables, terms, _ = kernel.state
     N = terms[P.bins[:M], P.bins[M:], P.edge]                             # (_lookup, the bins in one call)
     if N.min() < 0:
@@ -803,9 +818,10 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, rho, v):
             out = np.where(equal, np.where(rho >= 0, values[0], values[1]), out)
             done, flat = fast | equal, flat & ~equal
     rest = ~(done | flat)
-    if rest.any():
-        done = done | _corner(kernel, t[:M], t[M:], rho, rest, out)
-    elif not flat.any():
+    if not (rest.any() or flat.any()):
         return out
-    _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
+    with np.errstate(all="ignore"):
+        if rest.any():
+            done = done | _corner(kernel, t[:M], t[M:], rho, rest, out)
+        _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
     return out
