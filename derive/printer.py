@@ -235,12 +235,10 @@ def _singular_as_bvn(expr):
     see a zero determinant too, or terms that cancel each other do so only to the rounding of
     sqrt(det) (ELU's E[g''(x1) g(x2)] at variances 1e6 came out 20x its value)."""
     from derive import shifted
-    names = {s.name: s for s in expr.free_symbols}
-    if not expr.has(shifted.bvn, tilted_bvn) or not {"c11", "c12", "c22"} <= names.keys():
+    from derive.gaussian import DET, c11, c12, c22
+    if not expr.has(shifted.bvn, tilted_bvn) or not {c11, c12, c22} <= expr.free_symbols:
         return expr
-    c11, c12, c22 = names["c11"], names["c12"], names["c22"]
-    determinant = c11 * c22 - c12 ** 2
-    return expr.replace(lambda e: isinstance(e, sqrt0) and sp.expand(e.args[0] - determinant) == 0,
+    return expr.replace(lambda e: isinstance(e, sqrt0) and sp.expand(e.args[0] - DET) == 0,
                         lambda e: sqrt0(det(c11, c12, c22)))
 
 

@@ -38,6 +38,9 @@ def sqrt0(a):
 #: |correlation| within this of 1 is +-1 (bvn, det): what c12/(sqrt(c11) sqrt(c22)) rounds to at an
 #: exactly singular covariance
 SINGULAR = 4 * np.finfo(float).eps
+#: two thresholds within ROUNDING of each other (relatively) are one: bvn's lines h = k at rho = 1
+#: and h = -k at rho = -1
+ROUNDING = 8 * np.finfo(float).eps
 
 
 def det(c11, c12, c22):
@@ -48,8 +51,17 @@ def det(c11, c12, c22):
     bvn terms that cancel them to ~1e-6 relatively at variances 1e6 (ELU's E[g''(x1) g(x2)]), so a
     determinant that disagrees with bvn's rho = +-1 put them 20x off."""
     c11, c12, c22 = (np.asarray(a, dtype=float) for a in (c11, c12, c22))
-    rho = div(c12, np.sqrt(c11) * np.sqrt(c22))
+    return _det(div(c12, np.sqrt(c11) * np.sqrt(c22)), c11, c12, c22)
+
+
+def _det(rho, c11, c12, c22):
+    """det, given rho = c12/(sqrt(c11) sqrt(c22))."""
     return np.where(1.0 - np.abs(rho) <= SINGULAR, 0.0, c11 * c22 - c12 ** 2)
+
+
+def _within_rounding(a, b):
+    """|a - b| <= ROUNDING max(|a|, |b|)."""
+    return np.abs(a - b) <= ROUNDING * np.maximum(np.abs(a), np.abs(b))
 
 
 def arcsin(a):
@@ -116,7 +128,7 @@ def bvn(h, k, rho, tilt=None, scaled_tilt=None):
         out[tail & finite] = np.exp(scaled_tilt[tail & finite] + scaled[finite[tail]])
         # rho = 1 at h = k (to rounding): P = Phi(h), q = h^2 (ELU's pair kernels at c12 = -c11 = -c22)
         line = (~general & (rho > 0) & np.isfinite(h) & np.isfinite(k) & finite
-                & (np.abs(h - k) <= 8 * np.finfo(float).eps * np.maximum(np.abs(h), np.abs(k))))
+                & _within_rounding(h, k))
         if line.any():
             out[line] = np.exp(scaled_tilt[line] + _scaled_log_ndtr(np.minimum(h, k)[line]))
         return out
@@ -141,7 +153,7 @@ def _log_bvn(h, k, rho):
         # rounding of 0 is 0 (k = -h up to rounding, as at rho = 1 h = k is the line in bvn)
         down = np.where(a <= 0, up + np.log1p(-np.minimum(np.exp(log_ndtr(-b) - up), 1.0)),
                         np.log1p(-(ndtr(-a) + ndtr(-b))))
-        down = np.where(a + b > 8 * np.finfo(float).eps * np.maximum(np.abs(a), np.abs(b)), down, -np.inf)
+        down = np.where((a + b > 0) & ~_within_rounding(a, -b), down, -np.inf)
     out = np.where(general, out, np.where(rho > 0, up, down))
     tail = general & (value < TAIL)
     scaled = np.empty(0)
@@ -310,6 +322,7 @@ def standardised(m1, m2, c11, c12, c22):
     k2 = (c11 m2 - c12 m1)/sqrt(c11 det), det = c11 c22 - c12^2 (`det`, 0 where bvn's rho is +-1),
     each a div (0/0 -> 0).
     derive/codegen.py writes the shifted pair kernels in these (derive.codegen._standardisation)."""
-    s1, s2, sd = np.sqrt(c11), np.sqrt(c22), sqrt0(det(c11, c12, c22))
-    return (div(m1, s1), div(m2, s2), div(c12, s1 * s2),
-            div(c22 * m1 - c12 * m2, s2 * sd), div(c11 * m2 - c12 * m1, s1 * sd))
+    s1, s2 = np.sqrt(c11), np.sqrt(c22)
+    r = div(c12, s1 * s2)
+    sd = sqrt0(_det(r, c11, c12, c22))
+    return div(m1, s1), div(m2, s2), r, div(c22 * m1 - c12 * m2, s2 * sd), div(c11 * m2 - c12 * m1, s1 * sd)
