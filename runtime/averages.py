@@ -17,6 +17,7 @@ expect_units call, and the others reuse them (the last order parameters are reme
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import numpy as np
@@ -82,8 +83,9 @@ class Equations:
 
     def numerical(self, names, Q, b=None, constant=0):
         """{name: array} of the averages by one expect_units call: over the smoothed activation
-        where g'' is a delta, else over g (exact Gauss-Hermite for a polynomial g); the first
-        `constant` units have g = 1."""
+        where g'' is a delta, else over g (exact Gauss-Hermite for a polynomial g; without a bias,
+        the averages on one unit and on a pair of units from runtime.fast_kernels' tables where
+        they cover Q: tabulated_units); the first `constant` units have g = 1."""
         if not names:
             return {}
         orders = tuple(_orders(n) for n in names)
@@ -91,8 +93,9 @@ class Equations:
             values = quadrature.smoothed(quadrature.expect_units, self.act.SMOOTHED, self.act.SMOOTHING, orders, Q,
                                          None, b, constant=constant)
         else:
+            tables = None if b is not None else functools.partial(fast_kernels.tabulated_units, self.act.DERIVATIVES)
             values = quadrature.expect_units(self.act.DERIVATIVES, orders, Q, self.act.POLYNOMIAL_DEGREE, b,
-                                             constant=constant)
+                                             constant=constant, tabulated=tables)
         return dict(zip(names, values))
 
     @staticmethod

@@ -2,6 +2,9 @@
 
     pair(derivatives, orders1, orders2, c11, c12, c22)
         = E[prod_a g^(a)(x1) prod_b g^(b)(x2)],  (x1, x2) ~ N(0, [[c11, c12], [c12, c22]])
+    tabulated_units(derivatives, signatures, Q)
+        the same for many (orders1, orders2) at once (the finite-D equations' averages on a
+        pair of units, quadrature.expect_units), or the one-unit means of many orders
 
 Method: Mehler's (Price's) series in the correlation rho = c12 / sqrt(c11 c22),
 
@@ -12,7 +15,7 @@ the normalised Hermite coefficients of f(sigma z). They depend on one variance o
 unit factor f (an `orders` tuple of g's derivatives) they are tabulated lazily: for n < N_FIRST
 (128) on the first call, for 4 times as many (512, 2048, then N_MAX = 4096) when a point needs more
 terms than tabulated (a pair of large variances at high |rho|). Each is a Chebyshev series of
-degree < N_CHEB (80) in log(sigma) over sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule
+degree < N_CHEB (112) in log(sigma) over sigma^2 in [V_MIN, V_MAX], built from a trapezoidal rule
 in z (step 0.02 on [-14, 14], spectrally accurate for f analytic in a strip: tanh(sigma z) at
 sigma = 10 has its poles 0.157 off the real axis, error ~exp(-2 pi 0.157 / 0.02) ~ 1e-21; the
 Hermite functions up to n = 4096 oscillate with frequency <= sqrt(n) = 64 and grow off the axis
@@ -96,7 +99,7 @@ from runtime import quadrature
 V_MIN, V_MAX = 1e-2, 1e2
 N_MAX = 4096         # Hermite terms tabulated at most
 N_FIRST = 128        # Hermite terms tabulated at a factor's first use (x4 when a point needs more)
-N_CHEB = 80          # Chebyshev degree (+1) in log(sigma)
+N_CHEB = 112         # Chebyshev degree (+1) in log(sigma)
 PIECES, DEGREE = 8, 24   # the series' evaluation: Chebyshev interpolants of degree < DEGREE on PIECES equal pieces
 TRUNCATION = 1e-11   # truncation bound, relative to the Cauchy-Schwarz scale
 #: |rho| edges: a point with EDGES[k-1] < |rho| <= EDGES[k] takes the terms that its variances' bins need at EDGES[k]
@@ -107,6 +110,10 @@ LEVELS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640,
 N_BINS = 16          # bins in log(variance) of the coefficient bounds
 SAFETY = 2.0         # factor on each bin's block energies (their maximum at 9 points of the bin)
 DEGENERATE = 1e-14   # conditional variance below which a point is treated as rho = +-1
+#: a Chebyshev series in log(sigma) has converged when its last coefficients are below this times its
+#: largest (erf's products of derivatives, Gaussians of width 1/sigma, reach it at N_CHEB = 112, not at 80:
+#: 5e-12 ... 1.5e-11 there; tanh's and sigmoid's ~1e-15)
+SERIES_TOLERANCE = 1e-14
 #: the corner cells: CELL_PIECES equal pieces of each t in [-1, 1], CELL_OCTAVES intervals of d = 1 - |rho|
 #: ([0, D_LOW), then octaves [D_LOW 2^(j-1), D_LOW 2^j) up to D_TOP), Chebyshev degrees (+1) in (t1, t2, d)
 CELL_PIECES, CELL_OCTAVES, D_LOW = 8, 10, 2.0 ** -13
@@ -202,11 +209,11 @@ def _nodes():
 
 def _transform(values):
     """Chebyshev coefficients (N_CHEB, ...) from values (N_CHEB, ...) at the Chebyshev points, and
-    whether the series converged (last coefficients < 1e-14 of the largest)."""
+    whether the series converged (last coefficients < SERIES_TOLERANCE of the largest)."""
     C = (2.0 / N_CHEB) * np.tensordot(_nodes()[2], values, axes=1)
     C[0] *= 0.5
     scale = np.abs(C).max() if np.all(np.isfinite(C)) else np.inf
-    return C, bool(np.isfinite(scale) and np.abs(C[-6:]).max() <= 1e-14 * max(scale, 1e-300))
+    return C, bool(np.isfinite(scale) and np.abs(C[-6:]).max() <= SERIES_TOLERANCE * max(scale, 1e-300))
 
 
 class _Mean:
@@ -825,3 +832,89 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, P):
             done = done | _corner(kernel, t[:M], t[M:], rho, rest, out)
         _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
     return out
+
+
+def tabulated_units(derivatives, signatures, Q):
+    """The averages quadrature.expect_units takes over one unit or one pair of units, every
+    signature at once from the tables: Q (M, n, n) the units' covariances; for n = 1 the signatures
+    are (orders,) and the averages E[prod_a g^(a)(x)] come from the _Mean tables (as mean()), for
+    n = 2 they are (orders1, orders2) and the averages Mehler's series of pair() (each kernel's own
+    terms a point, the tables' local interpolants), summed for all signatures in a few array
+    operations. {signature: (M,)}, or None where a variance is outside [V_MIN, V_MAX], a table
+    failed its checks, or a point is beyond some signature's series (then the caller's quadrature
+    takes them all)."""
+    if Q.shape[-1] > 2 or Q.shape[0] == 0:
+        return None
+    with np.errstate(all="ignore"):
+        v = np.diagonal(Q, axis1=-2, axis2=-1)
+        if not (v.min() >= V_MIN and v.max() <= V_MAX):                   # (False with a NaN)
+            return None
+        if Q.shape[-1] == 1:
+            return _tabulated_means(derivatives, tuple(signatures), v[:, 0])
+        return _tabulated_pairs(derivatives, tuple(signatures), Q[:, 0, 0], Q[:, 0, 1], Q[:, 1, 1])
+
+
+#: stacked tables of tabulated_units: {key: array}, cleared when it holds _STACK_ENTRIES
+_STACKS, _STACK_ENTRIES = {}, 64
+
+
+def _stacked(key, build):
+    value = _STACKS.get(key)
+    if value is None:
+        if len(_STACKS) >= _STACK_ENTRIES:
+            _STACKS.clear()
+        value = _STACKS[key] = build()
+    return value
+
+
+def _tabulated_means(derivatives, signatures, v):
+    def build():
+        tables = [_mean_table(derivatives, sig[0]) for sig in signatures]
+        return (np.stack([t.coef[:, 0] for t in tables]),) if all(t.ok for t in tables) else (None,)
+    (C,) = _stacked((derivatives, signatures), build)
+    return None if C is None else dict(zip(signatures, C @ _basis(_t(v))))
+
+
+def _tabulated_pairs(derivatives, signatures, c11, c12, c22):
+    kernels = _stacked(("kernels", derivatives, signatures),
+                       lambda: [_pair(derivatives, o1, o2) for o1, o2 in signatures])
+    M = c11.size
+    rho = c12 / np.sqrt(c11 * c22)
+    t = _t(np.concatenate((c11, c22)))
+    t1, t2 = t[:M], t[M:]
+    while True:
+        states = [k.state for k in kernels]
+        terms = _stacked(("terms",) + tuple(map(id, states)), lambda: (states, np.stack([s[1] for s in states])))[1]
+        N = terms[:, _bin(t1), _bin(t2), np.searchsorted(EDGES, np.abs(rho) - 1e-13)]   # (S, M), as _lookup
+        short = np.nonzero((N < 0).any(axis=1))[0]
+        if short.size == 0:
+            break
+        for s in short:                                      # (grows the tables, replacing the states)
+            kernels[s].needed(t1, t2, rho)
+    if (N <= 0).any():
+        return None
+    n = int(N.max())
+    tables, i1, i2, _ = _stacked(("tables", n) + tuple(map(id, states)), lambda: _stack_tables(states, n))
+    piece, tau = _local(t)
+    B = np.cos(np.multiply.outer(_K[:DEGREE], np.arccos(np.clip(tau, -1.0, 1.0))))    # (DEGREE, 2 M)
+    if M == 1:                                       # (one point: the pieces' tables without a copy)
+        H1, H2 = tables[:, piece[0]] @ B[:, :1], tables[:, piece[1]] @ B[:, 1:]
+    else:
+        H1 = np.einsum("fmkd,dm->fkm", tables[:, piece[:M]], B[:, :M])  # (factors, n, M)
+        H2 = np.einsum("fmkd,dm->fkm", tables[:, piece[M:]], B[:, M:])
+    P = np.where(np.arange(n)[:, None] < N[:, None, :], H1[i1] * H2[i2], 0.0)    # each point's own terms
+    return dict(zip(signatures, np.einsum("skm,km->sm", P, _powers(rho, n))))
+
+
+def _stack_tables(states, n):
+    """(local (F, PIECES, n, DEGREE): the distinct tables' first n terms, zero beyond a table's
+    size; the index in it of each state's first and second table; the states, kept with them so
+    that their ids, the cache key, stay theirs), for _tabulated_pairs."""
+    distinct = list({id(t): t for s in states for t in s[0]}.values())
+    row = {id(t): i for i, t in enumerate(distinct)}
+    local = np.zeros((len(distinct), PIECES, n, DEGREE))
+    for i, t in enumerate(distinct):
+        m = min(n, t.n)
+        local[i, :, :m] = t.local[:, :m]
+    first, second = (np.array([row[id(s[0][j])] for s in states]) for j in (0, 1))
+    return local, first, second, states

@@ -331,7 +331,7 @@ def _fold(levels, at, signatures):
     return {sig: inner[row] for sig, row in zip(signatures, rows)}
 
 
-def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0, constant=0):
+def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0, constant=0, tabulated=None):
     """For each `orders` of orders_list, E[prod_i prod_{a in orders[i]} g^(a)(lambda_(k_i))]
     for every tuple of units (k_1, ..., k_n), lambda ~ N(means, Q), Q of shape (..., K, K),
     means (..., K) or None (zero: no bias): a list of arrays (..., K, ..., K).
@@ -346,7 +346,9 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
     by Gauss-Hermite quadrature with 2p + 1 nodes per unit in whitened coordinates, for any K.
     `scale`: the width of g's structure around 0 (a smoothed kink: derive.smoothing).
     The first `constant` units have g = 1 (the output bias: derive.rules); they do not count
-    towards K's limit."""
+    towards K's limit. `tabulated(signatures, Q_units)`, if given, is asked first for the averages
+    on each unit and pair of units ({signature: values} or None, e.g. runtime.fast_kernels'
+    tables: tabulated_units); the rule takes those it does not give."""
     Q = np.asarray(Q, dtype=float)
     K, batch = Q.shape[-1], Q.shape[:-2]
     if means is not None:
@@ -366,6 +368,11 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
     for units, signatures in needed.items():
         signatures = [sig for sig in signatures if (units, sig) not in values]
         if not signatures:
+            continue
+        found = None if tabulated is None or len(units) > 2 else tabulated(signatures, Qf[:, units][:, :, units])
+        if found is not None:
+            for sig, value in found.items():
+                values[units, sig] = value.reshape(batch)
             continue
         levels = _levels(Qf, mf, units, scale)
         at = [{a: _at(derivatives[a], x) for a in {a for sig in signatures for a in sig[i]}}

@@ -17,6 +17,7 @@ import pytest
 
 import reference as R
 from conftest import ROOT, load
+from generated import rules
 from runtime import fast_kernels as fk
 from runtime import quadrature
 
@@ -323,3 +324,36 @@ def test_small_batches_at_the_same_variances_share_only_what_they_should():
             args = (np.broadcast_to(a, (3, 3)).ravel() for a in (q[:, None], Q, q[None, :]))
             large = f(*(np.tile(a, fk._SMALL) for a in args))[:9].reshape(3, 3)
             np.testing.assert_allclose(small, large, rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["erf", "tanh", "sigmoid"])
+def test_tabulated_units_match_the_quadrature(name):
+    """The finite-D equations' averages on one unit and on a pair of units (every signature of
+    the vanilla rule's noise at K = 2, both orientations) from the tables, against expect_units'
+    double-exponential rule at random covariances of the fast domain: within 1e-9 of the value
+    plus 1e-10 of the Cauchy-Schwarz scale; None outside the variance domain."""
+    act = load(name)
+    names = sorted({n for p in ("noise", "spike_noise") for n in rules.AVERAGES[f"{p}_vanilla"] if n.startswith("multi_")})
+    orders = tuple(tuple((int(c),) for c in n.split("_")[1:]) for n in names)
+    _, needed = quadrature._plan(2, orders, 0)
+    rng = np.random.default_rng(3)
+    v = 10 ** rng.uniform(-2, 2, (6, 2))
+    r = rng.uniform(-0.95, 0.95, 6)
+    Q = np.stack([[[a, c * np.sqrt(a * b)], [c * np.sqrt(a * b), b]] for (a, b), c in zip(v, r)])
+    for units, signatures in needed.items():
+        signatures = sorted(signatures)
+        sub = Q[:, units][:, :, units]
+        found = fk.tabulated_units(act.DERIVATIVES, signatures, sub)
+        assert found is not None, (name, units)
+        levels = quadrature._levels(Q, np.zeros((6, 2)), units, 1.0)
+        at = [{a: quadrature._at(act.DERIVATIVES[a], x) for a in range(6)} for x, _ in levels]
+        exact = quadrature._fold(levels, at, signatures)
+        for sig in signatures:
+            scale = np.prod([np.sqrt(quadrature.expect1(act.DERIVATIVES, o + o, Q[:, u, u])) for o, u in zip(sig, units)],
+                            axis=0)
+            np.testing.assert_array_less(np.abs(found[sig] - exact[sig]), 1e-9 * np.abs(exact[sig]) + 1e-10 * scale,
+                                         err_msg=f"{name} {units} {sig}")
+    outside = np.array([[[200.0, 1.0], [1.0, 2.0]]])
+    assert fk.tabulated_units(act.DERIVATIVES, [((1,), (0,))], outside) is None
+    one = fk.tabulated_units(act.DERIVATIVES, [((1, 1),), ((0, 0),)], Q[:2, :1, :1])
+    np.testing.assert_allclose(one[((1, 1),)], quadrature.expect1(act.DERIVATIVES, (1, 1), Q[:2, 0, 0]), rtol=1e-12)

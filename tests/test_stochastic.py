@@ -9,7 +9,7 @@ from scipy.stats import ks_2samp
 
 from conftest import assert_paths_agree
 from generated import erf, linear, relu
-from runtime import averages, quadrature, stochastic
+from runtime import averages, fast_kernels, quadrature, stochastic
 from runtime.simulate import simulate
 from runtime.spectrum import spiked_problem
 
@@ -162,13 +162,22 @@ def _forget_averages():
 COARSE = dict(N_ONE=61, N_TRIPLE=25, N_OUTER=45, N_INNER=61)
 
 
-@pytest.fixture
-def coarse_quadrature(monkeypatch):
-    """The multi-unit quadrature at COARSE's node counts for the test, the remembered averages
-    dropped before and after it."""
-    _forget_averages()
+def _coarse(monkeypatch):
+    """Every multi-unit average by the quadrature at COARSE's node counts: not from
+    runtime.fast_kernels' tables (tabulated_units), which would otherwise give the averages on one
+    and two units -- or not, depending on whether an earlier test in the process built them at the
+    default node counts (their checks against the quadrature fail at the coarse ones)."""
     for name, count in COARSE.items():
         monkeypatch.setattr(quadrature, name, count)
+    monkeypatch.setattr(fast_kernels, "tabulated_units", lambda *args: None)
+
+
+@pytest.fixture
+def coarse_quadrature(monkeypatch):
+    """The multi-unit quadrature at COARSE's node counts (_coarse) for the test, the remembered
+    averages dropped before and after it."""
+    _forget_averages()
+    _coarse(monkeypatch)
     yield
     _forget_averages()
 
@@ -204,9 +213,9 @@ def test_coarse_quadrature_keeps_the_finite_d_terms(monkeypatch):
     states = act.integrate(*args, times=[0, 1, 2, 3, 5, 8], stochastic="samples", paths=8, seed=3, progress=False,
                            keep_atoms=True).state
     Y = states.reshape(-1, states.shape[-1])
+    monkeypatch.setattr(fast_kernels, "tabulated_units", lambda *args: None)      # the default rule's own
     correction, N = _finite_terms(act, args, b0, Y)
-    for name, count in COARSE.items():
-        monkeypatch.setattr(quadrature, name, count)
+    _coarse(monkeypatch)
     coarse_correction, coarse_N = _finite_terms(act, args, b0, Y)
     _forget_averages()
     assert np.abs(correction).max() > 1e-4 and np.abs(N).max() > 1e-4       # terms that matter
