@@ -841,8 +841,9 @@ def tabulated_units(derivatives, signatures, Q):
     n = 2 they are (orders1, orders2) and the averages Mehler's series of pair() (each kernel's own
     terms a point, the tables' local interpolants), summed for all signatures in a few array
     operations. {signature: (M,)}, or None where a variance is outside [V_MIN, V_MAX], a table
-    failed its checks, or a point is beyond some signature's series (then the caller's quadrature
-    takes them all)."""
+    failed its checks, or a point is beyond some signature's series or needs more terms than its
+    tables hold or than STACK_TERMS (the tables do not grow here: at the few points that would make
+    them, the caller's quadrature, which then takes them all, is cheaper)."""
     if Q.shape[-1] > 2 or Q.shape[0] == 0:
         return None
     with np.errstate(all="ignore"):
@@ -856,6 +857,8 @@ def tabulated_units(derivatives, signatures, Q):
 
 #: stacked tables of tabulated_units: {key: array}, cleared when it holds _STACK_ENTRIES
 _STACKS, _STACK_ENTRIES = {}, 64
+#: tabulated_units sums at most this many terms a point (the quadrature takes points that need more)
+STACK_TERMS = 256
 
 
 def _stacked(key, build):
@@ -882,39 +885,35 @@ def _tabulated_pairs(derivatives, signatures, c11, c12, c22):
     rho = c12 / np.sqrt(c11 * c22)
     t = _t(np.concatenate((c11, c22)))
     t1, t2 = t[:M], t[M:]
-    while True:
-        states = [k.state for k in kernels]
-        terms = _stacked(("terms",) + tuple(map(id, states)), lambda: (states, np.stack([s[1] for s in states])))[1]
-        N = terms[:, _bin(t1), _bin(t2), np.searchsorted(EDGES, np.abs(rho) - 1e-13)]   # (S, M), as _lookup
-        short = np.nonzero((N < 0).any(axis=1))[0]
-        if short.size == 0:
-            break
-        for s in short:                                      # (grows the tables, replacing the states)
-            kernels[s].needed(t1, t2, rho)
-    if (N <= 0).any():
+    states = [k.state for k in kernels]
+    key = tuple(map(id, states))
+    terms = _stacked(("terms",) + key, lambda: (states, np.stack([s[1] for s in states])))[1]
+    N = terms[:, _bin(t1), _bin(t2), np.searchsorted(EDGES, np.abs(rho) - 1e-13)]       # (S, M), as _lookup
+    if (N <= 0).any() or N.max() > STACK_TERMS:           # (the tables do not grow here: the quadrature is cheaper)
         return None
     n = int(N.max())
-    tables, i1, i2, _ = _stacked(("tables", n) + tuple(map(id, states)), lambda: _stack_tables(states, n))
+    tables, i1, i2, _ = _stacked(("tables",) + key, lambda: _stack_tables(states))
     piece, tau = _local(t)
     B = np.cos(np.multiply.outer(_K[:DEGREE], np.arccos(np.clip(tau, -1.0, 1.0))))    # (DEGREE, 2 M)
     if M == 1:                                       # (one point: the pieces' tables without a copy)
-        H1, H2 = tables[:, piece[0]] @ B[:, :1], tables[:, piece[1]] @ B[:, 1:]
+        H1, H2 = tables[:, piece[0], :n] @ B[:, :1], tables[:, piece[1], :n] @ B[:, 1:]
     else:
-        H1 = np.einsum("fmkd,dm->fkm", tables[:, piece[:M]], B[:, :M])  # (factors, n, M)
-        H2 = np.einsum("fmkd,dm->fkm", tables[:, piece[M:]], B[:, M:])
+        H1 = np.einsum("fmkd,dm->fkm", tables[:, piece[:M], :n], B[:, :M])   # (factors, n, M)
+        H2 = np.einsum("fmkd,dm->fkm", tables[:, piece[M:], :n], B[:, M:])
     P = np.where(np.arange(n)[:, None] < N[:, None, :], H1[i1] * H2[i2], 0.0)    # each point's own terms
     return dict(zip(signatures, np.einsum("skm,km->sm", P, _powers(rho, n))))
 
 
-def _stack_tables(states, n):
-    """(local (F, PIECES, n, DEGREE): the distinct tables' first n terms, zero beyond a table's
-    size; the index in it of each state's first and second table; the states, kept with them so
-    that their ids, the cache key, stay theirs), for _tabulated_pairs."""
+def _stack_tables(states):
+    """(local (F, PIECES, STACK_TERMS at most, DEGREE): the distinct tables' first terms, zero
+    beyond a table's size; the index in it of each state's first and second table; the states,
+    kept with them so that their ids, the cache key, stay theirs), for _tabulated_pairs."""
     distinct = list({id(t): t for s in states for t in s[0]}.values())
     row = {id(t): i for i, t in enumerate(distinct)}
-    local = np.zeros((len(distinct), PIECES, n, DEGREE))
+    width = min(max(t.n for t in distinct), STACK_TERMS)
+    local = np.zeros((len(distinct), PIECES, width, DEGREE))
     for i, t in enumerate(distinct):
-        m = min(n, t.n)
+        m = min(width, t.n)
         local[i, :, :m] = t.local[:, :m]
     first, second = (np.array([row[id(s[0][j])] for s in states]) for j in (0, 1))
     return local, first, second, states
