@@ -89,6 +89,8 @@ accelerated -- every call goes to expect2.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import threading
 
@@ -834,6 +836,21 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, P):
     return out
 
 
+_TABULATE = contextvars.ContextVar("tabulate", default=True)
+
+
+@contextlib.contextmanager
+def untabulated():
+    """Within it tabulated_units gives nothing, so the caller's quadrature takes every average: for
+    a few evaluations, where building the tables costs more (~0.2 s for erf's K = 2 signatures,
+    against ~1.5 ms an evaluation by the quadrature)."""
+    token = _TABULATE.set(False)
+    try:
+        yield
+    finally:
+        _TABULATE.reset(token)
+
+
 def tabulated_units(derivatives, signatures, Q):
     """The averages quadrature.expect_units takes over one unit or one pair of units, every
     signature at once from the tables: Q (M, n, n) the units' covariances; for n = 1 the signatures
@@ -844,7 +861,7 @@ def tabulated_units(derivatives, signatures, Q):
     failed its checks, or a point is beyond some signature's series or needs more terms than its
     tables hold or than STACK_TERMS (the tables do not grow here: at the few points that would make
     them, the caller's quadrature, which then takes them all, is cheaper)."""
-    if Q.shape[-1] > 2 or Q.shape[0] == 0:
+    if Q.shape[-1] > 2 or Q.shape[0] == 0 or not _TABULATE.get():
         return None
     with np.errstate(all="ignore"):
         v = np.diagonal(Q, axis1=-2, axis2=-1)

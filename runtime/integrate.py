@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
-from runtime import check
+from runtime import check, fast_kernels
 from runtime import progress as _progress
 from runtime import quadrature
 from runtime import schedules as _schedules
@@ -694,7 +694,7 @@ def _finite_size_effect(limit, finite, Y, ts=None):
             return system(0.0, Y[rows].T)
         return np.stack([system(ts[i], Y[i]) for i in np.arange(len(Y))[rows]], axis=1)
 
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), fast_kernels.untabulated():      # (three states: the quadrature is cheaper)
         f_inf = field(limit, slice(None))
         norms = np.linalg.norm(f_inf, axis=0)
         probes = np.unique([0, int(np.argmax(norms)), len(Y) - 1])

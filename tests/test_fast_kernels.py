@@ -355,5 +355,8 @@ def test_tabulated_units_match_the_quadrature(name):
                                          err_msg=f"{name} {units} {sig}")
     outside = np.array([[[200.0, 1.0], [1.0, 2.0]]])
     assert fk.tabulated_units(act.DERIVATIVES, [((1,), (0,))], outside) is None
+    with fk.untabulated():                       # (the D -> infinity run's three finite-D evaluations)
+        assert fk.tabulated_units(act.DERIVATIVES, [((1,), (0,))], Q[:1]) is None
+    assert fk.tabulated_units(act.DERIVATIVES, [((1,), (0,))], Q[:1]) is not None
     one = fk.tabulated_units(act.DERIVATIVES, [((1, 1),), ((0, 0),)], Q[:2, :1, :1])
     np.testing.assert_allclose(one[((1, 1),)], quadrature.expect1(act.DERIVATIVES, (1, 1), Q[:2, 0, 0]), rtol=1e-12)
