@@ -321,8 +321,14 @@ def _interpolation(n):
 def _basis(t):
     """Chebyshev basis T_k(t), k < N_CHEB, of t (M,): (N_CHEB, M)."""
     if t.size < _SMALL:
-        return np.cos(np.multiply.outer(_K, np.arccos(np.minimum(np.maximum(t, -1.0), 1.0))))
+        return _cosines(t, N_CHEB)
     return _chebyshev(t, N_CHEB)
+
+
+def _cosines(t, degree):
+    """T_k(t) = cos(k arccos t), k < degree, (degree, M): fewer numpy calls than the recurrence
+    for a few points (t outside [-1, 1] by rounding is clipped)."""
+    return np.cos(np.multiply.outer(_K[:degree], np.arccos(np.minimum(np.maximum(t, -1.0), 1.0))))
 
 
 class _Pair:
@@ -492,8 +498,13 @@ class _Pair:
 
 
 def _lookup(terms, t1, t2, rho):
-    # (|rho| at an edge up to rounding takes that edge: the bound moves by ~N 1e-13 relative)
-    return terms[_bin(t1), _bin(t2), np.searchsorted(EDGES, np.abs(rho) - 1e-13)]
+    return terms[_bin(t1), _bin(t2), _edge(rho)]
+
+
+def _edge(rho):
+    """The index k of the |rho| edge each rho takes (EDGES[k-1] < |rho| <= EDGES[k]; an |rho| at an
+    edge up to rounding takes that edge: the bound moves by ~N 1e-13 relative)."""
+    return np.searchsorted(EDGES, np.abs(rho) - 1e-13)
 
 
 def _series(tables, t1, t2, rho, N):
@@ -663,17 +674,24 @@ def mean(derivatives, orders, v):
             out[rest] = quadrature.expect1(derivatives, orders, flat[rest])
         return out.reshape(shape)
     if flat.size < _SMALL:                      # (the means of one right-hand side share their variances)
-        key = flat.tobytes()
-        last_key, basis = _LAST_MEAN[0]
-        if last_key != key:
-            basis = _basis(_t(flat))
-            _LAST_MEAN[0] = key, basis
-        return (table.coef[:, 0] @ basis).reshape(shape)
-    return (table.coef[:, 0] @ _basis(_t(flat))).reshape(shape)
+        basis = _remembered(_LAST_MEAN, flat.tobytes(), lambda: _basis(_t(flat)))
+    else:
+        basis = _basis(_t(flat))
+    return (table.coef[:, 0] @ basis).reshape(shape)
 
 
 #: the last small batch of variances of mean() and their Chebyshev basis
 _LAST_MEAN = [(b"", None)]
+
+
+def _remembered(slot, key, build):
+    """slot[0] = (key, value) of the last call, rebuilt when the key differs: what the kernels of one
+    right-hand side share (read once: another thread may replace it)."""
+    last_key, value = slot[0]
+    if last_key != key or value is None:
+        value = build()
+        slot[0] = key, value
+    return value
 
 
 def pair(derivatives, orders1, orders2, c11, c12, c22):
@@ -764,12 +782,13 @@ class _Points:
             self.inside = bool(v.min() >= V_MIN and v.max() <= V_MAX)        # (False with a NaN)
             if not self.inside:
                 return
-            self.M, self.rho = c11.size, c12 / np.sqrt(c11 * c22)
+            bound = np.sqrt(c11 * c22)
+            self.M, self.rho = c11.size, c12 / bound
             self.t = _t(v)
             self.piece, tau = _local(self.t)
             self.B, self.bins, self.G = _chebyshev(tau).T[:, :, None], _bin(self.t), _basis(self.t)
-            self.edge = np.searchsorted(EDGES, np.abs(self.rho) - 1e-13)
-            self.flat = _flat(c11, c12, c22, np.sqrt(c11 * c22))
+            self.edge = _edge(self.rho)
+            self.flat = _flat(c11, c12, c22, bound)
             self.equal = self.flat & (c11 == c22)
             self.R = _powers(self.rho, 2)
 
@@ -786,12 +805,7 @@ _LAST = [(b"", None)]
 
 
 def _small_points(c11, c12, c22):
-    key = c11.tobytes() + c12.tobytes() + c22.tobytes()
-    last_key, last = _LAST[0]                        # (one read: another thread may replace it)
-    if last_key != key or last is None:
-        last = _Points(c11, c12, c22)
-        _LAST[0] = key, last
-    return last
+    return _remembered(_LAST, c11.tobytes() + c12.tobytes() + c22.tobytes(), lambda: _Points(c11, c12, c22))
 
 
 def _at_pieces(table, n, piece, B):
@@ -827,10 +841,11 @@ def _small(derivatives, orders1, orders2, kernel, c11, c12, c22, P):
             out = np.where(equal, np.where(rho >= 0, values[0], values[1]), out)
             done, flat = fast | equal, flat & ~equal
     rest = ~(done | flat)
-    if not (rest.any() or flat.any()):
+    beyond = rest.any()
+    if not (beyond or flat.any()):
         return out
     with np.errstate(all="ignore"):
-        if rest.any():
+        if beyond:
             done = done | _corner(kernel, t[:M], t[M:], rho, rest, out)
         _degenerate_and_rest(derivatives, orders1, orders2, c11, c12, c22, done, flat, out)
     return out
@@ -879,19 +894,18 @@ STACK_TERMS = 256
 
 
 def _stacked(key, build):
-    value = _STACKS.get(key)
-    if value is None:
+    if key not in _STACKS:
         if len(_STACKS) >= _STACK_ENTRIES:
             _STACKS.clear()
-        value = _STACKS[key] = build()
-    return value
+        _STACKS[key] = build()
+    return _STACKS[key]
 
 
 def _tabulated_means(derivatives, signatures, v):
     def build():
         tables = [_mean_table(derivatives, sig[0]) for sig in signatures]
-        return (np.stack([t.coef[:, 0] for t in tables]),) if all(t.ok for t in tables) else (None,)
-    (C,) = _stacked((derivatives, signatures), build)
+        return np.stack([t.coef[:, 0] for t in tables]) if all(t.ok for t in tables) else None
+    C = _stacked((derivatives, signatures), build)
     return None if C is None else dict(zip(signatures, C @ _basis(_t(v))))
 
 
@@ -905,13 +919,13 @@ def _tabulated_pairs(derivatives, signatures, c11, c12, c22):
     states = [k.state for k in kernels]
     key = tuple(map(id, states))
     terms = _stacked(("terms",) + key, lambda: (states, np.stack([s[1] for s in states])))[1]
-    N = terms[:, _bin(t1), _bin(t2), np.searchsorted(EDGES, np.abs(rho) - 1e-13)]       # (S, M), as _lookup
+    N = terms[:, _bin(t1), _bin(t2), _edge(rho)]                         # (S, M), as _lookup
     if (N <= 0).any() or N.max() > STACK_TERMS:           # (the tables do not grow here: the quadrature is cheaper)
         return None
     n = int(N.max())
     tables, i1, i2, _ = _stacked(("tables",) + key, lambda: _stack_tables(states))
     piece, tau = _local(t)
-    B = np.cos(np.multiply.outer(_K[:DEGREE], np.arccos(np.clip(tau, -1.0, 1.0))))    # (DEGREE, 2 M)
+    B = _cosines(tau, DEGREE)                                             # (DEGREE, 2 M)
     if M == 1:                                       # (one point: the pieces' tables without a copy)
         H1, H2 = tables[:, piece[0], :n] @ B[:, :1], tables[:, piece[1], :n] @ B[:, 1:]
     else:
