@@ -484,7 +484,7 @@ def source():
         "from runtime.contract import batch_first as _batch_first",
         "from runtime.contract import batch_last as _batch_last",
         "from runtime.contract import constant as _constant",
-        "from runtime.elementwise import broadcast as _broadcast",
+        "from runtime.elementwise import broadcast as _broadcast, power as _power",
         "",
         "",
         "def _wv_blocks(S, K):",

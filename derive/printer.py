@@ -291,6 +291,14 @@ class NumpyPrinter(SciPyPrinter):
     def _print_Pi(self, expr):
         return "numpy.pi"
 
+    def _print_Pow(self, expr, rational=False):
+        """x**p for an integer p >= 3 or a half-integer p >= 3/2 as _power(x, p) (runtime.elementwise.power:
+        multiplications instead of pow per element); every other power as SciPyPrinter prints it."""
+        p = expr.exp
+        if p.is_Number and (2 * p).is_Integer and p >= (3 if p.is_Integer else sp.Rational(3, 2)):
+            return f"_power({self._print(expr.base)}, {self._print(sp.Float(p)) if not p.is_Integer else int(p)})"
+        return super()._print_Pow(expr, rational=rational)
+
     def _print_Max(self, expr):
         a, b = expr.args
         return f"numpy.maximum({self._print(a)}, {self._print(b)})"

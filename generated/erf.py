@@ -12,7 +12,7 @@ import scipy.special
 from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, power as _power, sqrt0 as _sqrt0
 from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'erf', 'erf(sqrt(2)*x/2)', {}, None
@@ -47,14 +47,14 @@ def d4g(x):
     t0 = numpy.sqrt(2)
     t1 = 1/numpy.sqrt(numpy.pi)
     t2 = numpy.exp(-1/2*x**2)
-    return _broadcast(-t0*t1*t2*x**3 + 3*t0*t1*t2*x, x)
+    return _broadcast(-t0*t1*t2*_power(x, 3) + 3*t0*t1*t2*x, x)
 
 
 def d5g(x):
     """g^(5)(x) = sqrt(2)*x**4*exp(-x**2/2)/sqrt(pi) - 6*sqrt(2)*x**2*exp(-x**2/2)/sqrt(pi) + 3*sqrt(2)*exp(-x**2/2)/sqrt(pi)"""
     t0 = x**2
     t1 = numpy.sqrt(2)*numpy.exp(-1/2*t0)/numpy.sqrt(numpy.pi)
-    return _broadcast(-6*t0*t1 + t1*x**4 + 3*t1, x)
+    return _broadcast(-6*t0*t1 + t1*_power(x, 4) + 3*t1, x)
 
 
 DERIVATIVES = (g, dg, d2g, d3g, d4g, d5g,)
@@ -114,7 +114,7 @@ def pair_2_2(c11, c12, c22):
 
     = 2*c12/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(3/2))
     """
-    return _broadcast(_div(2*c12, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + c22 + 1)**(3/2)), c11, c12, c22)
+    return _broadcast(_div(2*c12, numpy.pi*_power(numpy.maximum(0, c11*c22 + c11 - c12**2 + c22 + 1), 1.5)), c11, c12, c22)
 
 
 def mean_3(v):
@@ -131,7 +131,7 @@ def pair_3_1(c11, c12, c22):
 
     = -2*(c22 + 1)/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(3/2))
     """
-    return _broadcast(_div(-2*c22 - 2, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + c22 + 1)**(3/2)), c11, c12, c22)
+    return _broadcast(_div(-2*c22 - 2, numpy.pi*_power(numpy.maximum(0, c11*c22 + c11 - c12**2 + c22 + 1), 1.5)), c11, c12, c22)
 
 
 def pair_3_3(c11, c12, c22):
@@ -141,7 +141,7 @@ def pair_3_3(c11, c12, c22):
     """
     t0 = 2*c11
     t1 = c12**2
-    return _broadcast(_div(c22*t0 + 2*c22 + t0 + 4*t1 + 2, numpy.pi*numpy.maximum(0, c11*c22 + c11 + c22 - t1 + 1)**(5/2)), c11, c12, c22)
+    return _broadcast(_div(c22*t0 + 2*c22 + t0 + 4*t1 + 2, numpy.pi*_power(numpy.maximum(0, c11*c22 + c11 + c22 - t1 + 1), 2.5)), c11, c12, c22)
 
 
 def pair_4_0(c11, c12, c22):
@@ -153,7 +153,7 @@ def pair_4_0(c11, c12, c22):
     t0 = 3*c11
     t1 = c12**2
     t2 = c11 + 1
-    return _broadcast(_div(2*c12*(c22*t0 + 3*c22 + t0 - 2*t1 + 3), numpy.pi*t2**2*numpy.maximum(0, c11*c22 + c22 - t1 + t2)**(3/2)), c11, c12, c22)
+    return _broadcast(_div(2*c12*(c22*t0 + 3*c22 + t0 - 2*t1 + 3), numpy.pi*t2**2*_power(numpy.maximum(0, c11*c22 + c22 - t1 + t2), 1.5)), c11, c12, c22)
 
 
 def pair_4_2(c11, c12, c22):
@@ -162,7 +162,7 @@ def pair_4_2(c11, c12, c22):
     = -6*c12*(c22 + 1)/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(5/2))
     """
     t0 = c22 + 1
-    return _broadcast(_div(-6*c12*t0, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + t0)**(5/2)), c11, c12, c22)
+    return _broadcast(_div(-6*c12*t0, numpy.pi*_power(numpy.maximum(0, c11*c22 + c11 - c12**2 + t0), 2.5)), c11, c12, c22)
 
 
 def pair_5_1(c11, c12, c22):
@@ -171,7 +171,7 @@ def pair_5_1(c11, c12, c22):
     = 6*(c22 + 1)**2/(pi*(c11*c22 + c11 - c12**2 + c22 + 1)**(5/2))
     """
     t0 = c22 + 1
-    return _broadcast(_div(6*t0**2, numpy.pi*numpy.maximum(0, c11*c22 + c11 - c12**2 + t0)**(5/2)), c11, c12, c22)
+    return _broadcast(_div(6*t0**2, numpy.pi*_power(numpy.maximum(0, c11*c22 + c11 - c12**2 + t0), 2.5)), c11, c12, c22)
 
 
 #: the constant 0
@@ -256,7 +256,7 @@ def shifted_mean_2(m, v):
 
     = -sqrt(2)*m*exp(-m**2/(2*(v + 1)))/(sqrt(pi)*(v + 1)**(3/2))
     """
-    return _broadcast(-numpy.sqrt(2)*m*numpy.exp(-m**2/(2*v + 2))/(numpy.sqrt(numpy.pi)*(v + 1)**(3/2)), m, v)
+    return _broadcast(-numpy.sqrt(2)*m*numpy.exp(-m**2/(2*v + 2))/(numpy.sqrt(numpy.pi)*_power(v + 1, 1.5)), m, v)
 
 
 def shifted_pair_2_0(m1, m2, c11, c12, c22):
@@ -276,7 +276,7 @@ def shifted_pair_2_0(m1, m2, c11, c12, c22):
     t5 = c11*m2 - c12*m1 + m2
     t6 = c11*c22 - c12**2 + c22
     t7 = t0*_sqrt0(t4*t6 + 1)
-    return _broadcast(m1*t3/t0**(3/2) - 2*t3*(m1*t4*scipy.special.ndtr(_div(t5, t7)) + _div(c12*t1*numpy.exp(_div(-t5**2, 2*t0*(t0 + t6))), 2*t2*t7))/numpy.sqrt(t0), m1, m2, c11, c12, c22)
+    return _broadcast(m1*t3/_power(t0, 1.5) - 2*t3*(m1*t4*scipy.special.ndtr(_div(t5, t7)) + _div(c12*t1*numpy.exp(_div(-t5**2, 2*t0*(t0 + t6))), 2*t2*t7))/numpy.sqrt(t0), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_3(m, v):

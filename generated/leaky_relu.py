@@ -13,7 +13,7 @@ import scipy.special
 from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, power as _power, sqrt0 as _sqrt0
 from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'leaky_relu', 'x*Heaviside(-x)/100 + x*Heaviside(x)', {'slope': '1/100'}, None
@@ -51,7 +51,7 @@ def d2g_smoothed(x, epsilon):
 
 def d3g_smoothed(x, epsilon):
     """g_eps^(3)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
-    return _broadcast(_div(-99*numpy.sqrt(2)*x*numpy.exp(_div(-x**2, 2*epsilon**2)), 200*numpy.sqrt(numpy.pi)*epsilon**3), x, epsilon)
+    return _broadcast(_div(-99*numpy.sqrt(2)*x*numpy.exp(_div(-x**2, 2*epsilon**2)), 200*numpy.sqrt(numpy.pi)*_power(epsilon, 3)), x, epsilon)
 
 
 def d4g_smoothed(x, epsilon):
@@ -59,14 +59,14 @@ def d4g_smoothed(x, epsilon):
     t0 = x**2
     t1 = 99*numpy.sqrt(2)*numpy.exp(_div(-t0, 2*epsilon**2))
     t2 = 200*numpy.sqrt(numpy.pi)
-    return _broadcast(_div(-t1, epsilon**3*t2) + _div(t0*t1, epsilon**5*t2), x, epsilon)
+    return _broadcast(_div(-t1, _power(epsilon, 3)*t2) + _div(t0*t1, _power(epsilon, 5)*t2), x, epsilon)
 
 
 def d5g_smoothed(x, epsilon):
     """g_eps^(5)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
     t0 = numpy.sqrt(2)*numpy.exp(_div(-x**2, 2*epsilon**2))
     t1 = 200*numpy.sqrt(numpy.pi)
-    return _broadcast(_div(297*t0*x, epsilon**5*t1) + _div(-99*t0*x**3, epsilon**7*t1), x, epsilon)
+    return _broadcast(_div(297*t0*x, _power(epsilon, 5)*t1) + _div(-99*t0*_power(x, 3), _power(epsilon, 7)*t1), x, epsilon)
 
 
 SMOOTHED = (g_smoothed, dg_smoothed, d2g_smoothed, d3g_smoothed, d4g_smoothed, d5g_smoothed,)
@@ -336,7 +336,7 @@ def shifted_mean_3(m, v):
 
     = -99*sqrt(2)*m*exp(-m**2/(2*v))/(200*sqrt(pi)*v**(3/2))
     """
-    return _broadcast(_div(-99*numpy.sqrt(2)*m*numpy.exp(_div(-m**2, 2*v)), 200*numpy.sqrt(numpy.pi)*v**(3/2)), m, v)
+    return _broadcast(_div(-99*numpy.sqrt(2)*m*numpy.exp(_div(-m**2, 2*v)), 200*numpy.sqrt(numpy.pi)*_power(v, 1.5)), m, v)
 
 
 #: the equations of motion and the literature's averages of generated/rules.py, read with this module's

@@ -13,7 +13,7 @@ import scipy.special
 from runtime import averages as _averages
 from runtime import integrate as _integrate
 from runtime.check import covariance as _covariance
-from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, sqrt0 as _sqrt0
+from runtime.elementwise import angle as _angle, arcsin as _arcsin, atan2 as _atan2, broadcast as _broadcast, det as _det, div as _div, power as _power, sqrt0 as _sqrt0
 from runtime.elementwise import bvn as _bvn, standardised as _standardised
 
 NAME, EXPRESSION, PARAMS, POLYNOMIAL_DEGREE = 'relu', 'x*Heaviside(x)', {}, None
@@ -51,7 +51,7 @@ def d2g_smoothed(x, epsilon):
 
 def d3g_smoothed(x, epsilon):
     """g_eps^(3)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
-    return _broadcast(_div(-numpy.sqrt(2)*x*numpy.exp(_div(-x**2, 2*epsilon**2)), 2*numpy.sqrt(numpy.pi)*epsilon**3), x, epsilon)
+    return _broadcast(_div(-numpy.sqrt(2)*x*numpy.exp(_div(-x**2, 2*epsilon**2)), 2*numpy.sqrt(numpy.pi)*_power(epsilon, 3)), x, epsilon)
 
 
 def d4g_smoothed(x, epsilon):
@@ -59,14 +59,14 @@ def d4g_smoothed(x, epsilon):
     t0 = x**2
     t1 = numpy.sqrt(2)*numpy.exp(_div(-t0, 2*epsilon**2))
     t2 = 2*numpy.sqrt(numpy.pi)
-    return _broadcast(_div(-t1, epsilon**3*t2) + _div(t0*t1, epsilon**5*t2), x, epsilon)
+    return _broadcast(_div(-t1, _power(epsilon, 3)*t2) + _div(t0*t1, _power(epsilon, 5)*t2), x, epsilon)
 
 
 def d5g_smoothed(x, epsilon):
     """g_eps^(5)(x), g smoothed over N(0, epsilon^2) (derive/smoothing.py)"""
     t0 = numpy.sqrt(2)*numpy.exp(_div(-x**2, 2*epsilon**2))
     t1 = 2*numpy.sqrt(numpy.pi)
-    return _broadcast(_div(3*t0*x, epsilon**5*t1) + _div(-t0*x**3, epsilon**7*t1), x, epsilon)
+    return _broadcast(_div(3*t0*x, _power(epsilon, 5)*t1) + _div(-t0*_power(x, 3), _power(epsilon, 7)*t1), x, epsilon)
 
 
 SMOOTHED = (g_smoothed, dg_smoothed, d2g_smoothed, d3g_smoothed, d4g_smoothed, d5g_smoothed,)
@@ -245,7 +245,7 @@ def shifted_pair_2_0(m1, m2, c11, c12, c22):
     """
     h1, h2, r, k1, k2 = _standardised(m1, m2, c11, c12, c22)
     t0 = numpy.exp(-1/2*h1**2)
-    return _broadcast(_div(t0*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2), 2*numpy.pi*c11) + _div(numpy.sqrt(2)*t0*(c11*m2 - c12*m1)*scipy.special.ndtr(k2), 2*numpy.sqrt(numpy.pi)*c11**(3/2)), m1, m2, c11, c12, c22)
+    return _broadcast(_div(t0*_sqrt0(c11*c22 - c12**2)*numpy.exp(-1/2*k2**2), 2*numpy.pi*c11) + _div(numpy.sqrt(2)*t0*(c11*m2 - c12*m1)*scipy.special.ndtr(k2), 2*numpy.sqrt(numpy.pi)*_power(c11, 1.5)), m1, m2, c11, c12, c22)
 
 
 def shifted_mean_3(m, v):
@@ -253,7 +253,7 @@ def shifted_mean_3(m, v):
 
     = -sqrt(2)*m*exp(-m**2/(2*v))/(2*sqrt(pi)*v**(3/2))
     """
-    return _broadcast(_div(-numpy.sqrt(2)*m*numpy.exp(_div(-m**2, 2*v)), 2*numpy.sqrt(numpy.pi)*v**(3/2)), m, v)
+    return _broadcast(_div(-numpy.sqrt(2)*m*numpy.exp(_div(-m**2, 2*v)), 2*numpy.sqrt(numpy.pi)*_power(v, 1.5)), m, v)
 
 
 #: shifted_mean_11 = E[g'(x) g'(x)]: the closed form of shifted_mean_1, E[g'(x)]
