@@ -216,15 +216,24 @@ def _shared_function(limits, shared):
     return lines + ["    return A, B", "", ""]
 
 
-def _blocks(label, blocks, fams, output="ka", free=None, shape=None, last=False):
+def _blocks(label, blocks, fams, output="ka", free=None, shape=None, last=False, mirror=None):
     """`label` = zeros(shape), then label[..., f, h] = (factored sum) for its nonzero blocks;
     shape None: label exists already (the shared terms), label[..., f, h] += (factored sum).
-    `last`: the batch axes last, label[:, ..., :, f, h] (runtime.contract)."""
+    `last`: the batch axes last, label[:, ..., :, f, h] (runtime.contract). `mirror`: the swap of
+    output indices under which label is symmetric (the noise matrices): a diagonal block is
+    printed from half its terms (contraction.mirrored), a block (h, f) that is the transpose of
+    the block (f, h) before it as that transpose (runtime.contract.swapped)."""
     slot = _slots(fams)
     lines = [f"    {label} = numpy.zeros({shape})"] if shape is not None else []
     lead = ":, " * (len(output) - 2) if last else "..., "
     for (f, h), ms in sorted(blocks.items()):
-        expr = contraction.source(ms, output, free, rules.eta, indent=" " * 8, last=last)
+        if mirror and (h, f) < (f, h) and (h, f) in blocks and \
+                contraction.transposes(blocks[(h, f)], ms, output, free, rules.eta, mirror):
+            axes = contraction.axes(output, mirror)
+            lines.append(f"    {label}[{lead}{slot[f]}, {slot[h]}] = _swapped({label}[{lead}{slot[h]}, {slot[f]}], {axes})")
+            continue
+        expr = contraction.source(ms, output, free, rules.eta, indent=" " * 8, last=last,
+                                  mirror=mirror if mirror and f == h else None)
         if expr != "0.0":
             lines.append(f"    {label}[{lead}{slot[f]}, {slot[h]}] {'=' if shape is not None else '+='} {expr}")
     return lines
@@ -292,7 +301,7 @@ def _noise_function(name, noise):
                 *_batch_last(function, monomials, "theta", ("Q", "R", "T", "T0", "WW", "theta", "rho_hat", "rho_eye")),
                 "    theta_w, theta_v = theta[:, :K], theta[:, K:]" if len(fams) == 2 else "    theta_w = theta"]
         shape = f"theta.shape[:1] * 2 + ({F}, {F}) + batch"
-        output, free = "jikl", finite_engine.FREE_CROSS
+        output, free, mirror = "jikl", finite_engine.FREE_CROSS, {"j": "i", "i": "j", "k": "l", "l": "k"}
     else:
         function = f"noise_{name}"
         head = [f"def {function}(E, Q, R, T, T0, WW, lr, D, S, rho_hat, m_rho{_params(name)[0]}):",
@@ -301,8 +310,8 @@ def _noise_function(name, noise):
                 *_batch_last(function, monomials, "S", ("Q", "R", "T", "T0", "WW", "S", "rho_hat", "m_rho")),
                 "    S_ww, S_wv, S_vw, S_vv = _wv_blocks(S, K)" if len(fams) == 2 else "    S_ww = S"]
         shape = f"S.shape[:3] + batch"
-        output, free = "jkl", finite_engine.FREE
-    return head + _shared(lambda last: _blocks("N", noise.N, fams, output, free, shape, last=last)) + \
+        output, free, mirror = "jkl", finite_engine.FREE, {"k": "l", "l": "k"}
+    return head + _shared(lambda last: _blocks("N", noise.N, fams, output, free, shape, last=last, mirror=mirror)) + \
         ["    return lr**2 * _batch_first(N, batch)", "", ""]
 
 
@@ -476,7 +485,10 @@ def source():
         "share are written once (_drift_shared), each drift_<rule> adding its own. The noise functions move the batch",
         "axes last on entry and back on return (runtime/contract.py), so that their einsums' inner loops run over the",
         "batch; they contract at most three operands a call, and a contraction several terms compute is named where it",
-        "is first evaluated, (sub1 := numpy.einsum(...)), and read by that name after.",
+        "is first evaluated, (sub1 := numpy.einsum(...)), and read by that name after. Like terms (equal up to the",
+        "names of summed indices and the operands' symmetries) are added, and the noise matrices, symmetric, are",
+        "written from half their terms: a diagonal block as _mirrored(X) = X + X^T, the block (w, v) as the",
+        "transpose of the block (v, w) (derive/contraction.py, mirrored).",
         '"""',
         "import numpy",
         "",
@@ -484,6 +496,8 @@ def source():
         "from runtime.contract import batch_first as _batch_first",
         "from runtime.contract import batch_last as _batch_last",
         "from runtime.contract import constant as _constant",
+        "from runtime.contract import mirrored as _mirrored",
+        "from runtime.contract import swapped as _swapped",
         "from runtime.elementwise import broadcast as _broadcast, power as _power",
         "",
         "",

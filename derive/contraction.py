@@ -24,6 +24,7 @@ code; for one state it costs about the same.
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -52,6 +53,94 @@ def terms(monomials, output, free=None, eta=None):
         coeff = m.coeff.subs(eta, 1) if eta is not None else m.coeff
         out.append(Term(sp.nsimplify(coeff), tuple(sorted(zip(names, ins)))))
     return out
+
+
+# -- like terms, and blocks symmetric under a swap of output indices -----------------------
+
+#: operands symmetric in their last two indices (S_ww, S_vv and S per atom j)
+SYMMETRIC = ("Q", "T", "WW", "S", "S_ww", "S_vv", "rho_eye")
+
+
+def _forms(name, subs):
+    """The ways to write operand[subs] that its symmetries allow: S_vw[jab] = S_wv[jba]; SYMMETRIC
+    operands and pair_<o>_<o> under a swap of their last two indices; multi_<o1>_..._<on> under any
+    permutation of units with equal derivative orders."""
+    if name == "S_vw":
+        name, subs = "S_wv", subs[0] + subs[2] + subs[1]
+    forms = {(name, subs)}
+    orders = name.split("_")[1:]
+    if name in SYMMETRIC or (name.startswith("pair_") and orders[0] == orders[1]):
+        forms.add((name, subs[:-2] + subs[-1] + subs[-2]))
+    elif name.startswith("multi_"):
+        for perm in itertools.permutations(range(len(orders))):
+            if all(orders[p] == orders[i] for i, p in enumerate(perm)):
+                forms.add((name, "".join(subs[p] for p in perm)))
+    return forms
+
+
+def _key(term, output):
+    """What a term computes, up to the names of its summed indices and its operands' symmetries:
+    the smallest sorted factors over every naming of the summed indices A, B, ..."""
+    summed = sorted({c for _, s in term.factors for c in s} - set(output))
+    keys = []
+    for perm in itertools.permutations("ABCDEFGH"[:len(summed)]):
+        names = dict(zip(summed, perm))
+        keys.append(tuple(sorted(min(_forms(n, "".join(names.get(c, c) for c in s))) for n, s in term.factors)))
+    return min(keys)
+
+
+def collected(terms_, output):
+    """The terms with like terms (equal _key) added: the first one's factors, the coefficients'
+    sum; terms that cancel dropped."""
+    sums, first = {}, {}
+    for t in terms_:
+        k = _key(t, output)
+        first.setdefault(k, t)
+        sums[k] = sums.get(k, 0) + t.coeff
+    return [Term(sp.nsimplify(c), first[k].factors) for k, c in sums.items() if c != 0]
+
+
+def _swapped_term(term, swap):
+    return Term(term.coeff, tuple(sorted((n, "".join(swap.get(c, c) for c in s)) for n, s in term.factors)))
+
+
+def mirrored(terms_, output, swap):
+    """(half, rest) of collected terms whose sum is X + X^T + rest, X = sum of `half` and X^T its
+    transpose under the output-index swap `swap` ({'k': 'l', 'l': 'k'}): a term whose swap is another
+    term with the same coefficient goes into half once for both, a term equal to its own swap into
+    half at half its coefficient, any other into rest. Correct for any sum; for a symmetric block
+    (the noise: N = D E[d theta d theta^T]) rest is empty and half has about half the terms."""
+    keys = [_key(t, output) for t in terms_]
+    index = {(k, t.coeff): i for i, (k, t) in enumerate(zip(keys, terms_))}
+    used, half, rest = set(), [], []
+    for i, t in enumerate(terms_):
+        if i in used:
+            continue
+        used.add(i)
+        k = _key(_swapped_term(t, swap), output)
+        if k == keys[i]:
+            half.append(Term(t.coeff / 2, t.factors))
+            continue
+        j = index.get((k, t.coeff))
+        if j is None or j in used:
+            rest.append(t)
+            continue
+        used.add(j)
+        half.append(t)
+    return half, rest
+
+
+def transposes(a, b, output, free=None, eta=None, swap=None):
+    """Whether the sum of monomials `b` is that of `a` under the output-index swap `swap`, term by
+    term (the noise's (v, w) block and its (w, v) block)."""
+    def table(ts):
+        return {_key(t, output): t.coeff for t in collected(ts, output)}
+    return table([_swapped_term(t, swap) for t in terms(a, output, free, eta)]) == table(terms(b, output, free, eta))
+
+
+def axes(output, swap):
+    """The transpose of the output axes that the index swap `swap` is: 'jkl', k <-> l -> (0, 2, 1)."""
+    return tuple(output.index(swap.get(c, c)) for c in output)
 
 
 # -- the factor tree ----------------------------------------------------------------------
@@ -232,12 +321,24 @@ def _sum(nodes, output, nested=False, last=False):
     return f"({text})" if nested and len(parts) > 1 else text
 
 
-def source(monomials, output, free=None, eta=None, indent=None, last=False):
-    """The sum of the monomials as one numpy expression over '...' + output, factored; '0.0' if
-    there are none. `indent`: its top-level terms one per line, in parentheses, at that indent.
-    `last`: the batch axes last, output + '...' (runtime.contract: every operand moved so), or
-    a Shared that also names the contractions several terms compute (see Shared)."""
-    ts = terms(monomials, output, free, eta)
+def source(monomials, output, free=None, eta=None, indent=None, last=False, mirror=None):
+    """The sum of the monomials (like terms collected) as one numpy expression over '...' + output,
+    factored; '0.0' if there are none. `indent`: its top-level terms one per line, in parentheses, at
+    that indent. `last`: the batch axes last, output + '...' (runtime.contract: every operand moved
+    so), or a Shared that also names the contractions several terms compute (see Shared).
+    `mirror`: an output-index swap under which the sum is symmetric, printed as
+    _mirrored(X, axes) + rest (runtime.contract.mirrored; see `mirrored`)."""
+    ts = collected(terms(monomials, output, free, eta), output)
+    if mirror is not None:
+        half, rest = mirrored(ts, output, mirror)
+        if half:
+            text = f"_mirrored({_printed(half, output, indent, last)}, {axes(output, mirror)})"
+            return text + (f" + {_printed(rest, output, indent, last)}" if rest else "")
+    return _printed(ts, output, indent, last)
+
+
+def _printed(ts, output, indent=None, last=False):
+    """source() of Terms."""
     if not ts:
         return "0.0"
     nodes = factor(ts, output)

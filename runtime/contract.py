@@ -57,6 +57,18 @@ def constant(a, batch):
     return a.reshape(a.shape + (1,) * len(batch))
 
 
+def swapped(a, axes):
+    """a with its leading len(axes) axes transposed by `axes`, the batch axes after them kept:
+    N[:, v, w] from N[:, w, v] of a symmetric noise matrix."""
+    return a.transpose(tuple(axes) + tuple(range(len(axes), a.ndim)))
+
+
+def mirrored(a, axes):
+    """a + swapped(a, axes): a block symmetric under that transpose from half of its terms
+    (derive.contraction.mirrored)."""
+    return a + swapped(a, axes)
+
+
 def batch_first(a, batch):
     """a (core..., batch...) -> (batch..., core...): the layout of the functions' callers."""
     core = a.ndim - len(batch)
