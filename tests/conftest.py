@@ -170,18 +170,20 @@ def ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def assert_paths_agree(paths, sgd, times, checked=None):
+def assert_paths_agree(paths, sgd, times, checked=None, below=0.0):
     """Sample paths' errors (paths, n_t) against SGD's runs (seeds, n_t) at the times `checked` (a
     mask; default every t > 0): the mean within 3 combined standard errors of SGD's, and the
     distribution not told apart from SGD's by a two-sample KS test (1 %, Bonferroni over the
-    checked times). Returns the smallest p-value and the largest gap over its standard error."""
+    checked times). `below`: a bias of the paths' mean below SGD's allowed on top of the 3 SE, where
+    the approximation has a documented one-sided offset (docs/stochastic.md). Returns the smallest
+    p-value and the largest gap over its standard error."""
     later = np.flatnonzero(times > 0 if checked is None else checked)
     worst_p, worst_gap = 1.0, 0.0
     for i in later:
         p, e = paths[:, i], sgd[:, i]
         se = np.sqrt(p.var(ddof=1) / p.size + e.var(ddof=1) / e.size)
         gap = abs(p.mean() - e.mean())
-        assert gap <= 3 * se, (times[i], p.mean(), e.mean(), se)
+        assert -3 * se - below <= p.mean() - e.mean() <= 3 * se, (times[i], p.mean(), e.mean(), se)
         pvalue = ks_2samp(p, e).pvalue
         assert pvalue > 0.01 / later.size, (times[i], pvalue)
         worst_p, worst_gap = min(worst_p, pvalue), max(worst_gap, gap / max(se, 1e-300))

@@ -223,15 +223,16 @@ def test_coarse_quadrature_keeps_the_finite_d_terms(monkeypatch):
     assert np.abs(coarse_N - N).max() <= 1e-3 * np.abs(N).max()
 
 
-def _against_sgd(act, args, b0, times, paths, seeds, levels):
-    """The diffusion paths (seed 9) against `seeds` SGD runs: mean within 3 SE and KS at every time
-    (assert_paths_agree), and for each level the times the error first drops below it by KS (a
-    run that never does within `times` counts as later than every one that does)."""
+def _against_sgd(act, args, b0, times, paths, seeds, levels, below=0.0):
+    """The diffusion paths (seed 9) against `seeds` SGD runs: mean within 3 SE (`below`: and a
+    documented offset below SGD) and KS at every time (assert_paths_agree), and for each level the
+    times the error first drops below it by KS (a run that never does within `times` counts as
+    later than every one that does)."""
     run = act.integrate(*args, times=times, b0=b0, stochastic=True, paths=paths, seed=9, progress=False)
     sgd = simulate(act, *args, times=times, b0=b0, seeds=seeds, test_samples=0, progress=False)
     assert run.status == 0 and run.error_paths.shape == (paths, times.size)
     assert run.error[0] == pytest.approx(sgd.error[0, 0], rel=1e-10)
-    worst_p, worst_gap = assert_paths_agree(run.error_paths, sgd.error, times)
+    worst_p, worst_gap = assert_paths_agree(run.error_paths, sgd.error, times, below=below)
     print(f"smallest KS p {worst_p:.3g} over {times.size - 1} times, largest mean gap {worst_gap:.2f} SE", end="")
     for level in levels:
         ours, theirs = (np.nan_to_num(escape, nan=np.inf) for escape in
@@ -257,7 +258,12 @@ def test_erf_three_units_from_a_saddle_start(coarse_quadrature):
     """erf, K = 3 (issue 15's case), the multi-unit quadrature at COARSE's node counts (checked
     above): 48 diffusion paths against 48 SGD seeds to t = 12, through the fall from the saddle
     (t ~ 2, error 3.74 -> 1.45), the plateau and the second escape, the one the noise times (t ~ 5-12,
-    1.45 -> 0.8): mean and distribution at every time, and the times of both."""
+    1.45 -> 0.8): mean and distribution at every time, and the times of both.
+
+    In the fall the diffusion approximation's mean sits below SGD's by up to ~3/D (measured offline,
+    192 paths against 1024 per-sample paths: 0.002-0.010 at t = 2-4; docs/stochastic.md), about
+    1 SE at 48 paths and 48 seeds, so the mean is held to 3 SE plus that one-sided 3/D. Path seeds
+    9-14 give z = -3.5, -0.9, -0.8, +0.2, -0.1, -1.0 at t = 4 (mean -1.0); seed 9 is the first."""
     act, args, b0 = issue_case(*ERF_K3)
     times = np.linspace(0, 12, 25)
-    _against_sgd(act, args, b0, times, 48, 48, [2.2, 1.3])
+    _against_sgd(act, args, b0, times, 48, 48, [2.2, 1.3], below=3 / args[0].size)
