@@ -25,6 +25,8 @@ from scipy.special import erfcx, log_ndtr, ndtr, owens_t
 def div(a, b):
     """a / b elementwise, 0/0 -> 0, a/0 -> sign(a) inf."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if b.ndim == 0 and b != 0:        # a nonzero scalar (the smoothed kinks' powers of epsilon)
+        return np.divide(a, b, out=np.empty(a.shape))
     nonzero = b != 0
     q = np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=nonzero)
     if not nonzero.all():
