@@ -487,7 +487,7 @@ def source():
         "batch; they contract at most three operands a call, and a contraction several terms compute is named where it",
         "is first evaluated, (sub1 := numpy.einsum(...)), and read by that name after. Like terms (equal up to the",
         "names of summed indices and the operands' symmetries) are added, and the noise matrices, symmetric, are",
-        "written from half their terms: a diagonal block as _mirrored(X) = X + X^T, the block (w, v) as the",
+        "written from half their terms: a diagonal block as _mirrored(axes, X) = X + X^T, the block (w, v) as the",
         "transpose of the block (v, w) (derive/contraction.py, mirrored).",
         '"""',
         "import numpy",

@@ -327,12 +327,12 @@ def source(monomials, output, free=None, eta=None, indent=None, last=False, mirr
     that indent. `last`: the batch axes last, output + '...' (runtime.contract: every operand moved
     so), or a Shared that also names the contractions several terms compute (see Shared).
     `mirror`: an output-index swap under which the sum is symmetric, printed as
-    _mirrored(X, axes) + rest (runtime.contract.mirrored; see `mirrored`)."""
+    _mirrored(axes, X) + rest (runtime.contract.mirrored; see `mirrored`)."""
     ts = collected(terms(monomials, output, free, eta), output)
     if mirror is not None:
         half, rest = mirrored(ts, output, mirror)
         if half:
-            text = f"_mirrored({_printed(half, output, indent, last)}, {axes(output, mirror)})"
+            text = f"_mirrored({axes(output, mirror)}, {_printed(half, output, indent, last)})"
             return text + (f" + {_printed(rest, output, indent, last)}" if rest else "")
     return _printed(ts, output, indent, last)
 

@@ -63,9 +63,9 @@ def swapped(a, axes):
     return a.transpose(tuple(axes) + tuple(range(len(axes), a.ndim)))
 
 
-def mirrored(a, axes):
+def mirrored(axes, a):
     """a + swapped(a, axes): a block symmetric under that transpose from half of its terms
-    (derive.contraction.mirrored)."""
+    (derive.contraction.mirrored; the axes first, where a reader of the generated block sees them)."""
     return a + swapped(a, axes)
 
 
