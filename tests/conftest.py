@@ -182,8 +182,9 @@ def assert_paths_agree(paths, sgd, times, checked=None, below=0.0):
     for i in later:
         p, e = paths[:, i], sgd[:, i]
         se = np.sqrt(p.var(ddof=1) / p.size + e.var(ddof=1) / e.size)
-        gap = abs(p.mean() - e.mean())
-        assert -3 * se - below <= p.mean() - e.mean() <= 3 * se, (times[i], p.mean(), e.mean(), se)
+        difference = p.mean() - e.mean()
+        assert -3 * se - below <= difference <= 3 * se, (times[i], p.mean(), e.mean(), se)
+        gap = abs(difference)
         pvalue = ks_2samp(p, e).pvalue
         assert pvalue > 0.01 / later.size, (times[i], pvalue)
         worst_p, worst_gap = min(worst_p, pvalue), max(worst_gap, gap / max(se, 1e-300))
