@@ -31,6 +31,8 @@ directly as well; that part (O(lr^2 / D)) is left out of J, which only slows New
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from scipy.integrate import BDF, Radau
 from scipy.linalg import lu_factor, lu_solve
@@ -43,6 +45,10 @@ DIFFERENCE_STEP = 1e-7
 #: no P x n array to keep). Measured (2 cores, loaded): K = 4 (P = 46, F = 8), the stiff case: the
 #: stored product as fast or faster; K = 8 (P = 172, F = 16), 32x32 patches: forming it 25 % faster
 STORED_PRODUCT_MAX = 6
+#: a Newton matrix I - cJ is refactorised only where c moved by more than this fraction from a factorised
+#: one of the same Jacobian (CVODE's dgmax = 0.3, Hindmarsh et al., ACM TOMS 31, 363 (2005)); within it
+#: the iteration is a modified Newton one, converging to the same solution (its residual is exact)
+REUSE_SHIFT = 0.3
 
 
 class _Layout:
@@ -190,6 +196,12 @@ class _Woodbury:
         self.cap = lu_factor(capacitance)
         self.Z = Z if J.U.shape[0] <= STORED_PRODUCT_MAX * F else None
 
+    def rescaled(self, a):
+        """(a I - b' J)^-1 approximated by this factorisation of (I - c J) / a (b' / a close to c)."""
+        other = copy.copy(self)
+        other.a = a
+        return other
+
     def inverse_blocks(self, V):
         """Pc^-1 applied to the rows of V (m, n)."""
         layout = self.J.layout
@@ -224,9 +236,17 @@ def _structured(solver, base, fun, t0, y0, t_bound, options):
         solver.njev += 1
         return StructuredJacobian(layout, y)
 
+    recent = []                                    # the last factorisations, (J, c, _Woodbury)
+
     def lu(abJ):
+        a, b, J = abJ
+        for J0, c0, factors in recent:
+            if J0 is J and abs(b / a / c0 - 1) <= REUSE_SHIFT:
+                return factors.rescaled(a)
         solver.nlu += 1
-        return _Woodbury(*abJ)
+        factors = _Woodbury(a, b, J)
+        recent[:] = [(J, b / a, factors)] + recent[:1]
+        return factors
 
     solver.jac, solver.J = jac, jac(t0, solver.y)
     solver.lu, solver.solve_lu, solver.I = lu, lambda LU, r: LU.solve(r), _Identity()
