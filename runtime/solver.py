@@ -1,5 +1,8 @@
 """Implicit solvers with the equations' own Jacobian: block-diagonal plus low rank, Newton systems
-solved by Woodbury (issue 13). StructuredBDF and StructuredRadau are scipy's BDF and Radau with it.
+solved by Woodbury (issue 13). StructuredBDF and StructuredRadau are scipy's BDF and Radau with it;
+BlockBDF is scipy's BDF on many independent copies of one small system (a block-diagonal Jacobian,
+runtime.validity's carried points). All three keep a Newton matrix's factorisation while the
+step's shift moves by at most REUSE_SHIFT.
 
 Given the order parameters p = (Q, R, T, T0 [, WW at finite D] [, the biases b]) the right-hand
 side of runtime.integrate is affine in the state (_System.frozen, _BiasSystem.frozen):
@@ -224,19 +227,43 @@ class _Woodbury:
         return (z[0] + self.inverse_blocks(self.J.U_times(w)[None])[0]) / self.a
 
 
-def _structured(solver, base, fun, t0, y0, t_bound, options):
-    """Set up `solver`, of scipy's class `base` (BDF or Radau), on `fun` with the structured Jacobian."""
-    layout = _Layout(fun)
+class _Blocks:
+    """A block-diagonal Jacobian: m blocks n x n (BlockBDF)."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def __rmul__(self, c):
+        return _Scaled(c, self)
+
+
+class _BlockInverse:
+    """(a I - b J)^-1 for a block-diagonal J, inverted block by block."""
+
+    def __init__(self, a, b, J):
+        self.a = a
+        self.inverse = np.linalg.inv(np.eye(J.blocks.shape[1]) - (b / a) * J.blocks)
+
+    rescaled = _Woodbury.rescaled
+
+    def solve(self, r):
+        m, n = self.inverse.shape[:2]
+        return (self.inverse @ r.reshape(m, n, 1)).ravel() / self.a
+
+
+def _set_up(solver, base, fun, t0, y0, t_bound, options, jacobian, factorise):
+    """Set up `solver`, of scipy's class `base` (BDF or Radau), on `fun` with the Jacobian
+    jacobian(y) and the Newton matrices' factorisations factorise(a, b, J) of a I - b J, each
+    reused while b / a moves by at most REUSE_SHIFT (a modified Newton iteration)."""
     n = np.asarray(y0).size
-    # a placeholder Jacobian for the solver's set-up, replaced below by the structured one
+    # a placeholder Jacobian for the solver's set-up, replaced below
     base.__init__(solver, fun, t0, y0, t_bound, jac=lambda t, y: csc_matrix((n, n)), **options)
     solver.njev = 0
+    recent = []                                    # the last factorisations, (J, c, factors)
 
     def jac(t, y, *f):
         solver.njev += 1
-        return StructuredJacobian(layout, y)
-
-    recent = []                                    # the last factorisations, (J, c, _Woodbury)
+        return jacobian(t, y)
 
     def lu(abJ):
         a, b, J = abJ
@@ -244,12 +271,18 @@ def _structured(solver, base, fun, t0, y0, t_bound, options):
             if J0 is J and abs(b / a / c0 - 1) <= REUSE_SHIFT:
                 return factors.rescaled(a)
         solver.nlu += 1
-        factors = _Woodbury(a, b, J)
+        factors = factorise(a, b, J)
         recent[:] = [(J, b / a, factors)] + recent[:1]
         return factors
 
     solver.jac, solver.J = jac, jac(t0, solver.y)
     solver.lu, solver.solve_lu, solver.I = lu, lambda LU, r: LU.solve(r), _Identity()
+
+
+def _structured(solver, base, fun, t0, y0, t_bound, options):
+    """`solver` of scipy's class `base` on a system of runtime.integrate with the structured Jacobian."""
+    layout = _Layout(fun)
+    _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, y: StructuredJacobian(layout, y), _Woodbury)
 
 
 class StructuredBDF(BDF):
@@ -267,3 +300,24 @@ class StructuredRadau(Radau):
 
     def __init__(self, fun, t0, y0, t_bound, **options):
         _structured(self, Radau, fun, t0, y0, t_bound, options)
+
+
+class BlockBDF(BDF):
+    """scipy's BDF on m independent copies of one system of n numbers, stacked as y = (y_1, ..., y_m)
+    (runtime.validity's carried points); `fun(t, y)` must take any number of stacked copies. The
+    Jacobian is block-diagonal: its m blocks n x n by forward differences in one call of fun on
+    m (n + 1) copies; Newton matrices are inverted block by block, O(m n^3) against O((m n)^3)."""
+
+    def __init__(self, fun, t0, y0, t_bound, blocks, **options):
+        m = blocks
+        n = np.asarray(y0).size // m
+
+        def jacobian(t, y):
+            Y = y.reshape(m, n)
+            steps = DIFFERENCE_STEP * np.maximum(np.abs(Y), 1e-6)               # (m, n)
+            copies = np.repeat(Y[:, None, :], n + 1, axis=1)                    # y, then y + step_i e_i
+            copies[:, 1 + np.arange(n), np.arange(n)] += steps
+            f = np.asarray(fun(t, copies.ravel())).reshape(m, n + 1, n)
+            return _Blocks(np.swapaxes((f[:, 1:] - f[:, :1]) / steps[:, :, None], 1, 2))
+
+        _set_up(self, BDF, fun, t0, y0, t_bound, options, jacobian, _BlockInverse)

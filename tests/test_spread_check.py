@@ -104,3 +104,23 @@ def test_ctrl_c_in_the_check_keeps_the_complete_run(monkeypatch):
     assert result.status == -2 and result.spread_check is None
     np.testing.assert_array_equal(result.error, plain.error)
     np.testing.assert_array_equal(result.error_spread, plain.error_spread)
+
+
+def test_carried_points_switch_to_block_bdf_and_keep_their_accuracy(monkeypatch):
+    """validity.carry: RK45 for EXPLICIT_STEPS steps, then BlockBDF; the carried states equal
+    scipy's Radau on each point alone (rtol 1e-10) to the check's tolerance (RTOL 1e-5), with the
+    switch early (2 steps) or never."""
+    from scipy.integrate import solve_ivp
+
+    def flow(t, y):                    # 20 copies of u' = -u + v, v' = -1e3 (v - u^2): stiff
+        u, v = y.reshape(-1, 2).T
+        return np.stack([v - u, -1e3 * (v - u * u)], axis=1).ravel()
+    rng = np.random.default_rng(1)
+    y0 = np.stack([rng.uniform(-1, 0.8, 20), rng.uniform(-1, 1, 20)], axis=1).ravel()
+    times = np.array([0.01, 1.0, 2.0])
+    ref = np.concatenate([solve_ivp(flow, (0.0, 2.0), y0[2 * j:2 * j + 2], method="Radau", rtol=1e-10,
+                                    atol=1e-12, t_eval=times).y for j in range(20)]).T
+    for steps in (2, 10**9):
+        monkeypatch.setattr(validity, "EXPLICIT_STEPS", steps)
+        out = validity.carry(flow, 0.0, y0, times, 20)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-6)
