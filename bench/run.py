@@ -1,9 +1,10 @@
 """make bench: speed of the generated kernels, the integrator, the solvers, the SGD simulator and sweeps.
 
 Prints markdown tables (copied into docs/performance.md) and writes bench/results.json.
-Timings are the best of a few repeats, on one core (OpenBLAS threads pinned to 1); sweeps run
+Timings are the best of a few repeats, on one core (OpenBLAS threads pinned to 1; the threads part runs
+fresh processes with the default threads); sweeps run
 on a LocalCluster of 1 and of 2 worker processes. `python bench/run.py sweep` runs one part
-(kernels, integrator, solver, simulator, fast_kernels, sweep) and updates its entry in results.json. The
+(kernels, integrator, solver, simulator, fast_kernels, sweep, threads, ...) and updates its entry in results.json. The
 solver part (issue 13's cases, StructuredBDF against scipy's RK45 and BDF in one run, scipy's
 runs stopped after BUDGET seconds) takes about 15 minutes.
 """
@@ -325,6 +326,30 @@ def bench_fast_kernels(rng):
     return {"kernels": rows, "spiked": runs}
 
 
+def bench_threads():
+    """StructuredBDF on the 32x32 patches (erf, K = 8, t <= 1000) in a fresh process with OpenBLAS's
+    default threads (a user's process: the rest of make bench pins one), with runtime.threads' one
+    thread while the solver steps and with that limit turned off: the guard against numpy's and
+    scipy's thread pools spinning against each other (docs/performance.md, fifth pass)."""
+    import subprocess
+    code = ("import contextlib, sys, time, numpy\nimport generated\nfrom runtime import data, threads, universality\n"
+            "if sys.argv[1] == 'off':\n    threads.one_blas_thread = contextlib.nullcontext\n"
+            "p = data.load('sklearn', patch=32)\nW0, V0 = universality.initial_weights(8, 1024, 0.2, 0)\n"
+            "times = numpy.concatenate([[0.0], numpy.logspace(-1, 3, 39)])\nout = []\nfor _ in range(2):\n"
+            "    t = time.perf_counter()\n"
+            "    generated.load('erf').integrate(eigvals=p.eigvals, eigvecs=None, W0=W0, V0=V0, times=times,\n"
+            "                                    method='StructuredBDF', rtol=1e-6, atol=1e-9, progress=False)\n"
+            "    out.append(time.perf_counter() - t)\nprint(min(out))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    rows = []
+    for limit in ("on", "off"):
+        out = subprocess.run([sys.executable, "-c", code, limit], capture_output=True, text=True, check=True, env=env,
+                             cwd=Path(__file__).resolve().parent.parent)
+        rows.append({"one_blas_thread": limit, "seconds": float(out.stdout.split()[-1])})
+        print(f"| 32x32 patches, StructuredBDF, default BLAS threads | {limit} | {rows[-1]['seconds']:.3f} |", flush=True)
+    return rows
+
+
 PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|",
                      lambda rng: bench_kernels(rng)),
          "integrator": ("| integrator case | seconds | RHS evaluations | solver |\n|---|---|---|---|",
@@ -340,6 +365,8 @@ PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 eva
          "activations": ("| activation | kernels | derive (s) | I2 evals/s | I3 evals/s |\n|---|---|---|---|---|",
                          lambda rng: __import__("bench.activations", fromlist=["bench_activations"])
                          .bench_activations(rng, random_covariances)),
+         "threads": ("| case (fresh process) | runtime.threads' limit | seconds |\n|---|---|---|",
+                     lambda rng: bench_threads()),
          "stochastic": ("| sample paths (K = 2) | seconds | s per path | SGD s per seed | "
                         "path cheaper by | load |\n|---|---|---|---|---|---|",
                         lambda rng: __import__("bench.stochastic", fromlist=["bench_stochastic"]).bench_stochastic())}
