@@ -584,7 +584,8 @@ def integrate(act, eigvals=None, eigvecs=None, W0=None, V0=None, lr=1.0, times=(
                 paths, seed, dt, bar, error_of, diverged)
         else:
             atol = default_atol(system, y0, slice(units - K, units)) if atol is None else atol
-            ts, ys, status, message, nfev = _solve(system, y0, solved, method, rtol, atol, bar, error_of, diverged)
+            with _threads.one_blas_thread():        # runtime.threads: scipy's LU next to numpy's products
+                ts, ys, status, message, nfev = _solve(system, y0, solved, method, rtol, atol, bar, error_of, diverged)
     Y = ys.reshape(len(ts), -1) if not stochastic else ys.reshape(-1, ys.shape[-1])     # every path's state
     spread = spread_check = None
     if fluctuations:
@@ -736,41 +737,40 @@ def _solve(system, y0, times, method, rtol, atol, bar, error_of, limit):
     out_t, out_y = [t for t in times if t <= 0], [y0 for t in times if t <= 0]
     if times[-1] <= 0:
         return np.array(out_t), np.array(out_y), 0, "ok", 0
-    with _threads.one_blas_thread():        # runtime.threads: scipy's LU next to numpy's products
-        # vectorized: BDF's finite-difference Jacobian evaluates all its columns in one call
-        solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol, vectorized=True)
-        n_steps = 0
-        pending = iter(times[len(out_t):])
-        nxt = next(pending, None)
-        status, message = 0, "ok"
-        try:
-            while nxt is not None:
-                failure = solver.step()
-                n_steps += 1
-                if system.failed or failure:
-                    status, message = -1, system.failed or failure
-                    break
-                bar.update(solver.t - bar.n)
-                if not np.all(np.isfinite(solver.y)):
-                    status, message = -1, f"non-finite state at t = {solver.t:.6g} (blow-up)"
-                    break
-                error = float(error_of(solver.y[None])[0]) if n_steps % CHECK_EVERY == 0 else 0.0
-                if not error <= limit:
-                    status, message = -1, (f"diverged at t = {solver.t:.6g}: the error {error:.4g} passed {limit:.4g} "
-                                           f"= {DIVERGED:g} x max(eps_PCA(0), initial error)")
-                    break
-                if nxt <= solver.t:
-                    dense = solver.dense_output()
-                    while nxt is not None and nxt <= solver.t:
-                        out_t.append(nxt)
-                        out_y.append(dense(nxt))
-                        nxt = next(pending, None)
-                if solver.status == "finished" and nxt is not None:
+    # vectorized: BDF's finite-difference Jacobian evaluates all its columns in one call
+    solver = _METHODS[method](system, 0.0, y0, times[-1], rtol=rtol, atol=atol, vectorized=True)
+    n_steps = 0
+    pending = iter(times[len(out_t):])
+    nxt = next(pending, None)
+    status, message = 0, "ok"
+    try:
+        while nxt is not None:
+            failure = solver.step()
+            n_steps += 1
+            if system.failed or failure:
+                status, message = -1, system.failed or failure
+                break
+            bar.update(solver.t - bar.n)
+            if not np.all(np.isfinite(solver.y)):
+                status, message = -1, f"non-finite state at t = {solver.t:.6g} (blow-up)"
+                break
+            error = float(error_of(solver.y[None])[0]) if n_steps % CHECK_EVERY == 0 else 0.0
+            if not error <= limit:
+                status, message = -1, (f"diverged at t = {solver.t:.6g}: the error {error:.4g} passed {limit:.4g} "
+                                       f"= {DIVERGED:g} x max(eps_PCA(0), initial error)")
+                break
+            if nxt <= solver.t:
+                dense = solver.dense_output()
+                while nxt is not None and nxt <= solver.t:
                     out_t.append(nxt)
-                    out_y.append(solver.y)
+                    out_y.append(dense(nxt))
                     nxt = next(pending, None)
-        except KeyboardInterrupt:
-            status, message = -2, f"interrupted (Ctrl-C) at t = {solver.t:.6g}"
+            if solver.status == "finished" and nxt is not None:
+                out_t.append(nxt)
+                out_y.append(solver.y)
+                nxt = next(pending, None)
+    except KeyboardInterrupt:
+        status, message = -2, f"interrupted (Ctrl-C) at t = {solver.t:.6g}"
     return np.array(out_t), np.array(out_y).reshape(len(out_t), -1), status, message, solver.nfev
 
 
