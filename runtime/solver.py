@@ -183,7 +183,17 @@ class _Identity:
         return (self.a, other.c, other.J) if isinstance(other, _Scaled) else (self.a, 1.0, other)
 
 
-class _Woodbury:
+class _Factors:
+    """A factorisation of (I - c J) / a, with `a` and a `solve(r)`; reused for a nearby shift (_set_up)."""
+
+    def rescaled(self, a):
+        """(a I - b' J)^-1 approximated by this factorisation of (I - c J) / a (b' / a close to c)."""
+        other = copy.copy(self)
+        other.a = a
+        return other
+
+
+class _Woodbury(_Factors):
     """(a I - b J)^-1 = (I - c J)^-1 / a, c = b / a, for J = L + U W: the block-diagonal Pc = I - cL
     inverted block by block and the P x P capacitance matrix I - c W Pc^-1 U factorised
     (complex for Radau's complex shift)."""
@@ -198,12 +208,6 @@ class _Woodbury:
         capacitance = np.eye(J.U.shape[0]) - c * layout.dp(J.th, J.S, Z).T
         self.cap = lu_factor(capacitance)
         self.Z = Z if J.U.shape[0] <= STORED_PRODUCT_MAX * F else None
-
-    def rescaled(self, a):
-        """(a I - b' J)^-1 approximated by this factorisation of (I - c J) / a (b' / a close to c)."""
-        other = copy.copy(self)
-        other.a = a
-        return other
 
     def inverse_blocks(self, V):
         """Pc^-1 applied to the rows of V (m, n)."""
@@ -238,14 +242,12 @@ class _Blocks:
         return _Scaled(c, self)
 
 
-class _BlockInverse:
+class _BlockInverse(_Factors):
     """(a I - b J)^-1 for a block-diagonal J, inverted block by block."""
 
     def __init__(self, a, b, J):
         self.a = a
         self.inverse = np.linalg.inv(np.eye(J.blocks.shape[1]) - (b / a) * J.blocks)
-
-    rescaled = _Woodbury.rescaled
 
     def solve(self, r):
         m, n = self.inverse.shape[:2]
