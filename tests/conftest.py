@@ -189,3 +189,13 @@ def assert_paths_agree(paths, sgd, times, checked=None, below=0.0):
         assert pvalue > 0.01 / later.size, (times[i], pvalue)
         worst_p, worst_gap = min(worst_p, pvalue), max(worst_gap, gap / max(se, 1e-300))
     return worst_p, worst_gap
+
+
+def slow_and_fast(k):
+    """Independent copies of u' = -u + v, v' = -k (v - u^2), stacked (u_1, v_1, ...): v relaxes to
+    u^2 at rate k, u decays slowly (stiff for large k); any number of copies per call (the contract
+    of runtime.solver.BlockBDF and runtime.validity.carry)."""
+    def flow(t, y):
+        u, v = y.reshape(-1, 2).T
+        return np.stack([v - u, -k * (v - u * u)], axis=1).ravel()
+    return flow

@@ -5,6 +5,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import generated
+from conftest import slow_and_fast
 from runtime import solver
 from runtime import spectrum as spec
 
@@ -152,20 +153,10 @@ def test_newton_matrices_refactorised_only_when_the_shift_moves(monkeypatch):
         np.testing.assert_allclose(sol.y, reference.y, rtol=1e-4, atol=1e-6)
 
 
-def _slow_and_fast(k):
-    """m independent copies of u' = -u + v, v' = -k (v - u^2), stacked (u_1, v_1, ...): v relaxes to
-    u^2 at rate k, u decays slowly (stiff for large k); any number of copies per call (BlockBDF's
-    contract)."""
-    def flow(t, y):
-        u, v = y.reshape(-1, 2).T
-        return np.stack([v - u, -k * (v - u * u)], axis=1).ravel()
-    return flow
-
-
 def test_block_bdf_agrees_with_radau_on_each_copy_and_beats_rk45_on_stiffness():
     """20 stiff copies (k = 1e4) from random starts, stacked: BlockBDF against scipy's Radau on each
     copy alone at rtol 1e-10, and against RK45 on the stack in right-hand sides."""
-    flow, m = _slow_and_fast(1e4), 20
+    flow, m = slow_and_fast(1e4), 20
     rng = np.random.default_rng(0)
     y0 = np.stack([rng.uniform(-1, 0.8, m), rng.uniform(-1, 1, m)], axis=1).ravel()
     times = np.array([0.01, 1.0, 2.0])

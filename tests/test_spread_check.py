@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import slow_and_fast
 from generated import erf, relu
 from runtime import validity
 from runtime.simulate import simulate
@@ -112,9 +113,7 @@ def test_carried_points_switch_to_block_bdf_and_keep_their_accuracy(monkeypatch)
     switch early (2 steps) or never."""
     from scipy.integrate import solve_ivp
 
-    def flow(t, y):                    # 20 copies of u' = -u + v, v' = -1e3 (v - u^2): stiff
-        u, v = y.reshape(-1, 2).T
-        return np.stack([v - u, -1e3 * (v - u * u)], axis=1).ravel()
+    flow = slow_and_fast(1e3)          # 20 stiff copies
     rng = np.random.default_rng(1)
     y0 = np.stack([rng.uniform(-1, 0.8, 20), rng.uniform(-1, 1, 20)], axis=1).ravel()
     times = np.array([0.01, 1.0, 2.0])
