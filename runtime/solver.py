@@ -31,6 +31,12 @@ in O(n P F) operations per factorisation and O(n (P + F)) per solve, where scipy
 by n finite differences and factorise it in O(n^3). At finite D the second-order terms N_j depend on S_j
 directly as well; that part (O(lr^2 / D)) is left out of J, which only slows Newton's iteration
 (its residual is the exact right-hand side).
+
+With fluctuations (runtime.fluctuations: the mean <y> and covariance C of a finite-D state, n + n^2
+numbers) the same two solvers take the Jacobian blockdiag(J, C -> J C + C J^T), J the D -> infinity
+drift's (FluctuationJacobian); a Newton solve is an LU on <y> and a Sylvester equation on C
+(_Lyapunov), O(n^3) against O(n^6) for scipy's dense LU, whose finite-difference Jacobian would
+also cost n + n^2 right-hand sides of 2 n + 1 drift evaluations each.
 """
 from __future__ import annotations
 
@@ -38,8 +44,11 @@ import copy
 
 import numpy as np
 from scipy.integrate import BDF, Radau
-from scipy.linalg import lu_factor, lu_solve
+from scipy.linalg import lu_factor, lu_solve, schur
+from scipy.linalg.lapack import ztrsyl
 from scipy.sparse import csc_matrix
+
+from runtime.fluctuations import FluctuationSystem
 
 #: relative size of the forward-difference steps in the order parameters
 DIFFERENCE_STEP = 1e-7
@@ -232,6 +241,49 @@ class _Woodbury(_Factors):
         return (z[0] + self.inverse_blocks(self.J.U_times(w)[None])[0]) / self.a
 
 
+class FluctuationJacobian:
+    """The Newton Jacobian of runtime.fluctuations' state z = (<y>, C): blockdiag(J, C -> J C + C J^T),
+    J = dF_inf/dy at <y> by forward differences (one vectorised call of the D -> infinity drift on
+    n + 1 states). Left out: F's O(1/D) finite-D part, the mean's 1/2 F'':C, and the covariance's
+    dependence on <y> through J and the noise, all small next to J at this order; they only slow
+    the (modified) Newton iteration, whose residual is the exact right-hand side."""
+
+    def __init__(self, system, t, z):
+        n = system.n
+        y = z[:n]
+        steps = DIFFERENCE_STEP * np.maximum(np.abs(y), np.max(np.abs(y), initial=0.0) * 1e-3 + 1e-12)
+        Y = np.repeat(y[:, None], n + 1, axis=1)                # y, then y + step_i e_i, as columns
+        Y[np.arange(n), 1 + np.arange(n)] += steps
+        f = system.limit(t, Y)
+        self.J = (f[:, 1:] - f[:, :1]) / steps
+
+    def __rmul__(self, c):
+        return _Scaled(c, self)
+
+
+class _Lyapunov(_Factors):
+    """(a I - b J)^-1 = (I - c J)^-1 / a for J = FluctuationJacobian: an LU of I - c J on <y>, and on C
+    the Sylvester equation X - c (J X + X J^T) = R, i.e. A X + X A^T = R with A = I/2 - c J, by
+    Bartels and Stewart (Comm. ACM 15, 820 (1972)): A = Z T Z^H (complex Schur, once per
+    factorisation), T Y + Y T^T = Z^H R conj(Z) by LAPACK's ztrsyl, X = Z Y Z^T; O(n^3) per
+    solve against O(n^6) for the n^2 x n^2 matrix."""
+
+    def __init__(self, a, b, J):
+        self.a, c = a, b / a
+        n = J.J.shape[0]
+        self.lu = lu_factor(np.eye(n) - c * J.J)
+        self.T, self.Z = schur((0.5 * np.eye(n) - c * J.J).astype(complex), output="complex")
+        self.real = np.isrealobj(c)
+
+    def solve(self, r):
+        n = self.Z.shape[0]
+        Z = self.Z
+        Y, scale, info = ztrsyl(self.T, self.T.conj(), Z.conj().T @ r[n:].reshape(n, n) @ Z.conj(), tranb="C")
+        X = Z @ (Y / scale) @ Z.T
+        out = np.concatenate([lu_solve(self.lu, r[:n]), (X.real if self.real else X).ravel()])
+        return out / self.a
+
+
 class _Blocks:
     """A block-diagonal Jacobian: m blocks n x n (BlockBDF)."""
 
@@ -283,7 +335,11 @@ def _set_up(solver, base, fun, t0, y0, t_bound, options, jacobian, factorise):
 
 
 def _structured(solver, base, fun, t0, y0, t_bound, options):
-    """`solver` of scipy's class `base` on a system of runtime.integrate with the structured Jacobian."""
+    """`solver` of scipy's class `base` on a system of runtime.integrate with the structured Jacobian
+    (of runtime.fluctuations' mean and covariance for a FluctuationSystem)."""
+    if isinstance(fun, FluctuationSystem):
+        _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, z: FluctuationJacobian(fun, t, z), _Lyapunov)
+        return
     layout = _Layout(fun)
     _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, y: StructuredJacobian(layout, y), _Woodbury)
 
