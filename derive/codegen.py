@@ -130,20 +130,27 @@ def _at_zero_variance(g, kernel, expr):
 # ----------------------------------------------------------------------------------------
 
 _DERIVATIVE_NAMES = ["g", "dg", "d2g", "d3g", "d4g", "d5g"]
-def _body(expr, printer, indent="    ", rewrite=True):
-    """Lines computing expr with common subexpressions hoisted, ending in `return`
-    (rewrite=False: keep the expression's own form -- no asin rewrite, no deep distribution of
-    fractions -- as the shifted kernels need, see derive.shifted)."""
-    expr = guard(distribute(rewrite_asin(expr)) if rewrite else expr)
-    temps, (reduced,) = sp.cse(expr, symbols=sp.numbered_symbols("t"), optimizations=None)
+def _body(exprs, printer, indent="    ", rewrite=True):
+    """Lines computing the expressions `exprs` with their common subexpressions hoisted, and the
+    reduced expressions (rewrite=False: keep each expression's own form -- no asin rewrite, no deep
+    distribution of fractions -- as the shifted kernels need, see derive.shifted)."""
+    exprs = [guard(distribute(rewrite_asin(e)) if rewrite else e) for e in exprs]
+    temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t"), optimizations=None)
     lines = [f"{indent}{t} = {printer.doprint(e)}" for t, e in temps]
     return lines, reduced
 
 
 def _function(name, args, doc, expr, printer, rewrite=True, prelude=()):
-    lines, reduced = _body(expr, printer, rewrite=rewrite)
+    lines, (reduced,) = _body([expr], printer, rewrite=rewrite)
     lines.append(f"    return _broadcast({printer.doprint(reduced)}, {', '.join(args)})")
     return [f"def {name}({', '.join(args)}):", *_doc(doc), *prelude, *lines, "", ""]
+
+
+def _joint_function(name, args, doc, exprs, printer):
+    """One function returning the tuple of `exprs`, their common subexpressions computed once."""
+    lines, reduced = _body(exprs, printer)
+    values = ", ".join(f"_broadcast({printer.doprint(r)}, {', '.join(args)})" for r in reduced)
+    return [f"def {name}({', '.join(args)}):", *_doc(doc), *lines, f"    return ({values},)", "", ""]
 
 
 def _in_ndtr(expr):
@@ -219,6 +226,10 @@ def module_source(d: Derivation) -> str:
         out += _functions([(name, ["x", "epsilon"], f"g_eps^({order})(x), g smoothed over N(0, epsilon^2) "
                             "(derive/smoothing.py)", _in_ndtr(gd)) for order, (name, gd) in enumerate(zip(names, d.smoothed))],
                           printer)
+        out += _joint_function("smoothed_derivatives", ["x", "epsilon"],
+                               f"(g_eps, g_eps', ..., g_eps^({len(d.smoothed) - 1}))(x) in one pass, the factors they share\n"
+                               "(the Gaussian and the normal CDF of x/epsilon) computed once (runtime/quadrature.py).",
+                               [_in_ndtr(gd) for gd in d.smoothed], printer)
         out += [f"SMOOTHED = ({', '.join(names)},)", f"SMOOTHING = {float(smoothing.EPSILON)!r}", "", ""]
     powers = {k.name: _powers(e) for k, e in d.kernels.items() if e is not None and len(k.orders) == 2}
     out += _functions([(k.name, [str(a) for a in k.args], f"{k.describe()}.\n\n= {_formula(powers.get(k.name) or e)}",
@@ -361,7 +372,7 @@ def _shifted_functions(d, printer):
 
 def _literature_function(name, dim, formula, printer):
     """A literature average of g's own (its Stein reduction uses g, derive.stein)."""
-    lines, reduced = _body(formula, printer)
+    lines, (reduced,) = _body([formula], printer)
     return [f"def {name}(C):", *_doc(assembly.literature_doc(name, dim, _formula(formula))),
             f"    {assembly.literature_unpack(dim, formula)} = _covariance(C, {dim}, {name!r})",
             *lines,

@@ -212,16 +212,39 @@ def _polynomial_units(derivatives, orders_list, Q, degree, means, constant=0):
 
 
 @functools.lru_cache(maxsize=16)
-def _at_width(family, eps):
-    """The derivatives g_eps^(n)(x) = family[n](x, epsilon=eps) at one width."""
-    return tuple(functools.partial(f, epsilon=eps) for f in family)
+class _Derivatives(tuple):
+    """g's derivatives (functions of x), and `together(x)`, all of them at once, or None."""
+
+    def __new__(cls, functions, together=None):
+        out = super().__new__(cls, functions)
+        out.together = together
+        return out
 
 
-def smoothed(average, family, eps, *args, **kwargs):
+def _at_width(family, eps, together=None):
+    """The derivatives g_eps^(n)(x) = family[n](x, epsilon=eps) at one width (and all of them at
+    once by together(x, epsilon), if given)."""
+    return _Derivatives((functools.partial(f, epsilon=eps) for f in family),
+                        None if together is None else functools.partial(together, epsilon=eps))
+
+
+def _values(derivatives, orders, x):
+    """{a: g^(a)(x)} for the orders a at the nodes x: in one pass where several are asked and the
+    derivatives come with `together` (a smoothed kink's share a Gaussian and a normal CDF)."""
+    together = getattr(derivatives, "together", None)
+    if together is not None and len(orders) > 1:
+        with np.errstate(over="ignore"):
+            values = together(x)
+        return {a: values[a] for a in orders}
+    return {a: _at(derivatives[a], x) for a in orders}
+
+
+def smoothed(average, family, eps, *args, together=None, **kwargs):
     """An average (expect1, expect2 or expect_units with their arguments after `derivatives`) over
     a smoothed activation, extrapolated to width 0: 2 f(eps) - f(2 eps), error O(eps^2)
-    (derive/smoothing.py). `family`: the smoothed derivatives as functions of (x, epsilon)."""
-    near, far = (average(_at_width(family, e), *args, scale=e, **kwargs) for e in (eps, 2 * eps))
+    (derive/smoothing.py). `family`: the smoothed derivatives as functions of (x, epsilon);
+    `together(x, epsilon)`: all of them at once (the generated smoothed_derivatives), or None."""
+    near, far = (average(_at_width(family, e, together), *args, scale=e, **kwargs) for e in (eps, 2 * eps))
     if isinstance(near, list):
         return [2 * a - b for a, b in zip(near, far)]
     return 2 * near - far
@@ -375,7 +398,7 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
                 values[units, sig] = value.reshape(batch)
             continue
         levels = _levels(Qf, mf, units, scale)
-        at = [{a: _at(derivatives[a], x) for a in {a for sig in signatures for a in sig[i]}}
+        at = [_values(derivatives, sorted({a for sig in signatures for a in sig[i]}), x)
               for i, (x, _) in enumerate(levels)]
         for sig, value in _fold(levels, at, signatures).items():
             values[units, sig] = value.reshape(batch)

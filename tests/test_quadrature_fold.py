@@ -86,3 +86,30 @@ def test_expect_units_matches_the_plain_sums(name, K):
         for g, w in zip(got, want):
             assert g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * np.max(np.abs(w)))
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu"])
+def test_smoothed_derivatives_in_one_pass_equal_the_functions_one_by_one(name):
+    """The generated smoothed_derivatives(x, eps) (every order, their shared Gaussian and normal CDF
+    once) against SMOOTHED[k](x, eps) one by one, at both Richardson widths, at the kink, in its
+    +-9 sigma neighbourhood and far out; and expect_units with it against expect_units without it
+    (runtime.quadrature._values), to rounding."""
+    act = load(name)
+    rng = np.random.default_rng(5)
+    xs = np.concatenate([rng.normal(size=200) * 0.1, [0.0, -0.0, 1e-300, -40.0, 40.0, -1e5, 1e5]])
+    for eps in (act.SMOOTHING, 2 * act.SMOOTHING):
+        with np.errstate(over="raise", invalid="raise"):
+            together = act.smoothed_derivatives(xs, eps)
+        assert len(together) == len(act.SMOOTHED)
+        for f, value in zip(act.SMOOTHED, together):       # rounding of terms up to the order's size near 0
+            one = f(xs, eps)
+            np.testing.assert_allclose(value, one, rtol=1e-14, atol=1e-14 * np.max(np.abs(one[:200])))
+    A = rng.normal(size=(3, 2, 3))
+    Q = A @ np.swapaxes(A, -1, -2)
+    results = []
+    for together in (None, act.smoothed_derivatives):
+        quadrature._LAST[:] = [None, {}]
+        derivatives = quadrature._at_width(act.SMOOTHED, act.SMOOTHING, together)
+        results.append(quadrature.expect_units(derivatives, ORDERS, Q, None, None, act.SMOOTHING))
+    for one_by_one, in_one_pass in zip(*results):
+        np.testing.assert_allclose(in_one_pass, one_by_one, rtol=1e-12, atol=1e-12 * np.max(np.abs(one_by_one)))
