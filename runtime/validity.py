@@ -40,13 +40,18 @@ CHECK_FRACTIONS = tuple(float(f) for f in np.round(np.linspace(0.05, 1.0, 20), 2
 MAX_RATIO = 1.5
 #: the pushed points' accuracy: they measure a spread to a few per cent
 RTOL, ATOL = 1e-5, 1e-8
-#: RK45 steps a start's points take before they go on with BlockBDF. Where RK45 needs more, its
-#: steps are held by stability (the decoder's fast relaxation), and BlockBDF's Jacobians and block
-#: inverses cost less than the steps they save. Measured (the fluctuation rows of make bench, 9
-#: starts x 384 points, RK45 throughout / BlockBDF throughout): linear K = 2 430 steps a start,
-#: 13.8 / 4.3 s; ReLU K = 2 ~200, 6.7 / 4.3 s; erf K = 2 and K = 3 (not stiff here) 30-56 steps,
-#: 1.7 / 3.4 s and 2.2 / 8.6 s
-EXPLICIT_STEPS = 100
+#: RK45 steps a start's points take before carry decides whether to go on with BlockBDF: it does
+#: where RK45's step then leaves more than STIFF_REMAINING steps to the last time. There its steps
+#: are held by stability (the decoder's fast relaxation), and BlockBDF's Jacobians (n + 1 flow calls)
+#: and block inverses cost less than the steps they save; a start that is nearly done finishes with
+#: RK45. Measured (the fluctuation rows of make bench, 9 starts x 384 points): RK45 throughout /
+#: BlockBDF throughout, linear K = 2 430 steps a start, 13.8 / 4.3 s; ReLU K = 2 ~200, 6.7 / 4.3 s;
+#: erf K = 2 and K = 3 (not stiff here) 26-57 steps, 1.7 / 3.4 s and 2.2 / 8.6 s. Steps left at step 40:
+#: linear 182-250, ReLU 95-127, erf <= 16 (at step 20 erf's reach 102, ReLU's 99: no clean cut);
+#: whole runs with the check against a switch after 100 steps whatever is left: linear 5.3 -> 4.3 s,
+#: ReLU 10.7 -> 9.6 s, erf K = 2 3.1 -> 3.05 s, K = 3 5.7 -> 5.5 s, the same ratios
+EXPLICIT_STEPS = 40
+STIFF_REMAINING = 25
 
 
 @dataclass
@@ -121,8 +126,8 @@ def _from_start(system, ts, Z, spread, error, k, samples, rng):
 
 def carry(flow, t0, y0, times, blocks):
     """States of dy/dt = flow(t, y) from y0 at t0 at the later `times` (len(times), y0.size): RK45 for
-    EXPLICIT_STEPS steps, then BlockBDF (`blocks` independent systems stacked in y). None where a
-    solver fails."""
+    EXPLICIT_STEPS steps, then BlockBDF (`blocks` independent systems stacked in y) if RK45's step
+    leaves more than STIFF_REMAINING steps, else RK45 to the end. None where a solver fails."""
     solver = RK45(flow, t0, y0, times[-1], rtol=RTOL, atol=ATOL)
     out, pending, steps = [], list(times), 0
     while pending:
@@ -132,6 +137,6 @@ def carry(flow, t0, y0, times, blocks):
             t = pending.pop(0)
             out.append(solver.dense_output()(t) if t < solver.t else solver.y)
         steps += 1
-        if steps == EXPLICIT_STEPS and pending:
+        if steps == EXPLICIT_STEPS and pending and (times[-1] - solver.t) / solver.step_size > STIFF_REMAINING:
             solver = BlockBDF(flow, solver.t, solver.y, times[-1], blocks=blocks, rtol=RTOL, atol=ATOL)
     return np.array(out)

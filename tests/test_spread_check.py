@@ -123,3 +123,24 @@ def test_carried_points_switch_to_block_bdf_and_keep_their_accuracy(monkeypatch)
         monkeypatch.setattr(validity, "EXPLICIT_STEPS", steps)
         out = validity.carry(flow, 0.0, y0, times, 20)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("k, switched", [(1e3, True), (1.0, False)])
+def test_carried_points_switch_only_where_rk45_has_many_steps_left(monkeypatch, k, switched):
+    """After EXPLICIT_STEPS RK45 steps carry goes on with BlockBDF only where RK45's step leaves more
+    than STIFF_REMAINING steps to the last time: the stiff copies (k = 1e3, h ~ 4e-4 at step 5: ~5 000
+    left) switch, the mild ones (k = 1, h ~ 0.23 at t ~ 0.9: ~5 left, 10 in all) finish with RK45."""
+    used = []
+
+    class Recorded(validity.BlockBDF):
+        def __init__(self, *args, **kwargs):
+            used.append(True)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(validity, "BlockBDF", Recorded)
+    monkeypatch.setattr(validity, "EXPLICIT_STEPS", 5)
+    rng = np.random.default_rng(1)
+    y0 = np.stack([rng.uniform(-1, 0.8, 20), rng.uniform(-1, 1, 20)], axis=1).ravel()
+    out = validity.carry(slow_and_fast(k), 0.0, y0, np.array([1.0, 2.0]), 20)
+    assert out.shape == (2, 40) and np.all(np.isfinite(out))
+    assert bool(used) == switched
