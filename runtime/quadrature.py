@@ -211,7 +211,6 @@ def _polynomial_units(derivatives, orders_list, Q, degree, means, constant=0):
     return outs
 
 
-@functools.lru_cache(maxsize=16)
 class _Derivatives(tuple):
     """g's derivatives (functions of x), and `together(x)`, all of them at once, or None."""
 
@@ -221,10 +220,12 @@ class _Derivatives(tuple):
         return out
 
 
+@functools.lru_cache(maxsize=16)
 def _at_width(family, eps, together=None):
     """The derivatives g_eps^(n)(x) = family[n](x, epsilon=eps) at one width (and all of them at
-    once by together(x, epsilon), if given)."""
-    return _Derivatives((functools.partial(f, epsilon=eps) for f in family),
+    once by together(x, epsilon), if given); the same object for the same arguments, so that
+    expect_units' memory of its last call (_LAST) recognises them."""
+    return _Derivatives(tuple(functools.partial(f, epsilon=eps) for f in family),
                         None if together is None else functools.partial(together, epsilon=eps))
 
 
@@ -233,8 +234,7 @@ def _values(derivatives, orders, x):
     derivatives come with `together` (a smoothed kink's share a Gaussian and a normal CDF)."""
     together = getattr(derivatives, "together", None)
     if together is not None and len(orders) > 1:
-        with np.errstate(over="ignore"):
-            values = together(x)
+        values = _at(together, x)
         return {a: values[a] for a in orders}
     return {a: _at(derivatives[a], x) for a in orders}
 

@@ -63,6 +63,12 @@ STORED_PRODUCT_MAX = 6
 REUSE_SHIFT = 0.3
 
 
+def _difference_steps(x):
+    """Forward-difference steps for the numbers x: DIFFERENCE_STEP relative to each, at least to a
+    thousandth of the largest."""
+    return DIFFERENCE_STEP * np.maximum(np.abs(x), np.max(np.abs(x), initial=0.0) * 1e-3 + 1e-12)
+
+
 class _Layout:
     """A system's state split into vectors (Jv, F), matrices (Jm, F, F) and the biases (K), and
     its order parameters' independent coordinates."""
@@ -138,7 +144,7 @@ class StructuredJacobian:
         order = core._globals(Y[:, :Y.shape[1] - layout.n_bias])
         p0 = layout.coordinates(order, b)[0]
         P = p0.size
-        steps = DIFFERENCE_STEP * np.maximum(np.abs(p0), np.max(np.abs(p0), initial=0.0) * 1e-3 + 1e-12)
+        steps = _difference_steps(p0)
         # P + 1 order parameters: p0, then p0 + step_k e_k
         perturbed = [None if o is None else np.repeat(o, P + 1, axis=0) for o in order]
         Yrep = np.repeat(Y, P + 1, axis=0)
@@ -251,7 +257,7 @@ class FluctuationJacobian:
     def __init__(self, system, t, z):
         n = system.n
         y = z[:n]
-        steps = DIFFERENCE_STEP * np.maximum(np.abs(y), np.max(np.abs(y), initial=0.0) * 1e-3 + 1e-12)
+        steps = _difference_steps(y)
         Y = np.repeat(y[:, None], n + 1, axis=1)                # y, then y + step_i e_i, as columns
         Y[np.arange(n), 1 + np.arange(n)] += steps
         f = system.limit(t, Y)
