@@ -41,6 +41,7 @@ also cost n + n^2 right-hand sides of 2 n + 1 drift evaluations each.
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 from scipy.integrate import BDF, Radau
@@ -52,11 +53,9 @@ from runtime.fluctuations import FluctuationSystem
 
 #: relative size of the forward-difference steps in the order parameters
 DIFFERENCE_STEP = 1e-7
-#: a Newton solve reads Pc^-1 U w off the stored P x n product (P numbers per state number) while
-#: P <= STORED_PRODUCT_MAX * F, else forms U w in O(n F) and applies Pc^-1 again (F^2 per number, and
-#: no P x n array to keep). Measured (2 cores, loaded): K = 4 (P = 46, F = 8), the stiff case: the
-#: stored product as fast or faster; K = 8 (P = 172, F = 16), 32x32 patches: forming it 25 % faster
-STORED_PRODUCT_MAX = 6
+#: the vector blocks I - c (rho_tau A + B) of a Newton matrix are inverted in one shared eigenbasis
+#: (_EigenWoodbury) while its eigenvectors' condition number is at most this, else one block at a time
+EIGENBASIS_CONDITION_MAX = 1e8
 #: a Newton matrix I - cJ is refactorised only where c moved by more than this fraction from a factorised
 #: one of the same Jacobian (CVODE's dgmax = 0.3, Hindmarsh et al., ACM TOMS 31, 363 (2005)); within it
 #: the iteration is a modified Newton one, converging to the same solution (its residual is exact)
@@ -86,6 +85,18 @@ class _Layout:
         self.slots = slots
         index = np.array([(slots.index(s), a, b) for s, a, b in self.coords]).T
         self._index = index                                             # (slot position, a, b) per coordinate
+        # p's coordinates are linear in (G, total) flattened side by side, each a weighted sum of at most
+        # two entries (a symmetric part's (x_ab + x_ba) / 2): their indices and weights (2, P - K), found
+        # once from coordinates() of unit G's and totals
+        F = self.F
+        units = np.eye(2 * F * F).reshape(2 * F * F, 2, F, F)
+        linear = self.coordinates(self.order(units[:, 0], units[:, 1]), np.zeros((2 * F * F, 0)))
+        entries = np.argsort(linear == 0, axis=0, kind="stable")[:2]            # the nonzero rows first
+        self._entries, self._weights = entries, np.take_along_axis(linear, entries, axis=0)
+        # (a, c) -> the position of (min, max) in np.triu_indices(F) (StructuredJacobian.pairs)
+        upper = np.zeros((F, F), dtype=int)
+        upper[np.triu_indices(F)] = np.arange(F * (F + 1) // 2)
+        self.symmetric_index = np.maximum(upper, upper.T)
 
     def pieces(self, Y):
         """Y (m, n) -> vectors (m, Jv, F), matrices (m, Jm, F, F), biases (m, K)."""
@@ -111,29 +122,46 @@ class _Layout:
              0.5 * (X[:, 2:] + np.swapaxes(X[:, 2:], 2, 3))], axis=1)      # symmetric parts, R as it is
         return np.concatenate([X[:, self._index[0], self._index[1], self._index[2]], b], axis=1)
 
-    def dp(self, th, S, V):
-        """W V: the directional derivatives of p at the state (th, S) along the rows of V (m, n)."""
+    def dp(self, weighted, S, V):
+        """W V: the directional derivatives of p at the state (th, S) along the rows of V (m, n);
+        weighted = (rho_tau theta_tau, theta_tau) stacked as (2F, Jv) (StructuredJacobian.weighted)."""
         dth, dS, db = self.pieces(V)
-        X, Xt = (w.T @ dth for w in (th * self.rho_vec[:, None], th))    # (m, F, F)
-        dG = X + np.swapaxes(X, 1, 2) + np.einsum("j,mjab->mab", self.rho_mat, dS)
-        dtotal = Xt + np.swapaxes(Xt, 1, 2) + dS.sum(axis=1)
-        return self.coordinates(self.order(dG, dtotal), db)
+        X = weighted @ dth                                               # (m, 2F, F)
+        F = self.F
+        return self.dp_from(X[:, :F], X[:, F:], dS, db)
+
+    def dp_from(self, X, Xt, dS, db):
+        """W V from the vectors' sums X = sum rho_tau theta_tau dtheta_tau^T and Xt = sum theta_tau
+        dtheta_tau^T (m, F, F), the matrices' dS (m, Jm, F, F) and the biases' db (m, K)."""
+        m, F = X.shape[0], self.F
+        flat = dS.reshape(m, -1, F * F)
+        dG = (X + np.swapaxes(X, 1, 2)).reshape(m, -1) + self.rho_mat @ flat
+        dtotal = (Xt + np.swapaxes(Xt, 1, 2)).reshape(m, -1) + flat.sum(axis=1)
+        both = np.concatenate([dG, dtotal], axis=1)
+        return np.concatenate([both[:, self._entries[0]] * self._weights[0] + both[:, self._entries[1]] * self._weights[1],
+                               db], axis=1)
 
     def apply(self, field, th, S):
         """f = L(p) y + c(p) for the fields (A, B, N[, db]) of m order parameters: (m, n)."""
-        A, B, N = field[:3]
-        m = A.shape[0]
-        d_th = (th @ np.swapaxes(A, 1, 2)) * self.rho_vec[:, None] + th @ np.swapaxes(B, 1, 2)
-        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
-        out = [d_th.reshape(m, -1), (MS + np.swapaxes(MS, -1, -2) + N).reshape(m, -1)]
+        A, B = field[:2]
+        m, F = A.shape[0], self.F
+        both = th @ np.concatenate([np.swapaxes(A, 1, 2), np.swapaxes(B, 1, 2)], axis=2)      # (m, Jv, 2F)
+        d_th = both[..., :F] * self.rho_vec[:, None] + both[..., F:]
+        out = [d_th.reshape(m, -1), self.apply_matrices(field, S).reshape(m, -1)]
         if self.n_bias:
             out.append(field[3])
         return np.concatenate(out, axis=1)
 
+    def apply_matrices(self, field, S):
+        """The matrices' part of apply: M_j S_j + S_j M_j^T + N_j, M_j = rho_j A + B (m, Jm, F, F)."""
+        A, B, N = field[:3]
+        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
+        return MS + np.swapaxes(MS, -1, -2) + N
+
 
 class StructuredJacobian:
     """J = L + U W at a state y (module docstring); `c * J` and `I - c * J` describe the Newton
-    matrix that _Woodbury solves."""
+    matrix that _woodbury factorises."""
 
     def __init__(self, layout, y):
         self.layout = layout
@@ -159,19 +187,32 @@ class StructuredJacobian:
         # row k of U (P, n) is apply(dfield_k), and U v = apply(sum_k v_k dfield_k) in O(n F)
         self.dfield = [(x[1:] - x[0]) / steps.reshape((-1,) + (1,) * (np.ndim(x) - 1)) if np.ndim(x) else 0.0
                        for x in field]
-        self.U = layout.apply(self.dfield, self.th, np.repeat(S, P, axis=0))
-        A, B = field[0][0], field[1][0]
-        self.M = layout.rho_vec[:, None, None] * A + B                  # (Jv, F, F)
+        self.A, self.B = A, B = field[0][0], field[1][0]
+        self.weighted = np.concatenate([self.th * layout.rho_vec[:, None], self.th], axis=1).T    # (2F, Jv)
+        upper = np.triu_indices(layout.F)
+        self.pairs = self.th[:, upper[0]] * self.th[:, upper[1]]                     # theta_a theta_c, a <= c
+        # the fields' derivatives flattened side by side (P, ...), for U_times' one product
+        self._sizes = [np.size(d[0]) if np.ndim(d) else 0 for d in self.dfield]
+        self._flat = np.concatenate([d.reshape(P, -1) for d in self.dfield if np.ndim(d)], axis=1)
         Mj = layout.rho_mat[:, None, None] * A + B                      # (Jm, F, F)
         F = layout.F
         I = np.eye(F)
         self.L = (Mj[:, :, None, :, None] * I[None, None, :, None, :]
                   + I[None, :, None, :, None] * Mj[:, None, :, None, :]).reshape(-1, F * F, F * F)
 
+    @functools.cached_property
+    def U(self):
+        """U (P, n): row k is apply(dfield_k), df/dp_k at fixed y."""
+        return self.layout.apply(self.dfield, self.th, np.repeat(self.S[None], self.dfield[0].shape[0], axis=0))
+
+    def fields_along(self, v):
+        """The fields' derivative along v (size P), sum_k v_k dfield_k, each with a leading axis of 1."""
+        parts = np.split(v @ self._flat, np.cumsum(self._sizes)[:-1])
+        return [part.reshape((1,) + np.shape(d)[1:]) if np.ndim(d) else 0.0 for part, d in zip(parts, self.dfield)]
+
     def U_times(self, v):
         """U v = sum_k v_k df/dp_k (n,) for v of size P, from the fields' derivatives: O(n F)."""
-        field = [np.tensordot(v, d, axes=1)[None] if np.ndim(d) else 0.0 for d in self.dfield]
-        return self.layout.apply(field, self.th[None], self.S[None])[0]
+        return self.layout.apply(self.fields_along(v), self.th[None], self.S[None])[0]
 
     def __rmul__(self, c):
         return _Scaled(c, self)
@@ -208,43 +249,113 @@ class _Factors:
         return other
 
 
+def _woodbury(a, b, J):
+    """The factorisation of (a I - b J) for J = StructuredJacobian: in the vector blocks' shared
+    eigenbasis (_EigenWoodbury) where it is well-conditioned (EIGENBASIS_CONDITION_MAX), else block
+    by block (_Woodbury)."""
+    c, F = b / a, J.layout.F
+    C = np.eye(F) - c * J.B
+    try:
+        lam, V = np.linalg.eig(np.linalg.solve(C, J.A))
+        if np.linalg.cond(V) <= EIGENBASIS_CONDITION_MAX:
+            return _EigenWoodbury(a, b, J, lam, V, np.linalg.solve(C @ V, np.eye(F)))
+    except np.linalg.LinAlgError:                  # C singular: the blocks I - c M_tau need not be
+        pass
+    return _Woodbury(a, b, J)
+
+
 class _Woodbury(_Factors):
     """(a I - b J)^-1 = (I - c J)^-1 / a, c = b / a, for J = L + U W: the block-diagonal Pc = I - cL
     inverted block by block and the P x P capacitance matrix I - c W Pc^-1 U factorised
-    (complex for Radau's complex shift)."""
+    (complex for Radau's complex shift), W Pc^-1 U from the formed Pc^-1 U (P, n): O(P Jv F^2)."""
 
     def __init__(self, a, b, J):
-        self.J, self.a, layout = J, a, J.layout
-        self.c = c = b / a
-        F = layout.F
-        self.Pv = np.linalg.inv(np.eye(F) - c * J.M)
-        self.Pm = np.linalg.inv(np.eye(F * F) - c * J.L)
-        Z = self.inverse_blocks(J.U)                                     # Pc^-1 U, (P, n)
-        capacitance = np.eye(J.U.shape[0]) - c * layout.dp(J.th, J.S, Z).T
-        self.cap = lu_factor(capacitance)
-        self.Z = Z if J.U.shape[0] <= STORED_PRODUCT_MAX * F else None
+        self._common(a, b, J)
+        F, layout = J.layout.F, J.layout
+        self.Pv = np.linalg.inv(np.eye(F) - self.c * (layout.rho_vec[:, None, None] * J.A + J.B))
+        self._factorise(layout.dp(J.weighted, J.S, self.inverse_blocks(J.U)))
 
-    def inverse_blocks(self, V):
-        """Pc^-1 applied to the rows of V (m, n)."""
-        layout = self.J.layout
-        th, S, b = layout.pieces(V)
-        m = V.shape[0]
-        out = [(self.Pv @ th[0][..., None]).reshape(1, -1) if m == 1 else
-               # rows times Pv^T, one (m, F) x (F, F) product per direction: 30 % faster than Pv @ th^T
-               (np.swapaxes(th, 0, 1) @ np.swapaxes(self.Pv, 1, 2)).transpose(1, 0, 2).reshape(m, -1),
-               (self.Pm @ S.reshape(m, S.shape[1], S.shape[2] ** 2).transpose(1, 2, 0)).transpose(2, 0, 1).reshape(m, -1),
-               b.astype(self.Pv.dtype)]
-        return np.concatenate(out, axis=1)
+    def _common(self, a, b, J):
+        self.J, self.a = J, a
+        self.c = c = b / a
+        self.real = np.isrealobj(c)
+        F = J.layout.F
+        self.Pm = np.linalg.inv(np.eye(F * F) - c * J.L)
+
+    def _factorise(self, WZ):
+        """WZ (P, P): row k is W Pc^-1 U_k."""
+        self.cap = lu_factor(np.eye(WZ.shape[0]) - self.c * WZ.T)
+
+    def inverse_matrices(self, S):
+        """The matrix blocks' inverses applied to S (m, Jm, F, F)."""
+        m, Jm, F = S.shape[:3]
+        return (self.Pm @ S.reshape(m, Jm, F * F).transpose(1, 2, 0)).transpose(2, 0, 1).reshape(m, Jm, F, F)
+
+    def inverse_blocks(self, rows):
+        """Pc^-1 applied to the rows (m, n)."""
+        th, S, b = self.J.layout.pieces(rows)
+        m = rows.shape[0]
+        # rows times Pv^T, one (m, F) x (F, F) product per direction: 30 % faster than Pv @ th^T
+        vectors = (np.swapaxes(th, 0, 1) @ np.swapaxes(self.Pv, 1, 2)).transpose(1, 0, 2)
+        return np.concatenate([vectors.reshape(m, -1), self.inverse_matrices(S).reshape(m, -1),
+                               b.astype(vectors.dtype)], axis=1)
 
     def solve(self, r):
-        """Pc^-1 r + Pc^-1 U w, w = (capacitance)^-1 c W Pc^-1 r; Pc^-1 U w is read off the stored
-        P x n product Pc^-1 U for small P, else formed from the fields' derivatives
-        (StructuredJacobian.U_times) and Pc^-1 applied once more (STORED_PRODUCT_MAX)."""
+        """Pc^-1 r + Pc^-1 U w, w = (capacitance)^-1 c W Pc^-1 r, with U w formed from the fields'
+        derivatives (StructuredJacobian.U_times)."""
         z = self.inverse_blocks(r[None])
-        w = lu_solve(self.cap, self.c * self.J.layout.dp(self.J.th, self.J.S, z)[0])
-        if self.Z is not None:
-            return (z[0] + w @ self.Z) / self.a
+        w = lu_solve(self.cap, self.c * self.J.layout.dp(self.J.weighted, self.J.S, z)[0])
         return (z[0] + self.inverse_blocks(self.J.U_times(w)[None])[0]) / self.a
+
+
+class _EigenWoodbury(_Woodbury):
+    """_Woodbury with the vector blocks I - c (rho_tau A + B) = C (I - c rho_tau C^-1 A), C = I - c B,
+    inverted in the eigenbasis they share, C^-1 A = V diag(lambda) V^-1, E = V^-1 C^-1:
+
+        (I - c M_tau)^-1 = V diag(1 / (1 - c rho_tau lambda)) E,
+
+    so Pc^-1 on the vectors is two (Jv, F) x (F, F) products and a scaling, and W Pc^-1 U needs only
+    the moments H_u[i, a, c] = sum_tau u_tau theta_tau,a theta_tau,c / (1 - c rho_tau lambda_i),
+    u = rho^2, rho, 1: O(Jv F^3 + P F^3) against _Woodbury's O(P Jv F^2). A solve stays in the
+    eigenbasis until its last product."""
+
+    def __init__(self, a, b, J, lam, V, E):
+        self._common(a, b, J)
+        layout = J.layout
+        self.eigvecs, self.E = V, E
+        self.scale = 1.0 / (1.0 - self.c * layout.rho_vec[:, None] * lam)       # (Jv, F)
+        th, rho, F = J.th, layout.rho_vec, layout.F
+        weights = np.stack([rho ** 2, rho, np.ones_like(rho)])[:, :, None] * self.scale     # (3, Jv, F)
+        H = (np.swapaxes(weights, 1, 2) @ J.pairs)[..., layout.symmetric_index]                 # (3, F, F, F)
+        # sum_tau w_tau theta_tau (Pc^-1 U_k)_tau^T = [sum_c GA_k[i, c] H_(w rho)[i, a, c] + GB_k[i, c]
+        # H_w[i, a, c]]_(a, i) V^T with GA_k = E dA_k, GB_k = E dB_k, for w = rho (G) and 1 (the total):
+        # (i, P, 2F) [GA_k[i], GB_k[i]] times (i, 2F, F) [H_(w rho)[i]^T; H_w[i]^T]
+        G = np.concatenate([E @ J.dfield[0], E @ J.dfield[1]], axis=2).transpose(1, 0, 2)
+        X, Xt = ((G @ np.concatenate([H[w], H[w + 1]], axis=2).transpose(0, 2, 1)).transpose(1, 2, 0) @ V.T
+                 for w in (0, 1))
+        if self.real:
+            X, Xt = X.real, Xt.real
+        dS = self.inverse_matrices(layout.apply_matrices(J.dfield, J.S))
+        db = J.dfield[3] if layout.n_bias else np.zeros((G.shape[1], 0))
+        self._factorise(layout.dp_from(X, Xt, dS, db))
+
+    def solve(self, r):
+        J, layout = self.J, self.J.layout
+        F = layout.F
+        th, S, b = layout.pieces(r[None])
+        u = (th[0] @ self.E.T) * self.scale                   # Pc^-1 r's vectors in the eigenbasis
+        S = self.inverse_matrices(S)
+        X = (J.weighted @ u) @ self.eigvecs.T                 # (2F, F)
+        X = X.real if self.real else X
+        w = lu_solve(self.cap, self.c * layout.dp_from(X[None, :F], X[None, F:], S, b)[0])
+        field = J.fields_along(w)                             # U w = apply(field), then Pc^-1
+        both = J.th @ np.concatenate([self.E @ field[0][0], self.E @ field[1][0]]).T        # (Jv, 2F)
+        u = u + (both[:, :F] * layout.rho_vec[:, None] + both[:, F:]) * self.scale
+        vectors = u @ self.eigvecs.T
+        vectors = vectors.real if self.real else vectors
+        S = S + self.inverse_matrices(layout.apply_matrices(field, J.S))
+        out = [vectors.ravel(), S.ravel()] + ([(b + field[3])[0]] if layout.n_bias else [])
+        return np.concatenate(out) / self.a
 
 
 class FluctuationJacobian:
@@ -347,7 +458,7 @@ def _structured(solver, base, fun, t0, y0, t_bound, options):
         _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, z: FluctuationJacobian(fun, t, z), _Lyapunov)
         return
     layout = _Layout(fun)
-    _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, y: StructuredJacobian(layout, y), _Woodbury)
+    _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, y: StructuredJacobian(layout, y), _woodbury)
 
 
 class StructuredBDF(BDF):

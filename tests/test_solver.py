@@ -97,15 +97,15 @@ def test_fluctuation_newton_solve_inverts_I_minus_cJ(case):
         assert np.linalg.norm(along - predicted) <= 0.1 * np.linalg.norm(predicted)
 
 
-@pytest.mark.parametrize("stored", [True, False])
+@pytest.mark.parametrize("eigenbasis", [True, False])
 @pytest.mark.parametrize("case", ["distinct", "spikes and bulk", "truncated", "bias"])
-def test_newton_solve_inverts_I_minus_cJ(case, stored, monkeypatch):
+def test_newton_solve_inverts_I_minus_cJ(case, eigenbasis, monkeypatch):
     """(I - c J) x = r with J the finite-difference Jacobian of the right-hand side (directional,
-    central): the structured Jacobian and the Woodbury solve together, with Pc^-1 U w read off the
-    stored product and formed from the fields' derivatives (`stored`: solver.STORED_PRODUCT_MAX).
+    central): the structured Jacobian and the Woodbury solve together, with the vector blocks
+    inverted in their shared eigenbasis and one by one (`eigenbasis`: solver.EIGENBASIS_CONDITION_MAX).
     (At finite D the matrices' N_j depend on S_j directly, a part J leaves out: see the module
     docstring.)"""
-    monkeypatch.setattr(solver, "STORED_PRODUCT_MAX", 10**6 if stored else 0)
+    monkeypatch.setattr(solver, "EIGENBASIS_CONDITION_MAX", 1e8 if eigenbasis else 0.0)
     name, problem, options = CASES[case]
     res = generated.load(name).integrate(**problem, **options, times=[0.0, 3.0], keep_atoms=True, progress=False)
     system, y = res.system, res.state[-1]
@@ -115,16 +115,18 @@ def test_newton_solve_inverts_I_minus_cJ(case, stored, monkeypatch):
     th, S, b = layout.pieces(r[None])
     r = np.concatenate([th.ravel(), (S + np.swapaxes(S, -1, -2)).ravel(), b.ravel()])   # symmetric, as BDF's iterates
     c = 0.7
-    x = solver._Woodbury(1.0, c, solver.StructuredJacobian(layout, y)).solve(r)
+    factors = solver._woodbury(1.0, c, solver.StructuredJacobian(layout, y))
+    assert isinstance(factors, solver._EigenWoodbury) == eigenbasis
+    x = factors.solve(r)
     eps = 1e-6 * np.linalg.norm(y) / np.linalg.norm(x)
     Jx = (system(0.0, y + eps * x) - system(0.0, y - eps * x)) / (2 * eps)
     np.testing.assert_allclose(x - c * Jx, r, rtol=0, atol=1e-6 * np.abs(r).max())
 
 
-@pytest.mark.parametrize("case", ["distinct", "bias", "finite D bias"])
+@pytest.mark.parametrize("case", ["distinct", "spikes and bulk", "bias", "finite D bias"])
 def test_both_solve_paths_agree(case, monkeypatch):
-    """The Newton solve with Pc^-1 U w formed from the fields' derivatives equals the one reading it
-    off the stored P x n product, to rounding (1e-10 of r), also with Radau's complex shift."""
+    """The Newton solve in the vector blocks' shared eigenbasis equals the one inverting each block
+    and forming Pc^-1 U, to rounding (1e-10 of r), also with Radau's complex shift."""
     name, problem, options = CASES[case]
     res = generated.load(name).integrate(**problem, **options, times=[0.0, 2.0], keep_atoms=True, progress=False)
     layout = solver._Layout(res.system)
@@ -132,9 +134,9 @@ def test_both_solve_paths_agree(case, monkeypatch):
     r = np.random.default_rng(1).normal(size=res.state.shape[1])
     for c in (0.7, 0.4 + 0.3j):
         x = {}
-        for stored in (True, False):
-            monkeypatch.setattr(solver, "STORED_PRODUCT_MAX", 10**6 if stored else 0)
-            x[stored] = solver._Woodbury(1.0, c, J).solve(r)
+        for eigenbasis in (True, False):
+            monkeypatch.setattr(solver, "EIGENBASIS_CONDITION_MAX", 1e8 if eigenbasis else 0.0)
+            x[eigenbasis] = solver._woodbury(1.0, c, J).solve(r)
         np.testing.assert_allclose(x[False], x[True], rtol=0, atol=1e-10 * np.abs(r).max())
 
 
