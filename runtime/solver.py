@@ -175,7 +175,8 @@ class StructuredJacobian:
         steps = _difference_steps(p0)
         # P + 1 order parameters: p0, then p0 + step_k e_k
         perturbed = [None if o is None else np.repeat(o, P + 1, axis=0) for o in order]
-        Yrep = np.repeat(Y, P + 1, axis=0)
+        # the state itself, copied only where the biases' steps go into it
+        Yrep = np.repeat(Y, P + 1, axis=0) if layout.n_bias else np.broadcast_to(Y, (P + 1, Y.shape[1]))
         for k, (s, a, c) in enumerate(layout.coords):
             perturbed[s][k + 1, a, c] += steps[k]
             if s != 1 and a != c:
@@ -330,7 +331,7 @@ class _EigenWoodbury(_Woodbury):
         # sum_tau w_tau theta_tau (Pc^-1 U_k)_tau^T = [sum_c GA_k[i, c] H_(w rho)[i, a, c] + GB_k[i, c]
         # H_w[i, a, c]]_(a, i) V^T with GA_k = E dA_k, GB_k = E dB_k, for w = rho (G) and 1 (the total):
         # (i, P, 2F) [GA_k[i], GB_k[i]] times (i, 2F, F) [H_(w rho)[i]^T; H_w[i]^T]
-        G = np.concatenate([E @ J.dfield[0], E @ J.dfield[1]], axis=2).transpose(1, 0, 2)
+        self.G = G = np.concatenate([E @ J.dfield[0], E @ J.dfield[1]], axis=2).transpose(1, 0, 2)
         X, Xt = ((G @ np.concatenate([H[w], H[w + 1]], axis=2).transpose(0, 2, 1)).transpose(1, 2, 0) @ V.T
                  for w in (0, 1))
         if self.real:
@@ -347,15 +348,18 @@ class _EigenWoodbury(_Woodbury):
         S = self.inverse_matrices(S)
         X = (J.weighted @ u) @ self.eigvecs.T                 # (2F, F)
         X = X.real if self.real else X
-        w = lu_solve(self.cap, self.c * layout.dp_from(X[None, :F], X[None, F:], S, b)[0])
-        field = J.fields_along(w)                             # U w = apply(field), then Pc^-1
-        both = J.th @ np.concatenate([self.E @ field[0][0], self.E @ field[1][0]]).T        # (Jv, 2F)
-        u = u + (both[:, :F] * layout.rho_vec[:, None] + both[:, F:]) * self.scale
+        w = lu_solve(self.cap, self.c * layout.dp_from(X[None, :F], X[None, F:], S, b)[0], check_finite=False)
+        # Pc^-1 U w: E (rho_tau A_w + B_w) theta_tau, A_w = sum_k w_k dA_k, from the stored E dA_k, E dB_k
+        # ([E A_w, E B_w] = w G) and (rho_tau theta_tau, theta_tau) side by side (J.weighted^T)
+        u = u + (J.weighted.T @ (w @ self.G).T) * self.scale
         vectors = u @ self.eigvecs.T
-        vectors = vectors.real if self.real else vectors
-        S = S + self.inverse_matrices(layout.apply_matrices(field, J.S))
-        out = [vectors.ravel(), S.ravel()] + ([(b + field[3])[0]] if layout.n_bias else [])
-        return np.concatenate(out) / self.a
+        out = [vectors.real if self.real else vectors]
+        if S.size or layout.n_bias:
+            field = J.fields_along(w)
+            out.append(S + self.inverse_matrices(layout.apply_matrices(field, J.S)))
+            out += [b + field[3]] if layout.n_bias else []
+        out = np.concatenate([x.ravel() for x in out])
+        return out if self.a == 1 else out / self.a
 
 
 class FluctuationJacobian:
