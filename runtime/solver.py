@@ -198,8 +198,10 @@ class StructuredJacobian:
         Mj = layout.rho_mat[:, None, None] * A + B                      # (Jm, F, F)
         F = layout.F
         I = np.eye(F)
-        self.L = (Mj[:, :, None, :, None] * I[None, None, :, None, :]
-                  + I[None, :, None, :, None] * Mj[:, None, :, None, :]).reshape(-1, F * F, F * F)
+        # S_j -> M_j S_j + (M_j S_j)^T as the right-hand side computes it (on symmetric S_j, M_j S_j + S_j M_j^T;
+        # BDF's Newton iterates carry rounding-sized antisymmetric parts, which the other form amplifies)
+        left = Mj[:, :, None, :, None] * I[None, None, :, None, :]      # (M_j (x) I)[(a, b), (c, d)]
+        self.L = (left + left.transpose(0, 2, 1, 3, 4)).reshape(-1, F * F, F * F)
 
     @functools.cached_property
     def U(self):
