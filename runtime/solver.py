@@ -8,7 +8,7 @@ Given the order parameters p = (Q, R, T, T0 [, WW at finite D] [, the biases b])
 side of runtime.integrate is affine in the state (_System.frozen, _BiasSystem.frozen):
 
     f(y) = L(p) y + c(p),  L(p) = blockdiag(M_tau = rho_hat_tau A + B     for each vector theta_tau,
-                                            M_j (x) I + I (x) M_j          for each matrix S_j,
+                                            S_j -> M_j S_j + (M_j S_j)^T   for each matrix S_j,
                                             0                              for b),
                            c(p) = (0, N_j, db/dt),
 
