@@ -27,8 +27,10 @@ identity
 
     (Pc - c U W)^-1 = Pc^-1 + Pc^-1 U (I_P - c W Pc^-1 U)^-1 c W Pc^-1,
 
-in O(n P F) operations per factorisation and O(n (P + F)) per solve, where scipy's solvers form J
-by n finite differences and factorise it in O(n^3). At finite D the second-order terms N_j depend on S_j
+where scipy's solvers form J by n finite differences and factorise it in O(n^3). The vectors' blocks
+I - c (rho_hat_tau A + B) share one eigenbasis (_EigenWoodbury), so a factorisation costs
+O(Jv F^3 + P F^3) and a solve O(n F) (block by block where that basis is ill-conditioned:
+O(n P F) and O(n (P + F)), _Woodbury). At finite D the second-order terms N_j depend on S_j
 directly as well; that part (O(lr^2 / D)) is left out of J, which only slows Newton's iteration
 (its residual is the exact right-hand side).
 
