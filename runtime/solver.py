@@ -340,7 +340,9 @@ class _EigenWoodbury(_Woodbury):
         # sum_tau w_tau theta_tau (Pc^-1 U_k)_tau^T = [sum_c GA_k[i, c] H_(w rho)[i, a, c] + GB_k[i, c]
         # H_w[i, a, c]]_(a, i) V^T with GA_k = E dA_k, GB_k = E dB_k, for w = rho (G) and 1 (the total):
         # (i, P, 2F) [GA_k[i], GB_k[i]] times (i, 2F, F) [H_(w rho)[i]^T; H_w[i]^T]
-        self.G = G = np.concatenate([E @ J.dfield[0], E @ J.dfield[1]], axis=2).transpose(1, 0, 2)
+        EdAB = np.concatenate([E @ J.dfield[0], E @ J.dfield[1]], axis=2)                      # (P, F, 2F)
+        self.EdAB = EdAB.reshape(EdAB.shape[0], -1)
+        G = EdAB.transpose(1, 0, 2)
         X, Xt = ((G @ np.concatenate([H[w], H[w + 1]], axis=2).transpose(0, 2, 1)).transpose(1, 2, 0) @ V.T
                  for w in (0, 1))
         if self.real:
@@ -359,8 +361,8 @@ class _EigenWoodbury(_Woodbury):
         X = X.real if self.real else X
         w = lu_solve(self.cap, self.c * layout.dp_from(X[None, :F], X[None, F:], S, b)[0], check_finite=False)
         # Pc^-1 U w: E (rho_tau A_w + B_w) theta_tau, A_w = sum_k w_k dA_k, from the stored E dA_k, E dB_k
-        # ([E A_w, E B_w] = w G) and (rho_tau theta_tau, theta_tau) side by side (J.weighted^T)
-        u = u + (J.weighted.T @ (w @ self.G).T) * self.scale
+        # ([E A_w, E B_w] = sum_k w_k [E dA_k, E dB_k]) and (rho_tau theta_tau, theta_tau) side by side (J.weighted^T)
+        u = u + (J.weighted.T @ (w @ self.EdAB).reshape(F, 2 * F).T) * self.scale
         vectors = u @ self.eigvecs.T
         out = [vectors.real if self.real else vectors]
         if S.size or layout.n_bias:
