@@ -442,6 +442,28 @@ def multi_averages(prefixes):
     return {a for f, names in table().items() if f.startswith(prefixes) for a in names if a.startswith("multi_")}
 
 
+def _partitions(items):
+    """Every partition of the list `items` into non-empty blocks."""
+    if not items:
+        yield []
+        return
+    for rest in _partitions(items[1:]):
+        for i in range(len(rest)):
+            yield rest[:i] + [[items[0]] + rest[i]] + rest[i + 1:]
+        yield [[items[0]]] + rest
+
+
+def unit_orders(prefixes):
+    """The derivative orders one unit can carry in the averages (mean_*, pair_*, multi_*) read by the
+    functions whose names start with `prefixes`: for each average and each way its index tuple can fall
+    on distinct units (runtime.quadrature.expect_units groups the factors by unit), the orders on one
+    unit, sorted decreasing; a sorted tuple of them."""
+    names = {a for f, names in table().items() if f.startswith(prefixes) for a in names}
+    return tuple(sorted({tuple(sorted((a for slot in block for a in slot), reverse=True))
+                         for name in names for blocks in _partitions(list(orders(name))) for block in blocks},
+                        key=lambda o: (len(o), o)))
+
+
 def source():
     """generated/rules.py."""
     names = list(rules.RULES)

@@ -36,6 +36,7 @@ class Derivation:
     shifted: dict = field(default_factory=dict)       # Kernel -> closed form over N(m, C) or None
     bias_noise_missing: str = ""                      # why there are no finite-D equations with a bias
     smoothed: list = field(default_factory=list)      # g_eps, g_eps', ... where g'' is a delta
+    inner: dict = field(default_factory=dict)         # orders on one unit -> E[prod g^(a)(m + sqrt(v) z)], closed
 
     @property
     def closed_form(self) -> bool:
@@ -96,6 +97,16 @@ def derive_all(activation: Activation) -> Derivation:
         d.kernels[kernel] = derive_kernel(g, kernel)
     for kernel in sorted(with_constant_unit(set(BASE) | _averages_of(("bias_drift_", "population_error")))):
         d.shifted[kernel] = shifted.derive_kernel(d.g, kernel)
+    if not d.smoothed and not d.finite_missing and d.polynomial_degree is None:
+        # the innermost unit's conditional average in runtime.quadrature.expect_units' nested rules: a
+        # shifted mean, E[prod_a g^(a)(m + sqrt(v) z)], where the engine has it in closed form; the unit
+        # with the fewest factors goes innermost, which carries at most two (four slots on two units)
+        for orders in assembly.unit_orders(("finite_drift_", "noise_", "spike_noise_", "bias_noise_")):
+            if len(orders) > 2:
+                continue
+            closed = shifted.derive_kernel(d.g, Kernel((orders,)))
+            if closed is not None:
+                d.inner[orders] = closed
     if d.finite_missing:
         d.bias_noise_missing = f"no finite-D equations ({d.finite_missing})"
     return d
@@ -146,9 +157,9 @@ def _function(name, args, doc, expr, printer, rewrite=True, prelude=()):
     return [f"def {name}({', '.join(args)}):", *_doc(doc), *prelude, *lines, "", ""]
 
 
-def _joint_function(name, args, doc, exprs, printer):
+def _joint_function(name, args, doc, exprs, printer, rewrite=True):
     """One function returning the tuple of `exprs`, their common subexpressions computed once."""
-    lines, reduced = _body(exprs, printer)
+    lines, reduced = _body(exprs, printer, rewrite=rewrite)
     values = ", ".join(f"_broadcast({printer.doprint(r)}, {', '.join(args)})" for r in reduced)
     return [f"def {name}({', '.join(args)}):", *_doc(doc), *lines, f"    return ({values},)", "", ""]
 
@@ -184,7 +195,9 @@ def module_source(d: Derivation) -> str:
         "(runtime/averages.py).",
         "# Finite-D equations: " + ("averages over several units (multi_*) NUMERICAL, by double-exponential "
                                     "quadrature per unit, pair or triple of units (runtime/quadrature.py, "
-                                    "expect_units; K <= 3; three-unit accuracy in runtime/quadrature.py at N_TRIPLE)."
+                                    "expect_units; K <= 3; three-unit accuracy in runtime/quadrature.py at N_TRIPLE)"
+                                    + ("; over three units the innermost one's conditional average in closed form "
+                                       f"(inner_means: {len(d.inner)} orders, derive/shifted.py)." if d.inner else ".")
                                     if not d.finite_missing else
                                     f"none ({d.finite_missing})."),
         *([f"# Finite-D equations: g'' is a delta, so their O(1/D) terms and second-order noise are NUMERICAL "
@@ -236,6 +249,12 @@ def module_source(d: Derivation) -> str:
                         powers.get(k.name) or _at_zero_variance(d.g, k, e)) for k, e in d.kernels.items()
                        if e is not None], printer, as_written={n for n, f in powers.items() if f is not None})
     out += _shifted_functions(d, printer)
+    if d.inner:
+        out += _joint_function("inner_means", ["m", "v"],
+                               "E[prod_a g^(a)(x)], x ~ N(m, v), for each orders a of INNER_ORDERS, in closed form "
+                               "(derive/shifted.py),\nin one pass: the innermost level of runtime.quadrature.expect_units' "
+                               "three-unit rules.", list(d.inner.values()), printer, rewrite=False)
+        out += [f"INNER_ORDERS = {tuple(d.inner)!r}", "", ""]
     out += _numeric_kernels(d.numeric, [shifted.name(k) for k, e in d.shifted.items() if e is None])
     for name, (dim, formula) in d.literature.items():
         out += _literature_function(name, dim, formula, printer)

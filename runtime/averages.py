@@ -96,8 +96,17 @@ class Equations:
         else:
             tables = None if b is not None else functools.partial(fast_kernels.tabulated_units, self.act.DERIVATIVES)
             values = quadrature.expect_units(self.act.DERIVATIVES, orders, Q, self.act.POLYNOMIAL_DEGREE, b,
-                                             constant=constant, tabulated=tables)
+                                             constant=constant, tabulated=tables,
+                                             inner=self._inner())
         return dict(zip(names, values))
+
+    def _inner(self):
+        """The module's closed-form one-unit averages (inner_means, INNER_ORDERS) as one
+        quadrature.InnerMeans, or None."""
+        if not hasattr(self, "_inner_means"):
+            orders = getattr(self.act, "INNER_ORDERS", None)
+            self._inner_means = None if orders is None else quadrature.InnerMeans(orders, self.act.inner_means)
+        return self._inner_means
 
     @staticmethod
     def _namespace(values, Q, constant):
