@@ -105,8 +105,7 @@ def expect2(derivatives, orders1, orders2, c11, c12, c22, m1=0.0, m2=0.0, scale=
 def _pair_rule(c11, c12, c22, m1, m2, n_outer=None, n_inner=None, scale=1.0):
     """Outer nodes x1 (M, n_outer) with weights w1, and for each the inner nodes x2
     (M, n_outer, n_inner) with weights w of E[. | x1] (see the module docstring); the node counts
-    default to N_OUTER and N_INNER as they are at the call. n_inner = 0: the mean and standard
-    deviation of x2 | x1 (M, n_outer) in place of the inner nodes and weights."""
+    default to N_OUTER and N_INNER as they are at the call."""
     n_outer, n_inner = N_OUTER if n_outer is None else n_outer, N_INNER if n_inner is None else n_inner
     sigma1 = np.sqrt(c11)
     positive = c11 > 0
@@ -116,10 +115,8 @@ def _pair_rule(c11, c12, c22, m1, m2, n_outer=None, n_inner=None, scale=1.0):
         b1 = np.minimum(np.minimum(1.0, scale / sigma1), np.maximum(scale, s) / np.abs(kappa * sigma1))
     x1, w1 = _sinh_rule(m1, sigma1, b1, n_outer, scale < 1)      # (M, n_outer)
     dx1 = x1 - m1[:, None]
-    mean, sd = m2[:, None] + kappa[:, None] * dx1, np.broadcast_to(s[:, None], dx1.shape)
-    if n_inner == 0:                                              # the conditional itself (_levels, closed)
-        return x1, w1, mean, sd
-    y, w = _conditional_rule(mean, sd, n_inner, scale)
+    y, w = _conditional_rule(m2[:, None] + kappa[:, None] * dx1, np.broadcast_to(s[:, None], dx1.shape), n_inner,
+                             scale)
     return x1, w1, y, w
 
 
@@ -296,18 +293,18 @@ def _closed_order(signature, inner):
 def _levels(Qf, mf, units, scale, closed=False):
     """The nested rule over one, two or three distinct units of lambda ~ N(mf, Qf): [(nodes,
     weights)], outermost unit first, each level's arrays one axis deeper than the one before.
-    `closed`: the innermost level as ((the mean, the variance) of its unit given the outer ones,
-    None), for averages over it in closed form (expect_units' `inner`)."""
+    `closed` (three units): the innermost level as ((the mean, the variance) of its unit given the
+    outer two, None), for averages over it in closed form (expect_units' `inner`)."""
     if len(units) == 3:
         x1, w1, x2, w2, x3, w3 = _triple_rule(Qf[:, units][:, :, units], mf[:, units], scale, closed)
+        # closed: x3 and w3 are the third unit's conditional mean and standard deviation
         return [(x1, w1), (x2, w2), ((x3, w3 * w3), None) if closed else (x3, w3)]
     if len(units) == 2:
         u1, u2 = units
-        x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], mf[:, u1], mf[:, u2],
-                                  n_inner=0 if closed else None, scale=scale)
-        return [(x1, w1), ((y, w * w), None) if closed else (y, w)]
+        x1, w1, y, w = _pair_rule(Qf[:, u1, u1], Qf[:, u1, u2], Qf[:, u2, u2], mf[:, u1], mf[:, u2], scale=scale)
+        return [(x1, w1), (y, w)]
     (u,) = units
-    return [((mf[:, u], Qf[:, u, u]), None) if closed else _one_rule(Qf[:, u, u], mf[:, u], scale)]
+    return [_one_rule(Qf[:, u, u], mf[:, u], scale)]
 
 
 _LAST = [None, {}]      # (derivatives, Q, means) of the last call and its averages
