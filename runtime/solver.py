@@ -158,7 +158,7 @@ class _Layout:
         return np.concatenate(out, axis=1)
 
     def apply_matrices(self, field, S):
-        """The matrices' part of apply: M_j S_j + S_j M_j^T + N_j, M_j = rho_j A + B (m, Jm, F, F)."""
+        """The matrices' part of apply: M_j S_j + (M_j S_j)^T + N_j, M_j = rho_j A + B (m, Jm, F, F)."""
         A, B, N = field[:3]
         MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
         return MS + np.swapaxes(MS, -1, -2) + N
@@ -334,7 +334,7 @@ class _EigenWoodbury(_Woodbury):
         layout = J.layout
         self.eigvecs, self.E = V, E
         self.scale = 1.0 / (1.0 - self.c * layout.rho_vec[:, None] * lam)       # (Jv, F)
-        th, rho, F = J.th, layout.rho_vec, layout.F
+        rho = layout.rho_vec
         weights = np.stack([rho ** 2, rho, np.ones_like(rho)])[:, :, None] * self.scale     # (3, Jv, F)
         H = (np.swapaxes(weights, 1, 2) @ J.pairs)[..., layout.symmetric_index]                 # (3, F, F, F)
         # sum_tau w_tau theta_tau (Pc^-1 U_k)_tau^T = [sum_c GA_k[i, c] H_(w rho)[i, a, c] + GB_k[i, c]
