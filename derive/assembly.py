@@ -453,14 +453,15 @@ def _partitions(items):
         yield [[items[0]]] + rest
 
 
-def unit_orders(prefixes):
+def unit_orders(prefixes, units):
     """The derivative orders one unit can carry in the averages (mean_*, pair_*, multi_*) read by the
-    functions whose names start with `prefixes`: for each average and each way its index tuple can fall
-    on distinct units (runtime.quadrature.expect_units groups the factors by unit), the orders on one
-    unit, sorted decreasing; a sorted tuple of them."""
+    functions whose names start with `prefixes`, where an average's index tuple falls on `units`
+    distinct units (runtime.quadrature.expect_units groups the factors by unit): the orders on one
+    of them, sorted decreasing; a sorted tuple of them."""
     names = {a for f, names in table().items() if f.startswith(prefixes) for a in names}
     return tuple(sorted({tuple(sorted((a for slot in block for a in slot), reverse=True))
-                         for name in names for blocks in _partitions(list(orders(name))) for block in blocks},
+                         for name in names for blocks in _partitions(list(orders(name)))
+                         if len(blocks) == units for block in blocks},
                         key=lambda o: (len(o), o)))
 
 

@@ -98,12 +98,10 @@ def derive_all(activation: Activation) -> Derivation:
     for kernel in sorted(with_constant_unit(set(BASE) | _averages_of(("bias_drift_", "population_error")))):
         d.shifted[kernel] = shifted.derive_kernel(d.g, kernel)
     if not d.smoothed and not d.finite_missing and d.polynomial_degree is None:
-        # the innermost unit's conditional average in runtime.quadrature.expect_units' nested rules: a
-        # shifted mean, E[prod_a g^(a)(m + sqrt(v) z)], where the engine has it in closed form; the unit
-        # with the fewest factors goes innermost, which carries at most two (four slots on two units)
-        for orders in assembly.unit_orders(("finite_drift_", "noise_", "spike_noise_", "bias_noise_")):
-            if len(orders) > 2:
-                continue
+        # the innermost unit's conditional average in runtime.quadrature.expect_units' three-unit rules:
+        # a shifted mean, E[prod_a g^(a)(m + sqrt(v) z)], where the engine has it in closed form, for the
+        # orders a unit of three carries (at most two factors: four slots on three units)
+        for orders in assembly.unit_orders(("finite_drift_", "noise_", "spike_noise_", "bias_noise_"), units=3):
             closed = shifted.derive_kernel(d.g, Kernel((orders,)))
             if closed is not None:
                 d.inner[orders] = closed

@@ -2,7 +2,7 @@
 # Activation sin: g(x) = sin(x)
 # Kernels: every kernel in closed form, derived by the SymPy engine (derive/gaussian.py).
 # Equations of motion: generated/rules.py (the same for every activation) read with this module's averages (runtime/averages.py).
-# Finite-D equations: averages over several units (multi_*) NUMERICAL, by double-exponential quadrature per unit, pair or triple of units (runtime/quadrature.py, expect_units; K <= 3; three-unit accuracy in runtime/quadrature.py at N_TRIPLE); over three units the innermost one's conditional average in closed form (inner_means: 20 orders, derive/shifted.py).
+# Finite-D equations: averages over several units (multi_*) NUMERICAL, by double-exponential quadrature per unit, pair or triple of units (runtime/quadrature.py, expect_units; K <= 3; three-unit accuracy in runtime/quadrature.py at N_TRIPLE); over three units the innermost one's conditional average in closed form (inner_means: 13 orders, derive/shifted.py).
 # Shifted kernels (trained bias): every one in closed form (ndtr, bivariate normal CDF), derived by derive/shifted.py.
 # Finite-D equations with a trained bias (BIAS_NOISE): their second-order noise averages over lambda ~ N(b, Q) are NUMERICAL (expect_units with means; exact Gauss-Hermite for a polynomial g); the drift is the exact drift_<rule>_bias.
 """Gaussian averages of g(x) = sin(x) (g(x) = sin(x)); the interface: generated/__init__.py."""
@@ -229,12 +229,11 @@ def inner_means(m, v):
     t6 = 1/2 - t5
     t7 = t4*numpy.sin(t3)
     t8 = t5 + 1/2
-    t9 = -t6
-    t10 = -t7
-    return (_broadcast(t1, m, v), _broadcast(t2, m, v), _broadcast(-t1, m, v), _broadcast(-t2, m, v), _broadcast(t1, m, v), _broadcast(t2, m, v), _broadcast(t6, m, v), _broadcast(t7, m, v), _broadcast(t8, m, v), _broadcast(t9, m, v), _broadcast(t10, m, v), _broadcast(t6, m, v), _broadcast(t10, m, v), _broadcast(-t8, m, v), _broadcast(t7, m, v), _broadcast(t8, m, v), _broadcast(t6, m, v), _broadcast(t7, m, v), _broadcast(t9, m, v), _broadcast(t8, m, v),)
+    t9 = -t7
+    return (_broadcast(t1, m, v), _broadcast(t2, m, v), _broadcast(-t1, m, v), _broadcast(-t2, m, v), _broadcast(t1, m, v), _broadcast(t6, m, v), _broadcast(t7, m, v), _broadcast(t8, m, v), _broadcast(-t6, m, v), _broadcast(t9, m, v), _broadcast(t6, m, v), _broadcast(t9, m, v), _broadcast(-t8, m, v),)
 
 
-INNER_ORDERS = ((0,), (1,), (2,), (3,), (4,), (5,), (0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3), (4, 0), (4, 1), (4, 2), (5, 1))
+INNER_ORDERS = ((0,), (1,), (2,), (3,), (4,), (0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1))
 
 
 #: the equations of motion and the literature's averages of generated/rules.py, read with this module's
