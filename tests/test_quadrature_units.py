@@ -112,3 +112,35 @@ def test_averages_over_shifted_fields_match_monte_carlo(seed, scale, shift):
 def test_more_than_three_units_is_a_value_error():
     with pytest.raises(ValueError, match="K <= 3"):
         expect_units(load("erf").DERIVATIVES, ORDERS, np.eye(4))
+
+
+def test_tables_asked_once_for_every_pair_agree_with_pair_by_pair():
+    """expect_units asks the tables once for all sets of two units (their signatures' union at their
+    covariances stacked) and, where that call gives nothing, once per set: both give the same
+    averages (to rounding), and those of the rule without tables to its accuracy."""
+    from functools import partial
+
+    from runtime import fast_kernels, quadrature
+    act = load("erf")
+    orders = ORDERS + (((1,), (1,)), ((2,), (0,)), ((1, 1),), ((3,), (1,)))
+    Q = _covariance(3, 0.8)
+    asked = []
+
+    def tables(signatures, Qs, refuse_stacked=False):
+        asked.append(Qs.shape[0])
+        if refuse_stacked and Qs.shape[0] > 1:
+            return None
+        return fast_kernels.tabulated_units(act.DERIVATIVES, signatures, Qs)
+
+    results = []
+    for refuse in (False, True):
+        quadrature._LAST[0] = None
+        asked.clear()
+        results.append(expect_units(act.DERIVATIVES, orders, Q, tabulated=partial(tables, refuse_stacked=refuse)))
+        # 3 units and 6 ordered pairs: 2 calls together; refused: each stacked call, then its sets one by one
+        assert asked == ([3, 6] if not refuse else [3, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1]), asked
+    quadrature._LAST[0] = None
+    bare = expect_units(act.DERIVATIVES, orders, Q)
+    for together, one_by_one, rule in zip(*results, bare):
+        np.testing.assert_allclose(together, one_by_one, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(together, rule, rtol=0, atol=THREE_UNIT_ACCURACY)
