@@ -16,7 +16,7 @@ from derive import gaussian as G
 from derive import rules, shifted, smoothing, stein
 from derive.activations import Activation, x
 from derive.kernels import BASE, Kernel, derive_kernel, from_name, with_constant_unit
-from derive.printer import NumpyPrinter, distribute, guard, rewrite_asin
+from derive.printer import NumpyPrinter, absolute_bvns, distribute, guard, rewrite_asin
 from runtime import fast_kernels
 
 COMMAND = "make derive  (python -m derive)"
@@ -143,7 +143,7 @@ def _body(exprs, printer, indent="    ", rewrite=True):
     """Lines computing the expressions `exprs` with their common subexpressions hoisted, and the
     reduced expressions (rewrite=False: keep each expression's own form -- no asin rewrite, no deep
     distribution of fractions -- as the shifted kernels need, see derive.shifted)."""
-    exprs = [guard(distribute(rewrite_asin(e)) if rewrite else e) for e in exprs]
+    exprs = [absolute_bvns(guard(distribute(rewrite_asin(e)) if rewrite else e)) for e in exprs]
     temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t"), optimizations=None)
     lines = [f"{indent}{t} = {printer.doprint(e)}" for t, e in temps]
     return lines, reduced

@@ -196,7 +196,7 @@ def shifted_pair_0_0(m1, m2, c11, c12, c22):
     t1 = m1*t0
     t2 = 1/numpy.sqrt(c22 + 1)
     t3 = m2*t2
-    return _broadcast(4*_bvn(t1, t3, c12*t0*t2) - 2*scipy.special.ndtr(t1) - 2*scipy.special.ndtr(t3) + 1, m1, m2, c11, c12, c22)
+    return _broadcast(4*_bvn(t1, t3, c12*t0*t2, absolute=True) - 2*scipy.special.ndtr(t1) - 2*scipy.special.ndtr(t3) + 1, m1, m2, c11, c12, c22)
 
 
 def shifted_mean_00(m, v):
@@ -206,7 +206,7 @@ def shifted_mean_00(m, v):
     """
     t0 = v + 1
     t1 = m/numpy.sqrt(t0)
-    return _broadcast(4*_bvn(t1, t1, v/t0) - 4*scipy.special.ndtr(t1) + 1, m, v)
+    return _broadcast(4*_bvn(t1, t1, v/t0, absolute=True) - 4*scipy.special.ndtr(t1) + 1, m, v)
 
 
 def shifted_mean_1(m, v):
@@ -328,7 +328,7 @@ def inner_means(m, v):
     t30 = (1/2)*t15*t20*t9*numpy.exp(-1/2*t14*t26)
     t31 = t19*t21 + t30
     t32 = t24**(-3/2)
-    return (_broadcast(2*t3 - 1, m, v), _broadcast(t11, m, v), _broadcast(-t12, m, v), _broadcast(t18, m, v), _broadcast(-t11*(m*t16*t5 + t17*t19) + 3*t12, m, v), _broadcast(-4*t3 + 4*_bvn(t2, t2, t15) + 1, m, v), _broadcast(t13 + t23, m, v), _broadcast(t29, m, v), _broadcast(t12 - t22*t31, m, v), _broadcast(-m*t28*t32, m, v), _broadcast(t27*t32*t5 + t28*t4/_power(t24, 2.5), m, v), _broadcast(2*t1*t6*t7*t8*(m*t25*t30 + t15*t21 + t19*t31) - t18 - t23, m, v), _broadcast(t29*(t25*v + t4/t24**2) - t29, m, v),)
+    return (_broadcast(2*t3 - 1, m, v), _broadcast(t11, m, v), _broadcast(-t12, m, v), _broadcast(t18, m, v), _broadcast(-t11*(m*t16*t5 + t17*t19) + 3*t12, m, v), _broadcast(-4*t3 + 4*_bvn(t2, t2, t15, absolute=True) + 1, m, v), _broadcast(t13 + t23, m, v), _broadcast(t29, m, v), _broadcast(t12 - t22*t31, m, v), _broadcast(-m*t28*t32, m, v), _broadcast(t27*t32*t5 + t28*t4/_power(t24, 2.5), m, v), _broadcast(2*t1*t6*t7*t8*(m*t25*t30 + t15*t21 + t19*t31) - t18 - t23, m, v), _broadcast(t29*(t25*v + t4/t24**2) - t29, m, v),)
 
 
 INNER_ORDERS = ((0,), (1,), (2,), (3,), (4,), (0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1))

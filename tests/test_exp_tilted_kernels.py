@@ -115,6 +115,39 @@ def test_bvn_tail_values_and_no_nan():
         assert np.all(np.isfinite(values)) and (rho > 0 or np.all(values <= 1e-15)), (rho, values)
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_absolute_bvn_is_absolutely_accurate_in_the_tail(seed):
+    """bvn(..., absolute=True), Owen's formula without the tail rule, within 1e-15 absolutely of
+    mpmath below TAIL (where bvn takes the tail rule), and equal to bvn above: it serves sums with
+    a constant term (derive.printer.absolute_bvn), whose own rounding is ~1e-16."""
+    from runtime.elementwise import TAIL
+    points = _tail_points(seed, 120)
+    h, k, rho = map(np.array, zip(*points))
+    got, full = bvn(h, k, rho, absolute=True), bvn(h, k, rho)
+    tail = full < TAIL
+    assert tail.sum() > 50
+    worst = 0.0
+    for (hh, kk, rr), value in zip(np.array(points)[tail], got[tail]):
+        worst = max(worst, float(abs(value - mp.exp(T.mp_log_bvn(hh, kk, rr)))))
+    print(f"worst absolute error over {tail.sum()} tail points: {worst:.1e}")
+    assert worst <= 1e-15
+    assert np.array_equal(got[~tail], full[~tail])
+
+
+def test_absolute_bvn_only_in_sums_with_a_constant():
+    """derive.printer.absolute_bvns: erf's 4 bvn - 2 Phi - 2 Phi + 1 takes Owen's formula alone;
+    ReLU's m2 bvn(...) + ... (no constant term, a small value relatively accurate) and a bvn with
+    a symbolic coefficient keep the tail rule; the guards of the other terms are kept as they are."""
+    from derive import shifted
+    from derive.printer import absolute_bvn, absolute_bvns, div
+    h, k, r, m, c = sp.symbols("h k r m c")
+    erf_like = 4 * shifted.bvn(h, k, r) - 2 * shifted.ndtr(h) - 2 * shifted.ndtr(k) + 1
+    assert absolute_bvns(erf_like) == 4 * absolute_bvn(h, k, r) - 2 * shifted.ndtr(h) - 2 * shifted.ndtr(k) + 1
+    for kept in (m * shifted.bvn(h, k, r) + shifted.ndtr(h), c * shifted.bvn(h, k, r) + 1,
+                 div(h, sp.Max(0, k + 1, evaluate=False))):
+        assert absolute_bvns(kept) == kept
+
+
 def test_bvn_tail_cost():
     """The tail rule is vectorised: 1e4 random points, most of them tails, in well under a second
     (one adaptive quad per tail point took 0.1-0.6 ms, 0.4 s for 606 tails)."""
