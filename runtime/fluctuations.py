@@ -12,8 +12,8 @@ matrices, runtime.integrate) with C = Cov(y):
 
 J = dF/dy, F the finite-D drift. The bulk matrices are sums over ~D directions: their own noise is
 O(D^-3/2) and left out, but they respond to the spikes' fluctuations through J. F'':C and J C
-are read off F at the points <y> +- sqrt(lambda_i) e_i along the eigenvectors of C (exact for
-quadratic F), one vectorised call. F differs from its D -> infinity limit F_inf by O(1/D), so to
+are read off F at the points <y> +- sqrt|lambda_i| e_i along the eigenvectors of C, each pair
+weighted by the sign of lambda_i (exact for quadratic F, and linear in C), one vectorised call. F differs from its D -> infinity limit F_inf by O(1/D), so to
 this order F'':C and J C are those of F_inf, whose averages are kernels in closed form, and only
 F(<y>) and the spikes' noise need the finite-D equations' numerical averages. The same points
 give the mean error, <eps> = eps(<y>) + 1/2 eps'':C, and (with the points <y> + d_i + d_j) the
@@ -62,22 +62,29 @@ class FluctuationSystem:
         return y, 0.5 * (C + C.T)
 
     def points(self, z):
-        """<y> followed by <y> + d_i and <y> - d_i, d_i = sqrt(lambda_i) e_i: shape (1 + 2m, n)."""
+        """(<y> followed by <y> + d_i and <y> - d_i: shape (1 + 2m, n); d_i = sqrt|lambda_i| e_i; the
+        signs s_i of the eigenvalues lambda_i), over C's eigenpairs (lambda_i, e_i) with |lambda_i| above
+        RELATIVE_CUTOFF of the largest."""
         return self._points(*self._split(z))
 
     @staticmethod
     def _points(y, C):
         lam, vec = np.linalg.eigh(C)
-        keep = lam > RELATIVE_CUTOFF * max(lam[-1], 0.0) if lam[-1] > 0 else np.zeros(lam.size, bool)
-        d = (vec[:, keep] * np.sqrt(lam[keep])).T
-        return np.concatenate([y[None], y + d, y - d]), d
+        keep = np.abs(lam) > RELATIVE_CUTOFF * np.max(np.abs(lam))
+        d = (vec[:, keep] * np.sqrt(np.abs(lam[keep]))).T
+        return np.concatenate([y[None], y + d, y - d]), d, np.sign(lam[keep])
 
     @staticmethod
-    def mean(values):
-        """From f at points(): <f> = f(<y>) + 1/2 sum_i (f_i+ + f_i- - 2 f(<y>)), over the leading axis."""
+    def mean(values, sign):
+        """From f at points(): <f> = f(<y>) + 1/2 sum_i s_i (f_i+ + f_i- - 2 f(<y>)), over the leading axis:
+        f(<y>) + 1/2 f'':C, exact for quadratic f. The signs make it (and J C) linear in any symmetric
+        C: on the solution C is PSD and they are all +1, but a Newton iterate's C has eigenvalues of
+        either sign near 0, and dropping the negative ones (as this did) made the right-hand side
+        non-smooth there and Newton's iteration slow (linear K = 2, D = 500: 735 -> 544 right-hand sides
+        with a renewed Jacobian, which gained nothing before: docs/performance.md)."""
         m = (values.shape[0] - 1) // 2
         f0, fp, fm = values[0], values[1:m + 1], values[m + 1:]
-        return f0 + 0.5 * np.sum(fp + fm - 2 * f0, axis=0)
+        return f0 + 0.5 * np.tensordot(sign, fp + fm - 2 * f0, axes=1)
 
     def __call__(self, t, z):
         if z.ndim == 2:               # columns (a finite-difference Jacobian)
@@ -92,12 +99,12 @@ class FluctuationSystem:
                     f"size (limit {MAX_RELATIVE_SPREAD}); SGD runs leave this state at different times (a saddle "
                     "or plateau), which the linear-noise expansion does not describe")
                 return np.zeros_like(z)
-        Y, d = self._points(y, C)
+        Y, d, sign = self._points(y, C)
         f = self.limit(t, Y.T).T                                  # (1 + 2m, n)
         m = d.shape[0]
         drift = self.core(t, Y[0])
-        dy = drift + self.mean(f) - f[0]
-        JC = ((f[1:m + 1] - f[m + 1:]) / 2).T @ d                  # sum_i (J d_i) d_i^T
+        dy = drift + self.mean(f, sign) - f[0]
+        JC = ((f[1:m + 1] - f[m + 1:]) / 2 * sign[:, None]).T @ d   # sum_i s_i (J d_i) d_i^T
         dC = JC + JC.T
         idx, N = self.core.step_noise(Y[0], self.noises)
         if idx.size:
@@ -111,7 +118,11 @@ class FluctuationSystem:
 
     def _averaged(self, Z, fn):
         """Seed averages of fn(states (m, n)) -> (m, ...) at each state z in Z."""
-        return np.array([self.mean(fn(self.points(z)[0])) for z in Z])
+        out = []
+        for z in Z:
+            Y, _, sign = self.points(z)
+            out.append(self.mean(fn(Y), sign))
+        return np.array(out)
 
     def order_parameters(self, Z):
         stacked = self._averaged(Z, lambda Y: np.stack(self.core.order_parameters(Y), axis=1))
@@ -139,7 +150,9 @@ class FluctuationSystem:
         integrate(..., stochastic=True) gives the distribution itself (runtime.stochastic)."""
         out = []
         for z in Z:
-            Y, d = self.points(z)
+            Y, d, sign = self.points(z)
+            d = d[sign > 0]                              # (C is PSD: the others are rounding)
+            Y = np.concatenate([Y[:1], Y[0] + d, Y[0] - d])
             m = d.shape[0]
             i, j = np.triu_indices(m, 1)
             pairs = Y[0] + d[i] + d[j]
