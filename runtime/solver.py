@@ -65,6 +65,11 @@ EIGENBASIS_CONDITION_MAX = 1e6
 #: one of the same Jacobian (CVODE's dgmax = 0.3, Hindmarsh et al., ACM TOMS 31, 363 (2005)); within it
 #: the iteration is a modified Newton one, converging to the same solution (its residual is exact)
 REUSE_SHIFT = 0.3
+#: StructuredBDF evaluates a new Jacobian before a step when the step before it took more than this many
+#: right-hand sides (Newton iterations, rejected tries included): scipy's BDF renews it only once Newton
+#: fails to converge in 4, so a stale one costs ~3 right-hand sides a step and shorter steps (its step
+#: factor shrinks with the iterations). Radau renews it so already (n_iter > 2).
+REFRESH_ITERATIONS = 2
 
 
 def _difference_steps(x):
@@ -478,12 +483,22 @@ def _structured(solver, base, fun, t0, y0, t_bound, options):
 
 class StructuredBDF(BDF):
     """scipy's BDF on a system of runtime.integrate (_System or _BiasSystem, passed as `fun`)
-    with the structured Jacobian and Woodbury Newton solves of the module docstring; `nfev` counts
+    with the structured Jacobian and Woodbury Newton solves of the module docstring, the Jacobian
+    renewed after a step of more than REFRESH_ITERATIONS Newton iterations; `nfev` counts
     right-hand sides (Newton iterations), `njev` structured Jacobians (each one vectorised drift
     call over P + 1 order parameters), `nlu` factorisations."""
 
     def __init__(self, fun, t0, y0, t_bound, **options):
         _structured(self, BDF, fun, t0, y0, t_bound, options)
+        self._stale = False
+
+    def _step_impl(self):
+        if self._stale:
+            self.J, self.LU = self.jac(self.t, self.y), None
+        before = self.nfev
+        out = super()._step_impl()
+        self._stale = self.nfev - before > REFRESH_ITERATIONS
+        return out
 
 
 class StructuredRadau(Radau):
