@@ -206,7 +206,7 @@ def test_stiff_case_needs_100x_fewer_right_hand_sides_than_rk45():
     assert counts["RK45"] >= 100 * counts["StructuredBDF"], counts
 
 
-def test_auto_picks_structured_bdf_for_large_states_and_with_fluctuations(monkeypatch):
+def test_auto_picks_structured_bdf_for_large_states_at_finite_d_and_with_fluctuations(monkeypatch):
     from runtime import integrate
     used = []
 
@@ -221,11 +221,13 @@ def test_auto_picks_structured_bdf_for_large_states_and_with_fluctuations(monkey
     act.integrate(eigvals, eigvecs, W0, V0, times=[0.0, 1.0], progress=False)
     assert used
     used.clear()
-    act.integrate(eigvals[:20], None, W0[:, :20], V0[:, :20], times=[0.0, 1.0], progress=False)
-    assert not used                                                          # 160 numbers: BDF
-    name, problem, options = CASES["fluctuations"]
-    generated.load(name).integrate(**problem, **options, times=[0.0, 0.5], progress=False)
-    assert used
+    small = act.integrate(eigvals[:20], None, W0[:, :20], V0[:, :20], times=[0.0, 1.0], progress=False)
+    assert not used and small.method == "BDF"                                # 160 numbers: BDF
+    for case in ("finite D", "fluctuations"):                                # any size
+        name, problem, options = CASES[case]
+        res = generated.load(name).integrate(**problem, **options, times=[0.0, 0.5], progress=False)
+        assert used and res.method == "StructuredBDF"
+        used.clear()
 
 
 def test_fluctuations_stiff_case_needs_fewer_right_hand_sides_than_rk45():
