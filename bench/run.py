@@ -233,6 +233,27 @@ def bench_solver(rng):
     return rows
 
 
+def bench_scaling(rng):
+    """StructuredBDF on the Marchenko-Pastur case (spikes (4, 3, 2, 1) D + D - 4 distinct bulk
+    eigenvalues, K = 4, t <= 1000) at D = 2500 ... 40000: the cost per right-hand side and eigenvalue
+    (issue 13: linear in D)."""
+    erf = generated.load("erf")
+    log_times = np.concatenate([[0.0], np.logspace(-1, 3, 39)])
+    rows = []
+    for D in (2500, 5000, 10000, 20000, 40000):
+        eigvals, eigvecs, W0, V0 = marchenko_pastur_problem(D=D)
+        res = {}
+
+        def run():
+            res["r"] = erf.integrate(eigvals, eigvecs, W0, V0, times=log_times, method="StructuredBDF", rtol=1e-6,
+                                     atol=1e-9, progress=False)
+        seconds = best_of(run, 2)
+        nfev = res["r"].nfev
+        rows.append({"D": D, "seconds": seconds, "nfev": nfev, "us_per_rhs_per_eigenvalue": 1e6 * seconds / nfev / D})
+        print(f"| {D} | {seconds:.3f} | {nfev} | {1e3 * seconds / nfev:.3f} | {1e6 * seconds / nfev / D:.3f} |", flush=True)
+    return rows
+
+
 def bench_simulator():
     rows = []
     for label, kwargs in [("plain numpy loop, 1 seed", dict(seeds=1, reference=True)),
@@ -362,6 +383,8 @@ PARTS = {"kernels": ("| activation | kernels | covariances | I2 evals/s | I3 eva
                         lambda rng: bench_integrator(rng)),
          "solver": ("| case (rtol 1e-6; error: max over t vs StructuredBDF at rtol 1e-10) | StructuredBDF | RK45 | BDF "
                     "| physical floor |\n|---|---|---|---|---|", bench_solver),
+         "scaling": ("| D (Marchenko-Pastur, erf K=4, t<=1000, StructuredBDF) | seconds | RHS | ms per RHS | "
+                     "us per RHS and eigenvalue |\n|---|---|---|---|---|", bench_scaling),
          "simulator": ("| SGD simulator, D=1000, K=4, erf | steps/s | seed-steps/s |\n|---|---|---|",
                        lambda rng: bench_simulator()),
          "fast_kernels": ("| numerical kernel | max abs rho | evals/s (fast path) | evals/s (expect2) | "
