@@ -234,11 +234,22 @@ class _System:
         if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B)) and np.all(np.isfinite(N))):
             self.failed = self.failed or f"non-finite drift at t = {t:.6g} (blow-up)"
             return np.zeros_like(y)
-        d_th = (th @ A.transpose(0, 2, 1)) * self.rho_vec[:, None] + th @ B.transpose(0, 2, 1)
-        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
-        out = np.concatenate([d_th.reshape(Y.shape[0], -1),
-                              (MS + np.swapaxes(MS, -1, -2) + N).reshape(Y.shape[0], -1)], axis=1)
+        out = self.apply(A, B, N, th, S)
         return out[0] if y.ndim == 1 else out.T
+
+    def apply(self, A, B, N, th, S):
+        """The field (A, B, N) of m order parameters on the vectors th (m or 1, Jv, F) and matrices
+        S (m or 1, Jm, F, F): d theta_tau/dt = (rho_hat_tau A + B) theta_tau, then the matrices'
+        M_j S_j + (M_j S_j)^T + N_j (apply_matrices), flattened as the state: (m, n)."""
+        m, F = A.shape[0], self.F
+        both = th @ np.concatenate([np.swapaxes(A, 1, 2), np.swapaxes(B, 1, 2)], axis=2)      # (m, Jv, 2F)
+        d_th = both[..., :F] * self.rho_vec[:, None] + both[..., F:]
+        return np.concatenate([d_th.reshape(m, -1), self.apply_matrices(A, B, N, S).reshape(m, -1)], axis=1)
+
+    def apply_matrices(self, A, B, N, S):
+        """M_j S_j + (M_j S_j)^T + N_j, M_j = rho_hat_j A + B: (m, Jm, F, F)."""
+        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
+        return MS + np.swapaxes(MS, -1, -2) + N
 
 
 class _BiasSystem:

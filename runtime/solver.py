@@ -152,21 +152,14 @@ class _Layout:
                                db], axis=1)
 
     def apply(self, field, th, S):
-        """f = L(p) y + c(p) for the fields (A, B, N[, db]) of m order parameters: (m, n)."""
-        A, B = field[:2]
-        m, F = A.shape[0], self.F
-        both = th @ np.concatenate([np.swapaxes(A, 1, 2), np.swapaxes(B, 1, 2)], axis=2)      # (m, Jv, 2F)
-        d_th = both[..., :F] * self.rho_vec[:, None] + both[..., F:]
-        out = [d_th.reshape(m, -1), self.apply_matrices(field, S).reshape(m, -1)]
-        if self.n_bias:
-            out.append(field[3])
-        return np.concatenate(out, axis=1)
+        """f = L(p) y + c(p) for the fields (A, B, N[, db]) of m order parameters: (m, n) (the
+        right-hand side's own _System.apply, and db/dt)."""
+        out = self.core.apply(*field[:3], th, S)
+        return np.concatenate([out, field[3]], axis=1) if self.n_bias else out
 
     def apply_matrices(self, field, S):
         """The matrices' part of apply: M_j S_j + (M_j S_j)^T + N_j, M_j = rho_j A + B (m, Jm, F, F)."""
-        A, B, N = field[:3]
-        MS = self.rho_mat[:, None, None] * (A[:, None] @ S) + B[:, None] @ S
-        return MS + np.swapaxes(MS, -1, -2) + N
+        return self.core.apply_matrices(*field[:3], S)
 
 
 class StructuredJacobian:
