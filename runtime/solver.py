@@ -409,6 +409,10 @@ class _Lyapunov(_Factors):
         n = self.Z.shape[0]
         Z = self.Z
         Y, scale, info = ztrsyl(self.T, self.T.conj(), Z.conj().T @ r[n:].reshape(n, n) @ Z.conj(), tranb="C")
+        if info < 0:
+            raise RuntimeError(f"ztrsyl: argument {-info} is illegal")
+        # info = 1: T and -T^H have close eigenvalues and LAPACK perturbed them; the solve is then a
+        # modified Newton one (BDF's residual stays exact) and only converges more slowly
         X = Z @ (Y / scale) @ Z.T
         out = np.concatenate([lu_solve(self.lu, r[:n]), (X.real if self.real else X).ravel()])
         return out / self.a
