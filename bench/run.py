@@ -158,6 +158,8 @@ def budgeted(fn, budget):
 
 #: seconds after which a scipy solver's run in bench_solver is stopped (its row says how far it got)
 BUDGET = 200.0
+#: the stiff runs' output times: 0 and 39 log-spaced times from 0.1 to 1000
+LOG_TIMES = np.concatenate([[0.0], np.logspace(-1, 3, 39)])
 
 
 def bench_solver(rng):
@@ -169,19 +171,18 @@ def bench_solver(rng):
 
     from runtime import data, universality
     from runtime.solver import StructuredBDF
-    log_times = np.concatenate([[0.0], np.logspace(-1, 3, 39)])
     spiked = spec.Spectrum.spiked(1000, [4.0, 3.0, 2.0, 1.5])
     finite = spec.Spectrum.spiked(400, [2.0, 1.0])
     finite_init = spec.random_init_matrices(finite, 2, sigma_w=0.5, sigma_v=0.5, seed=0)
     patches = data.load("sklearn", patch=32)
     cases = [
         ("stiff: erf K=4, D=1000, spikes (4,3,2,1)D + distinct bulk U[0.2,1.8], W0,V0=0.1 N(0,1), 40 log times to 1000",
-         dict(zip(("eigvals", "eigvecs", "W0", "V0"), stiff_problem())), log_times, ("RK45", "BDF")),
+         dict(zip(("eigvals", "eigvecs", "W0", "V0"), stiff_problem())), LOG_TIMES, ("RK45", "BDF")),
         ("32x32 patches (D=1024), erf K=8, init 0.2, t<=1000",
          dict(eigvals=patches.eigvals, eigvecs=None, W0=universality.initial_weights(8, 1024, 0.2, 0)[0],
-              V0=universality.initial_weights(8, 1024, 0.2, 0)[1]), log_times, ("RK45",)),   # BDF: 16384^2 Jacobian
+              V0=universality.initial_weights(8, 1024, 0.2, 0)[1]), LOG_TIMES, ("RK45",)),   # BDF: 16384^2 Jacobian
         ("10^4 distinct eigenvalues (spikes + Marchenko-Pastur 0.5), erf K=4, t<=1000",
-         dict(zip(("eigvals", "eigvecs", "W0", "V0"), marchenko_pastur_problem())), log_times, ("RK45",)),
+         dict(zip(("eigvals", "eigvecs", "W0", "V0"), marchenko_pastur_problem())), LOG_TIMES, ("RK45",)),
         ("spiked model (5 atoms), erf K=4, D=1000, t<=1000",
          dict(spectrum=spiked, init=spec.random_init_matrices(spiked, 4, sigma_w=1.0, sigma_v=1.0, seed=0)),
          np.linspace(0, 1000, 11), ("RK45", "BDF")),
@@ -238,14 +239,13 @@ def bench_scaling(rng):
     eigenvalues, K = 4, t <= 1000) at D = 2500 ... 40000: the cost per right-hand side and eigenvalue
     (issue 13: linear in D)."""
     erf = generated.load("erf")
-    log_times = np.concatenate([[0.0], np.logspace(-1, 3, 39)])
     rows = []
     for D in (2500, 5000, 10000, 20000, 40000):
         eigvals, eigvecs, W0, V0 = marchenko_pastur_problem(D=D)
         res = {}
 
         def run():
-            res["r"] = erf.integrate(eigvals, eigvecs, W0, V0, times=log_times, method="StructuredBDF", rtol=1e-6,
+            res["r"] = erf.integrate(eigvals, eigvecs, W0, V0, times=LOG_TIMES, method="StructuredBDF", rtol=1e-6,
                                      atol=1e-9, progress=False)
         seconds = best_of(run, 2)
         nfev = res["r"].nfev

@@ -284,7 +284,7 @@ def _closed_order(signature, inner):
     `inner` averages in closed form: the given order where it can, else the last such unit moved
     innermost; None where no unit's are."""
     n = len(signature)
-    closed = [] if inner is None else [i for i in reversed(range(n)) if signature[i] in inner]
+    closed = [i for i in reversed(range(n)) if signature[i] in inner]
     if not closed:
         return None
     return tuple(j for j in range(n) if j != closed[0]) + (closed[0],)
@@ -447,8 +447,8 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
     pending = {units: [sig for sig in signatures if (units, sig) not in values] for units, signatures in needed.items()}
     if tabulated is not None:
         for n in (1, 2):
-            for key, value in _tabulate(tabulated, pending, Qf, n).items():
-                values[key] = value.reshape(batch)
+            for entry, value in _tabulate(tabulated, pending, Qf, n).items():
+                values[entry] = value.reshape(batch)
     for units, signatures in pending.items():
         signatures = [sig for sig in signatures if (units, sig) not in values]
         if not signatures:
