@@ -36,6 +36,7 @@ class Derivation:
     shifted: dict = field(default_factory=dict)       # Kernel -> closed form over N(m, C) or None
     bias_noise_missing: str = ""                      # why there are no finite-D equations with a bias
     smoothed: list = field(default_factory=list)      # g_eps, g_eps', ... where g'' is a delta
+    homogeneity: int = None                           # k with g_(lam eps)(lam x) = lam^k g_eps(x), or None
     inner: dict = field(default_factory=dict)         # orders on one unit -> E[prod g^(a)(m + sqrt(v) z)], closed
 
     @property
@@ -88,6 +89,7 @@ def derive_all(activation: Activation) -> Derivation:
         if smoothing.resolved_kinks(g):
             g_eps = smoothing.smoothed(g)
             d.smoothed = [sp.diff(g_eps, x, order) for order in range(MAX_DERIVATIVE + 1)]
+            d.homogeneity = smoothing.homogeneity(g_eps)
         else:
             d.finite_missing = (f"the finite-D equations average g^({needed}) over several units "
                                 f"numerically, but g^({len(d.derivatives)}) is not a function")
@@ -241,7 +243,11 @@ def module_source(d: Derivation) -> str:
                                f"(g_eps, g_eps', ..., g_eps^({len(d.smoothed) - 1}))(x) in one pass, the factors they share\n"
                                "(the Gaussian and the normal CDF of x/epsilon) computed once (runtime/quadrature.py).",
                                [_in_ndtr(gd) for gd in d.smoothed], printer)
-        out += [f"SMOOTHED = ({', '.join(names)},)", f"SMOOTHING = {float(smoothing.EPSILON)!r}", "", ""]
+        out += [f"SMOOTHED = ({', '.join(names)},)", f"SMOOTHING = {float(smoothing.EPSILON)!r}",
+                "#: k with g_(lam eps)(lam x) = lam^k g_eps(x), or None: where it is set, both widths of the "
+                "Richardson step come",
+                "#: from one quadrature (runtime.quadrature.smoothed_units)",
+                f"HOMOGENEITY = {d.homogeneity!r}", "", ""]
     powers = {k.name: _powers(e) for k, e in d.kernels.items() if e is not None and len(k.orders) == 2}
     out += _functions([(k.name, [str(a) for a in k.args], f"{k.describe()}.\n\n= {_formula(powers.get(k.name) or e)}",
                         powers.get(k.name) or _at_zero_variance(d.g, k, e)) for k, e in d.kernels.items()

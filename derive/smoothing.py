@@ -73,6 +73,19 @@ def smoothed(g):
     return _smoothed_shifted(g)
 
 
+def homogeneity(g_eps):
+    """The degree k with g_(lam eps)(lam x) = lam^k g_eps(x) for every lam > 0 (g positively
+    homogeneous of degree k: ReLU and leaky ReLU 1), checked on the closed form g_eps; None if
+    there is none. The runtime then takes both widths of the Richardson step from one quadrature
+    (runtime.quadrature.smoothed_units)."""
+    lam = sp.Symbol("lambda", positive=True)
+    scaled = g_eps.subs({x: lam * x, eps: lam * eps}, simultaneous=True)
+    base, k = sp.simplify(scaled / g_eps).as_base_exp()
+    if base != lam or not k.is_Integer or sp.simplify(scaled - lam ** k * g_eps) != 0:
+        return None
+    return int(k)
+
+
 def _smoothed_shifted(g):
     """g_eps(x) = shifted_mean_0(x, eps^2), its normal CDFs written as erfc (differentiable)."""
     from derive import shifted

@@ -86,6 +86,9 @@ def smoothed_derivatives(x, epsilon):
 
 SMOOTHED = (g_smoothed, dg_smoothed, d2g_smoothed, d3g_smoothed, d4g_smoothed, d5g_smoothed,)
 SMOOTHING = 0.02
+#: k with g_(lam eps)(lam x) = lam^k g_eps(x), or None: where it is set, both widths of the Richardson step come
+#: from one quadrature (runtime.quadrature.smoothed_units)
+HOMOGENEITY = 1
 
 
 def mean_0(v):

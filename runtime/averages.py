@@ -90,9 +90,9 @@ class Equations:
             return {}
         orders = tuple(_orders(n) for n in names)
         if getattr(self.act, "SMOOTHED", None):
-            values = quadrature.smoothed(quadrature.expect_units, self.act.SMOOTHED, self.act.SMOOTHING, orders, Q,
-                                         None, b, constant=constant,
-                                         together=getattr(self.act, "smoothed_derivatives", None))
+            values = quadrature.smoothed_units(self.act.SMOOTHED, self.act.SMOOTHING, orders, Q, b, constant,
+                                               getattr(self.act, "smoothed_derivatives", None),
+                                               getattr(self.act, "HOMOGENEITY", None))
         else:
             tables = None if b is not None else functools.partial(fast_kernels.tabulated_units, self.act.DERIVATIVES)
             values = quadrature.expect_units(self.act.DERIVATIVES, orders, Q, self.act.POLYNOMIAL_DEGREE, b,

@@ -243,15 +243,35 @@ def _values(derivatives, orders, x):
     return {a: _at(derivatives[a], x) for a in orders}
 
 
-def smoothed(average, family, eps, *args, together=None, **kwargs):
-    """An average (expect1, expect2 or expect_units with their arguments after `derivatives`) over
-    a smoothed activation, extrapolated to width 0: 2 f(eps) - f(2 eps), error O(eps^2)
-    (derive/smoothing.py). `family`: the smoothed derivatives as functions of (x, epsilon);
-    `together(x, epsilon)`: all of them at once (the generated smoothed_derivatives), or None."""
-    near, far = (average(_at_width(family, e, together), *args, scale=e, **kwargs) for e in (eps, 2 * eps))
-    if isinstance(near, list):
+def smoothed_units(family, eps, orders_list, Q, means=None, constant=0, together=None, homogeneity=None):
+    """expect_units over a smoothed activation, extrapolated to width 0: 2 f(eps) - f(2 eps), error
+    O(eps^2) (derive/smoothing.py). `family`: the smoothed derivatives as functions of (x, epsilon);
+    `together(x, epsilon)`: all of them at once (the generated smoothed_derivatives), or None.
+
+    For a positively homogeneous g of degree k (`homogeneity`, the generated HOMOGENEITY: ReLU's 1),
+    g_(2 eps)^(a)(x) = 2^(k - a) g_eps^(a)(x / 2), so f(2 eps) is the average at width eps over
+    N(means / 2, Q / 4), each factor g^(a) on a unit other than the first `constant` ones times
+    2^(k - a): both widths in one expect_units call on Q and Q / 4 stacked (the rules scale with
+    x, so the values are those of two calls)."""
+    Q = np.asarray(Q, dtype=float)
+    if homogeneity is None:
+        near, far = (expect_units(_at_width(family, e, together), orders_list, Q, None, means, scale=e,
+                                  constant=constant) for e in (eps, 2 * eps))
         return [2 * a - b for a, b in zip(near, far)]
-    return 2 * near - far
+    K, lead = Q.shape[-1], Q.ndim - 2
+    if means is not None:
+        means = np.broadcast_to(np.asarray(means, dtype=float), Q.shape[:-1])
+        means = np.stack([means, means / 2])
+    both = expect_units(_at_width(family, eps, together), orders_list, np.stack([Q, Q / 4]), None, means, scale=eps,
+                        constant=constant)
+    out = []
+    for orders, (near, far) in zip(orders_list, both):
+        for i, unit in enumerate(orders):
+            factor = np.full(K, 2.0 ** sum(homogeneity - a for a in unit))
+            factor[:constant] = 1.0
+            far = far * factor.reshape((1,) * (lead + i) + (K,) + (1,) * (len(orders) - i - 1))
+        out.append(2 * near - far)
+    return out
 
 
 class InnerMeans:

@@ -59,7 +59,8 @@ def test_one_quadrature_per_right_hand_side(name, monkeypatch):
     drift, noise = act.FINITE["vanilla"]
     Q, R, T, T0, WW, S, theta = _state(2, np.random.default_rng(0))
     rho = np.array([0.01, 0.002])
-    per_call = 2 if hasattr(act, "SMOOTHING") else 1     # over g_eps at two widths (Richardson)
+    # over g_eps at two widths (Richardson): one call on Q and Q / 4 where g is homogeneous (ReLU)
+    per_call = 2 if getattr(act, "SMOOTHING", None) and act.HOMOGENEITY is None else 1
     drift(Q, R, T, T0, WW, 1.0, 400.0)
     noise(Q, R, T, T0, WW, 1.0, 400.0, S, rho, rho * 400)
     act.SPIKE_NOISE["vanilla"](Q, R, T, T0, WW, 1.0, 400.0, theta, np.array([0.01, 0.005, 0.003]), np.eye(3))

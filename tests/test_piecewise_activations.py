@@ -95,3 +95,14 @@ def test_elu_with_alpha_in_closed_form():
         mean, se = mc_mean(samples(X[:, 0], X[:, 1]))
         assert abs(value - mean) <= MC_SIGMAS * se, (kernel, value, mean, se)
 
+
+
+def test_smoothing_homogeneity_is_derived():
+    """derive.smoothing.homogeneity on the closed-form g_eps: the degree of positively homogeneous
+    activations (ReLU 1, leaky ReLU 1, ReLU^2 2), None for ELU (exp(x) - 1 on one side)."""
+    from derive import smoothing
+    from derive.activations import x
+    cases = [(sp.Max(0, x), 1), (sp.Max(x, x / 10), 1), (sp.Max(0, x) ** 2, 2),
+             (sp.Piecewise((x, x > 0), (sp.exp(x) - 1, True)), None)]
+    for g, k in cases:
+        assert smoothing.homogeneity(smoothing.smoothed(g)) == k, g

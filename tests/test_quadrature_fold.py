@@ -113,3 +113,26 @@ def test_smoothed_derivatives_in_one_pass_equal_the_functions_one_by_one(name):
         results.append(quadrature.expect_units(derivatives, ORDERS, Q, None, None, act.SMOOTHING))
     for one_by_one, in_one_pass in zip(*results):
         np.testing.assert_allclose(in_one_pass, one_by_one, rtol=1e-12, atol=1e-12 * np.max(np.abs(one_by_one)))
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu"])
+def test_homogeneous_smoothing_takes_both_widths_from_one_quadrature(name):
+    """g_(2 eps)^(a)(x) = 2^(k - a) g_eps^(a)(x / 2) for the generated SMOOTHED functions (k =
+    HOMOGENEITY, derived: 1 for ReLU and leaky ReLU), and smoothed_units' one call on Q and Q / 4
+    against its two calls at eps and 2 eps, with means and an output-bias unit, to rounding."""
+    act = load(name)
+    assert act.HOMOGENEITY == 1
+    eps, rng = act.SMOOTHING, np.random.default_rng(7)
+    xs = np.concatenate([rng.normal(size=300) * 0.2, rng.normal(size=20) * 5.0, [0.0]])
+    for a, f in enumerate(act.SMOOTHED):
+        np.testing.assert_allclose(f(xs, 2 * eps), 2.0 ** (act.HOMOGENEITY - a) * f(xs / 2, eps), rtol=1e-13,
+                                   atol=1e-13 * eps ** (1 - a))
+    for K, with_means, constant in ((1, False, 0), (2, True, 0), (3, True, 1), (3, False, 0)):
+        A = rng.normal(size=(2, K, K + 1))
+        Q = A @ np.swapaxes(A, -1, -2)
+        means = rng.normal(size=(2, K)) if with_means else None
+        orders = tuple(o[:K] for o in ORDERS if len(o[:K]) == len(o) or K == 3)
+        args = (act.SMOOTHED, eps, orders, Q, means, constant, act.smoothed_derivatives)
+        two, one = quadrature.smoothed_units(*args), quadrature.smoothed_units(*args, act.HOMOGENEITY)
+        for w, g in zip(two, one):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * np.max(np.abs(w)))
