@@ -50,10 +50,15 @@ def _reference_units(derivatives, orders_list, Q, means=None, scale=1.0, constan
         for sig in signatures:
             inner = None
             for (x, w), orders in reversed(list(zip(levels, sig))):
-                f = np.ones_like(x)
-                for a in orders:
-                    f = f * derivatives[a](x)
-                inner = np.sum(w * f if inner is None else w * f * inner, axis=-1)
+                def f(x, orders=orders):
+                    out = np.ones_like(x)
+                    for a in orders:
+                        out = out * derivatives[a](x)
+                    return out
+                if isinstance(x, quadrature._SharedLevel):     # a pair's inner level, its nodes shared
+                    inner = x.average(f)
+                    continue
+                inner = np.sum(w * f(x) if inner is None else w * f(x) * inner, axis=-1)
             values[units, sig] = inner.reshape(batch)
     outs = []
     for n, entries in plan:
@@ -136,3 +141,37 @@ def test_homogeneous_smoothing_takes_both_widths_from_one_quadrature(name):
         two, one = quadrature.smoothed_units(*args), quadrature.smoothed_units(*args, act.HOMOGENEITY)
         for w, g in zip(two, one):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * np.max(np.abs(w)))
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu"])
+def test_shared_inner_nodes_are_as_accurate_as_each_outer_nodes_own_rule(name):
+    """A pair rule's inner level with its nodes shared by the outer nodes (_SharedLevel: every element's
+    step at most its own rule's) against the per-element rule (_conditional_rule), both against that rule
+    with 4 times the inner nodes, at variances 1e-2 ... 1e2, correlations up to 0.99 (where the outer
+    nodes' far ends are centred) and with means: the shared rule's error at most twice the per-element
+    rule's + 1e-13 of sqrt(E[f1^2] E[f2^2]) (measured: smaller, at most 1.1e-11 where the per-element rule
+    errs by 3.3e-10 on smoothed ReLU)."""
+    act = load(name)
+    smoothed = getattr(act, "SMOOTHED", None)
+    derivatives = quadrature._at_width(smoothed, act.SMOOTHING) if smoothed else act.DERIVATIVES
+    scale = act.SMOOTHING if smoothed else 1.0
+    rng = np.random.default_rng(11)
+    M = 40
+    v = 10 ** rng.uniform(-2, 2, (M, 2))
+    r = np.concatenate([rng.uniform(-0.99, 0.99, M - 4), [0.0, 0.5, -0.9, 0.99]])
+    c = (v[:, 0], r * np.sqrt(v[:, 0] * v[:, 1]), v[:, 1])
+    m = rng.normal(size=(M, 2)) * (rng.uniform(size=(M, 1)) < 0.5)
+    x1, w1, level, _ = quadrature._pair_rule(*c, m[:, 0], m[:, 1], scale=scale, shared=True)
+    assert isinstance(level, quadrature._SharedLevel) and level.where.size > 0
+    _, _, y, w = quadrature._pair_rule(*c, m[:, 0], m[:, 1], scale=scale)
+    _, _, y4, w4 = quadrature._pair_rule(*c, m[:, 0], m[:, 1], n_inner=4 * quadrature.N_INNER, scale=scale)
+    for o1, o2 in (((0,), (0,)), ((1,), (2,)), ((2, 2), (1,)), ((0,), (3, 1))):
+        def f(x, orders=o2):
+            return quadrature._product(derivatives, orders, x)
+        outer = w1 * quadrature._product(derivatives, o1, x1)
+        shared, own, fine = (np.sum(outer * inner, axis=-1) for inner in
+                             (level.average(f), np.sum(w * f(y), axis=-1), np.sum(w4 * f(y4), axis=-1)))
+        scale_cs = np.sqrt(quadrature.expect1(derivatives, o1 + o1, v[:, 0], m[:, 0], scale)
+                           * quadrature.expect1(derivatives, o2 + o2, v[:, 1], m[:, 1], scale))
+        error, bound = np.abs(shared - fine), 2 * np.abs(own - fine) + 1e-13 * scale_cs
+        assert np.all(error <= bound), (o1, o2, error[error > bound], bound[error > bound])
