@@ -18,7 +18,7 @@ own structure (width ~1 around x = 0) -- and converge exponentially for analytic
 
 Every rule is truncated at 9 standard deviations (Gaussian weight < 1e-17). The node counts
 below keep the error under 1e-10 for tanh and sigmoid at variances 1e-2 ... 1e2 and any
-correlation (tests/test_quadrature.py checks them against mpmath at 30 digits).
+correlation (tests/test_kernels_quadrature.py checks them against mpmath at 30 digits).
 """
 import functools
 import itertools
