@@ -257,7 +257,7 @@ class Shared:
     """The contractions of named operands (arguments, averages, or products already named) that
     several terms of one function compute: in a first pass over the function's sums (`counting`)
     each is counted; in the second, each counted twice or more is computed once, named where it
-    is first evaluated, `(sub1 := numpy.einsum(...))`, and read by that name after. Batch axes last."""
+    is first evaluated, `(sub1 := _einsum(...))`, and read by that name after. Batch axes last."""
 
     def __init__(self, prefix="sub"):
         self.counts, self.names, self.counting, self.prefix = Counter(), {}, True, prefix
@@ -280,7 +280,8 @@ def _named(expr):
 
 
 def _einsum(operands, output, last=False):
-    """numpy.einsum over [(expression, subscripts)] -> '...' + output (output + '...': `last`);
+    """_einsum (runtime.contract.einsum: numpy.einsum's C loop) over [(expression, subscripts)] -> '...' +
+    output (output + '...': `last`);
     with `last`, more than MAX_OPERANDS operands are contracted in pairs first (_pairwise), and
     `last` a Shared: a contraction of named operands that several terms compute is computed once."""
     if len(operands) == 1 and operands[0][1] == output:
@@ -292,7 +293,7 @@ def _einsum(operands, output, last=False):
         return _einsum([text(o) for o in _pairwise(operands, output)], output, last)
     subscripts = ",".join(s + "..." if last else "..." + s for _, s in operands) + "->" + \
         (output + "..." if last else "..." + output)
-    call = f"numpy.einsum({subscripts!r}, {', '.join(e for e, _ in operands)})"
+    call = f"_einsum({subscripts!r}, {', '.join(e for e, _ in operands)})"
     if isinstance(last, Shared) and all(_named(e) for e, _ in operands):
         return last.use(operands, output, call)
     return call
