@@ -163,7 +163,10 @@ def _shared_conditional_rule(m, s, n, scale):
     far = np.where(some, np.where(off, np.abs(m), 0.0).max(axis=1), 0.0)
     near = np.where(some, np.where(off, np.abs(m), np.inf).min(axis=1), 0.0)
     U, U_own = (np.arcsinh((a + _TAIL * s) / scale) for a in (far, near))
-    shared = 1 + int(np.ceil((n - 1) * np.max(U[some] / U_own[some])))
+    stretch = np.max(U[some] / U_own[some])
+    if not np.isfinite(stretch):                    # NaN or inf in the covariance: the per-element rule passes it on
+        return None
+    shared = 1 + int(np.ceil((n - 1) * stretch))
     u, h = _nodes(U, shared)                                                    # (M, shared)
     y = scale * np.sinh(u)
     with np.errstate(divide="ignore", invalid="ignore"):                        # s = 0: centred, weight 0

@@ -175,3 +175,20 @@ def test_shared_inner_nodes_are_as_accurate_as_each_outer_nodes_own_rule(name):
                            * quadrature.expect1(derivatives, o2 + o2, v[:, 1], m[:, 1], scale))
         error, bound = np.abs(shared - fine), 2 * np.abs(own - fine) + 1e-13 * scale_cs
         assert np.all(error <= bound), (o1, o2, error[error > bound], bound[error > bound])
+
+
+def test_pair_rules_pass_a_nan_covariance_on():
+    """A NaN in one covariance of the batch gives NaN averages on its pair (integrate's finiteness check
+    reports it), not an exception from the shared inner level's node count; the other covariances' averages
+    are finite and equal to their own call's to the rules' accuracy."""
+    act = load("relu")
+    derivatives = quadrature._at_width(act.SMOOTHED, act.SMOOTHING)
+    Q = np.array([[[1.0, 0.3], [0.3, np.nan]], [[1.0, 0.2], [0.2, 2.0]]])
+    orders = (((1,), (0,)), ((2,), (1,)))
+    quadrature._LAST[:] = [None, {}]
+    got = quadrature.expect_units(derivatives, orders, Q, None, None, act.SMOOTHING)
+    quadrature._LAST[:] = [None, {}]
+    alone = quadrature.expect_units(derivatives, orders, Q[1:], None, None, act.SMOOTHING)
+    for g, a in zip(got, alone):
+        assert np.isnan(g[0, 0, 1]) and np.isnan(g[0, 1, 0])
+        np.testing.assert_allclose(g[1], a[0], rtol=1e-9, atol=1e-12)
