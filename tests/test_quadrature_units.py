@@ -137,10 +137,36 @@ def test_tables_asked_once_for_every_pair_agree_with_pair_by_pair():
         quadrature._LAST[0] = None
         asked.clear()
         results.append(expect_units(act.DERIVATIVES, orders, Q, tabulated=partial(tables, refuse_stacked=refuse)))
-        # 3 units and 3 pairs: 2 calls together; refused: each stacked call, then its sets one by one
-        assert asked == ([3, 3] if not refuse else [3, 1, 1, 1, 3, 1, 1, 1]), asked
+        # 3 units and 6 ordered pairs: 2 calls together; refused: each stacked call, then its sets one by one
+        assert asked == ([3, 6] if not refuse else [3, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1]), asked
     quadrature._LAST[0] = None
     bare = expect_units(act.DERIVATIVES, orders, Q)
     for together, one_by_one, rule in zip(*results, bare):
         np.testing.assert_allclose(together, one_by_one, rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(together, rule, rtol=0, atol=THREE_UNIT_ACCURACY)
+
+
+def test_smoothed_kink_pairs_with_means_at_small_variances(monkeypatch):
+    """A pair's averages where one unit carries a sharp factor (g_eps'' and higher) and the other only
+    smooth ones, at variances of a few eps^2 with means (a trained bias at a saddle start): the rule puts
+    the sharp unit outer, whose nodes are centred on its kink; inner, its structure would sit at
+    x1 = m1 - m2 / kappa, between the outer nodes (one rule per unordered pair erred by 1.6e-7 here and
+    broke the diffusion paths' PSD check). Against the same rules with 3 times the nodes: 1e-9 of the
+    largest average."""
+    from runtime import quadrature
+    act = load("relu")
+    derivatives = quadrature._at_width(act.SMOOTHED, act.SMOOTHING)
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(6, 2, 3))
+    Q = A @ np.swapaxes(A, -1, -2) * 0.01
+    means = np.tile([0.3, -0.2], (6, 1))
+    orders = (((4,), (1,), (0,)), ((3,), (0,)), ((0,), (3,)), ((4,), (1,)), ((2,), (0,), (0,)))
+
+    def averages():
+        quadrature._LAST[:] = [None, {}]
+        return quadrature.expect_units(derivatives, orders, Q, None, means, act.SMOOTHING)
+    got = averages()
+    monkeypatch.setattr(quadrature, "N_OUTER", 3 * quadrature.N_OUTER)
+    monkeypatch.setattr(quadrature, "N_INNER", 3 * quadrature.N_INNER)
+    for g, fine in zip(got, averages()):
+        np.testing.assert_allclose(g, fine, rtol=0, atol=1e-9 * np.abs(fine).max())
