@@ -54,7 +54,7 @@ def _operands(ts, rng):
 def _namespace(ops):
     averages = {n: a for n, a in ops.items() if n.startswith(contraction.AVERAGE_PREFIXES)}
     return {"numpy": np, "E": types.SimpleNamespace(**averages), "_mirrored": contract.mirrored,
-            "_swapped": contract.swapped, **VALUES, **{n: a for n, a in ops.items() if n not in averages}}
+            "_swapped": contract.swapped, "_einsum": contract.einsum, **VALUES, **{n: a for n, a in ops.items() if n not in averages}}
 
 
 def _plain(ts, output, ops):
