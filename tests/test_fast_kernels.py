@@ -346,7 +346,7 @@ def test_tabulated_units_match_the_quadrature(name):
         found = fk.tabulated_units(act.DERIVATIVES, signatures, sub)
         assert found is not None, (name, units)
         levels = quadrature._levels(Q, np.zeros((6, 2)), units, 1.0)
-        at = [quadrature._values(act.DERIVATIVES, range(6), x) for x, _ in levels]
+        at = quadrature._values_at(act.DERIVATIVES, [(range(6), x) for x, _ in levels])
         exact = quadrature._fold(levels, at, signatures)
         for sig in signatures:
             scale = np.prod([np.sqrt(quadrature.expect1(act.DERIVATIVES, o + o, Q[:, u, u])) for o, u in zip(sig, units)],

@@ -98,7 +98,7 @@ def test_smoothed_derivatives_in_one_pass_equal_the_functions_one_by_one(name):
     """The generated smoothed_derivatives(x, eps) (every order, their shared Gaussian and normal CDF
     once) against SMOOTHED[k](x, eps) one by one, at both Richardson widths, at the kink, in its
     +-9 sigma neighbourhood and far out; and expect_units with it against expect_units without it
-    (runtime.quadrature._values), to rounding."""
+    (runtime.quadrature._values_at), to rounding."""
     act = load(name)
     rng = np.random.default_rng(5)
     xs = np.concatenate([rng.normal(size=200) * 0.1, [0.0, -0.0, 1e-300, -40.0, 40.0, -1e5, 1e5]])
