@@ -170,8 +170,12 @@ def _shared_conditional_rule(m, s, n, scale):
     u, h = _nodes(U, shared)                                                    # (M, shared)
     y = scale * np.sinh(u)
     with np.errstate(divide="ignore", invalid="ignore"):                        # s = 0: centred, weight 0
-        z = (y[:, None, :] - m[:, :, None]) / sd[:, :, None]
-        w = np.exp(-0.5 * z * z) / _SQRT_2PI * (scale * np.cosh(u) / sd * h[:, None])[:, None, :]
+        w = np.subtract(y[:, None, :], m[:, :, None])                          # z = (y - m) / s, in place
+        w *= (1.0 / sd)[:, :, None]
+        np.square(w, out=w)
+        w *= -0.5
+        np.exp(w, out=w)
+        w *= (scale / _SQRT_2PI * np.cosh(u) / sd * h[:, None])[:, None, :]
     w[centred] = 0.0
     where = np.flatnonzero(centred)
     sinh, weights = _centred_nodes(n)
