@@ -139,12 +139,6 @@ class _SharedLevel(NamedTuple):
     yc: np.ndarray
     wc: np.ndarray
 
-    def average(self, f):
-        """sum over the nodes of w f(nodes), (M, n_outer), for f evaluated at y and at yc."""
-        out = np.einsum("mon,mxn->mo", self.w, f(self.y))
-        out.reshape(-1)[self.where] = f(self.yc) @ self.wc
-        return out
-
 
 def _shared_conditional_rule(m, s, n, scale):
     """_conditional_rule for the inner level of a pair rule, m (M, n_outer), s (M,), with the nodes of the
@@ -155,7 +149,7 @@ def _shared_conditional_rule(m, s, n, scale):
     sums are one matrix product. A _SharedLevel, or None where every element is centred (_conditional_rule's
     one weight vector serves them)."""
     sd = s[:, None]
-    centred = (sd <= scale) | (np.abs(m) > _FAR * sd)
+    centred = _centred(m, sd, scale)
     if centred.all():
         return None
     off = ~centred
@@ -170,12 +164,8 @@ def _shared_conditional_rule(m, s, n, scale):
     u, h = _nodes(U, shared)                                                    # (M, shared)
     y = scale * np.sinh(u)
     with np.errstate(divide="ignore", invalid="ignore"):                        # s = 0: centred, weight 0
-        w = np.subtract(y[:, None, :], m[:, :, None])                          # z = (y - m) / s, in place
-        w *= (1.0 / sd)[:, :, None]
-        np.square(w, out=w)
-        w *= -0.5
-        np.exp(w, out=w)
-        w *= (scale / _SQRT_2PI * np.cosh(u) / sd * h[:, None])[:, None, :]
+        w = _off_centre_weights(y[:, None, :], u[:, None, :], h[:, None, None], m[:, :, None], sd[:, :, None],
+                                scale)
     w[centred] = 0.0
     where = np.flatnonzero(centred)
     sinh, weights = _centred_nodes(n)
@@ -187,7 +177,7 @@ def _conditional_rule(m, s, n, scale=1.0):
     """Nodes y (..., n) and weights for E[f(m + s z)], z ~ N(0, 1), elementwise over m, s.
     Where every element is centred (the common case) the weights are one vector of n numbers,
     returned broadcast to y's shape (a read-only view: _fold sums with it as a matrix product)."""
-    centred = (s <= scale) | (np.abs(m) > _FAR * s)
+    centred = _centred(m, s, scale)
     if np.all(centred):
         sinh, weights = _centred_nodes(n)
         y = m[..., None] + s[..., None] * sinh
@@ -203,10 +193,30 @@ def _conditional_rule(m, s, n, scale=1.0):
     mo, so = m[off], s[off]
     u, h = _nodes(np.arcsinh((np.abs(mo) + _TAIL * so) / scale), n)
     yo = scale * np.sinh(u)
-    z = (yo - mo[:, None]) / so[:, None]
     y[off] = yo
-    w[off] = np.exp(-0.5 * z * z) / _SQRT_2PI * (scale * np.cosh(u) / so[:, None]) * h[:, None]
+    w[off] = _off_centre_weights(yo, u, h[:, None], mo[:, None], so[:, None], scale)
     return y, w
+
+
+def _centred(m, s, scale):
+    """Where the conditional rule for E[f(m + s z)] is centred on the Gaussian: s <= scale, or the
+    activation's structure (width `scale` at 0) in its far tail, |m| > _FAR s."""
+    return (s <= scale) | (np.abs(m) > _FAR * s)
+
+
+def _off_centre_weights(y, u, h, m, s, scale):
+    """The weights phi((y - m)/s) scale cosh(u) h / s of E[f(m + s z)] on the nodes y = scale sinh(u)
+    (step h in u) centred on the activation's structure, the arguments broadcast together; in place
+    on one temporary, in the order of operations of the formula."""
+    w = np.subtract(y, m)
+    w /= s
+    np.square(w, out=w)
+    w *= -0.5
+    np.exp(w, out=w)
+    w /= _SQRT_2PI
+    w *= scale * np.cosh(u) / s
+    w *= h
+    return w
 
 
 @functools.lru_cache(maxsize=8)
@@ -575,19 +585,19 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
         for n in (1, 2):
             for entry, value in _tabulate(tabulated, pending, Qf, n).items():
                 values[entry] = value.reshape(-1)
-    rules = []                                   # (units, signatures, their orders in the rule's order, levels)
+    rules, requests = [], []      # (units, signatures, their orders in the rule's order, levels, nodes' count)
     for units, signatures in pending.items():
         signatures = tuple(sig for sig in signatures if (units, sig) not in values)
         if not signatures:
             continue
         for ordered, closed, group, permuted, wanted in _groups(units, signatures, inner):
             levels = _levels(Qf, mf, ordered, scale, closed=closed)
-            rules.append((units, group, permuted, levels, [wanted[i] for i, (x, w) in enumerate(levels)
-                                                           if w is not None]))
-    at = iter(_values_at(derivatives, [(orders, x) for *_, levels, wanted in rules
-                                       for orders, (x, w) in zip(wanted, [lv for lv in levels if lv[1] is not None])]))
-    for units, group, permuted, levels, wanted in rules:
-        folded = _fold(levels, [next(at) for _ in wanted], permuted, inner)
+            nodes = [(wanted[i], x) for i, (x, w) in enumerate(levels) if w is not None]
+            rules.append((units, group, permuted, levels, len(nodes)))
+            requests += nodes
+    at = iter(_values_at(derivatives, requests))
+    for units, group, permuted, levels, count in rules:
+        folded = _fold(levels, [next(at) for _ in range(count)], permuted, inner)
         for sig, key in zip(group, permuted):
             values[units, sig] = folded[key]
     keys, gather = _gather(K, tuple(orders_list), constant)
