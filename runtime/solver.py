@@ -30,7 +30,14 @@ identity
 where scipy's solvers form J by n finite differences and factorise it in O(n^3). The vectors' blocks
 I - c (rho_hat_tau A + B) share one eigenbasis (_EigenWoodbury), so a factorisation costs
 O(Jv F^3 + P F^3) and a solve O(n F) (block by block where that basis or C is ill-conditioned:
-O(n P F) and O(n (P + F)), _Woodbury). At finite D the second-order terms N_j depend on S_j
+O(n P F) and O(n (P + F)), _Woodbury). A state of at most DENSE_MAX numbers (a spiked model: M
+vectors and a matrix) has L + U W formed and LU-factorised instead (_Dense): there the Woodbury
+solve's ~40 numpy calls cost more than the O(n^3) (spiked model, K = 4, n = 96: 0.111 -> 0.078 s).
+
+StructuredBDF and BlockBDF step as scipy's BDF but for Newton's iteration (_BDF): scipy's takes at
+least two right-hand sides a step, since its convergence test needs the iteration's contraction rate,
+measured from the second iterate; here the rate carried from earlier steps (CVODE's) lets a step whose
+first correction is already small stop after one (erf K = 2 finite-D, D = 400: 436 -> 292). At finite D the second-order terms N_j depend on S_j
 directly as well; that part (O(lr^2 / D)) is left out of J, which only slows Newton's iteration
 (its residual is the exact right-hand side).
 
@@ -47,6 +54,8 @@ import functools
 
 import numpy as np
 from scipy.integrate import BDF, Radau
+from scipy.integrate._ivp.bdf import MAX_FACTOR, MAX_ORDER, MIN_FACTOR, NEWTON_MAXITER, change_D
+from scipy.integrate._ivp.common import norm
 from scipy.linalg import lu_factor, lu_solve, schur
 from scipy.linalg.lapack import ztrsyl
 from scipy.sparse import csc_matrix
@@ -70,6 +79,14 @@ REUSE_SHIFT = 0.3
 #: fails to converge in 4, so a stale one costs ~3 right-hand sides a step and shorter steps (its step
 #: factor shrinks with the iterations). Radau renews it so already (n_iter > 2).
 REFRESH_ITERATIONS = 2
+#: states of at most this many numbers have their Newton matrices formed and LU-factorised (_Dense): below
+#: it an O(n^3) LU costs less than the Woodbury factorisation's and solves' Python (spiked model, n = 96)
+DENSE_MAX = 256
+#: _BDF's Newton iteration may stop after one right-hand side with the contraction rate carried from an
+#: earlier step, which falls by at most RATE_DECAY a measurement (CVODE's CRDOWN): a carried rate that
+#: dropped to 3e-9 at once accepted every first correction, and the error test rejected every step, down to
+#: the smallest step (erf K = 2 vanilla, D = 400, rtol 1e-10)
+CARRY_RATE, RATE_DECAY = True, 0.3
 
 
 def _difference_steps(x):
@@ -164,7 +181,7 @@ class _Layout:
 
 class StructuredJacobian:
     """J = L + U W at a state y (module docstring); `c * J` and `I - c * J` describe the Newton
-    matrix that _woodbury factorises."""
+    matrix that _structured_factors factorises."""
 
     def __init__(self, layout, y):
         self.layout = layout
@@ -211,6 +228,17 @@ class StructuredJacobian:
         """U (P, n): row k is apply(dfield_k), df/dp_k at fixed y."""
         return self.layout.apply(self.dfield, self.th, np.repeat(self.S[None], self.dfield[0].shape[0], axis=0))
 
+    @functools.cached_property
+    def dense(self):
+        """J as an n x n matrix (_Dense): L from the frozen field applied to the unit vectors, plus U^T W."""
+        layout = self.layout
+        n = self.U.shape[1]
+        E = np.eye(n)
+        th, S, b = layout.pieces(E)
+        field = (np.broadcast_to(self.A, (n,) + self.A.shape), np.broadcast_to(self.B, (n,) + self.B.shape), 0.0,
+                 np.zeros_like(b))
+        return layout.apply(field, th, S).T + self.U.T @ layout.dp(self.weighted, self.S, E).T
+
     def fields_along(self, v):
         """The fields' derivative along v (size P), sum_k v_k dfield_k, each with a leading axis of 1."""
         parts = np.split(v @ self._flat, np.cumsum(self._sizes)[:-1])
@@ -255,10 +283,13 @@ class _Factors:
         return other
 
 
-def _woodbury(a, b, J):
-    """The factorisation of (a I - b J) for J = StructuredJacobian: in the vector blocks' shared
-    eigenbasis (_EigenWoodbury) where it and C = I - c B are well-conditioned (EIGENBASIS_CONDITION_MAX),
-    else block by block (_Woodbury)."""
+def _structured_factors(a, b, J):
+    """The factorisation of (a I - b J) for J = StructuredJacobian: formed and LU-factorised for a
+    state of at most DENSE_MAX numbers (_Dense), else in the vector blocks' shared eigenbasis
+    (_EigenWoodbury) where it and C = I - c B are well-conditioned (EIGENBASIS_CONDITION_MAX), else
+    block by block (_Woodbury)."""
+    if J.th.size + J.S.size + J.layout.n_bias <= DENSE_MAX:
+        return _Dense(a, b, J)
     c, F = b / a, J.layout.F
     C = np.eye(F) - c * J.B
     try:
@@ -270,6 +301,18 @@ def _woodbury(a, b, J):
     except np.linalg.LinAlgError:                  # eig did not converge: block by block
         pass
     return _Woodbury(a, b, J)
+
+
+class _Dense(_Factors):
+    """(a I - b J)^-1 = (I - c J)^-1 / a by LU of the formed I - c J (StructuredJacobian.dense)."""
+
+    def __init__(self, a, b, J):
+        self.a, self.c = a, b / a
+        self.factors = lu_factor(np.eye(J.dense.shape[0]) - self.c * J.dense, check_finite=False)
+
+    def solve(self, r):
+        out = lu_solve(self.factors, r, check_finite=False)
+        return out if self.a == 1 else out / self.a
 
 
 class _Woodbury(_Factors):
@@ -475,10 +518,148 @@ def _structured(solver, base, fun, t0, y0, t_bound, options):
         _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, z: FluctuationJacobian(fun, t, z), _Lyapunov)
         return
     layout = _Layout(fun)
-    _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, y: StructuredJacobian(layout, y), _woodbury)
+    _set_up(solver, base, fun, t0, y0, t_bound, options, lambda t, y: StructuredJacobian(layout, y),
+            _structured_factors)
 
 
-class StructuredBDF(BDF):
+class _BDF(BDF):
+    """scipy's BDF (the same steps, order and step-size control: _step_impl below is scipy 1.17's, line
+    for line, but for the Newton iteration) whose Newton iteration may stop after one right-hand side.
+    scipy's stops when rate / (1 - rate) |dy| < tol, rate = |dy_k| / |dy_(k-1)| the iteration's
+    contraction, measured from its second iterate on: every step costs at least two right-hand sides.
+    Here the rate of the latest step that measured one stands in until the step measures its own
+    (CVODE's carried crate, Hindmarsh et al., ACM TOMS 31, 363 (2005), section 2.1), forgotten with the
+    Jacobian it was measured with: a step whose first correction is already within the test takes one."""
+
+    _rate = None         # the carried contraction rate
+
+    def _newton(self, t_new, y_predict, c, psi, LU, scale):
+        """scipy's solve_bdf_system with the carried rate: (converged, iterations, y, d)."""
+        tol, carried = self.newton_tol, self._rate if CARRY_RATE else None
+        d, y, dy_norm_old = 0, y_predict.copy(), None
+        for k in range(NEWTON_MAXITER):
+            f = self.fun(t_new, y)
+            if not np.all(np.isfinite(f)):
+                return False, k + 1, y, d
+            dy = self.solve_lu(LU, c * f - psi - d)
+            dy_norm = norm(dy / scale)
+            rate = carried if dy_norm_old is None else dy_norm / dy_norm_old
+            if dy_norm_old is not None and (rate >= 1 or rate ** (NEWTON_MAXITER - k) / (1 - rate) * dy_norm > tol):
+                return False, k + 1, y, d
+            y += dy
+            d += dy
+            if dy_norm_old is not None:
+                self._rate = rate if carried is None else max(RATE_DECAY * carried, rate)
+            if dy_norm == 0 or rate is not None and rate < 1 and rate / (1 - rate) * dy_norm < tol:
+                return True, k + 1, y, d
+            dy_norm_old = dy_norm
+        return False, NEWTON_MAXITER, y, d
+
+    def _new_jacobian(self, t, y):
+        self._rate = None
+        return self.jac(t, y)
+
+    def _step_impl(self):
+        t = self.t
+        D = self.D
+
+        max_step = self.max_step
+        min_step = 10 * np.abs(np.nextafter(t, self.direction * np.inf) - t)
+        if self.h_abs > max_step:
+            h_abs = max_step
+            change_D(D, self.order, max_step / self.h_abs)
+            self.n_equal_steps = 0
+        elif self.h_abs < min_step:
+            h_abs = min_step
+            change_D(D, self.order, min_step / self.h_abs)
+            self.n_equal_steps = 0
+        else:
+            h_abs = self.h_abs
+
+        atol, rtol, order = self.atol, self.rtol, self.order
+        alpha, gamma, error_const = self.alpha, self.gamma, self.error_const
+        J, LU = self.J, self.LU
+        current_jac = False
+
+        step_accepted = False
+        while not step_accepted:
+            if h_abs < min_step:
+                return False, self.TOO_SMALL_STEP
+            h = h_abs * self.direction
+            t_new = t + h
+            if self.direction * (t_new - self.t_bound) > 0:
+                t_new = self.t_bound
+                change_D(D, order, np.abs(t_new - t) / h_abs)
+                self.n_equal_steps = 0
+                LU = None
+            h = t_new - t
+            h_abs = np.abs(h)
+
+            y_predict = np.sum(D[:order + 1], axis=0)
+            scale = atol + rtol * np.abs(y_predict)
+            psi = np.dot(D[1: order + 1].T, gamma[1: order + 1]) / alpha[order]
+
+            converged = False
+            c = h / alpha[order]
+            while not converged:
+                if LU is None:
+                    LU = self.lu(self.I - c * J)
+                converged, n_iter, y_new, d = self._newton(t_new, y_predict, c, psi, LU, scale)
+                if not converged:
+                    if current_jac:
+                        break
+                    J = self._new_jacobian(t_new, y_predict)
+                    LU = None
+                    current_jac = True
+
+            if not converged:
+                factor = 0.5
+                h_abs *= factor
+                change_D(D, order, factor)
+                self.n_equal_steps = 0
+                LU = None
+                continue
+
+            safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + max(n_iter, 2))
+            scale = atol + rtol * np.abs(y_new)
+            error = error_const[order] * d
+            error_norm = norm(error / scale)
+            if error_norm > 1:
+                if n_iter == 1:             # the correction may hold the iteration's error: measure again
+                    self._rate = None
+                factor = max(MIN_FACTOR, safety * error_norm ** (-1 / (order + 1)))
+                h_abs *= factor
+                change_D(D, order, factor)
+                self.n_equal_steps = 0
+            else:
+                step_accepted = True
+
+        self.n_equal_steps += 1
+        self.t, self.y, self.h_abs, self.J, self.LU = t_new, y_new, h_abs, J, LU
+        # the differences of the new interpolating polynomial (d = D^(k+1) y_n)
+        D[order + 2] = d - D[order + 1]
+        D[order + 1] = d
+        for i in reversed(range(order + 1)):
+            D[i] += D[i + 1]
+        if self.n_equal_steps < order + 1:
+            return True, None
+
+        error_m_norm = norm(error_const[order - 1] * D[order] / scale) if order > 1 else np.inf
+        error_p_norm = norm(error_const[order + 1] * D[order + 2] / scale) if order < MAX_ORDER else np.inf
+        error_norms = np.array([error_m_norm, error_norm, error_p_norm])
+        with np.errstate(divide='ignore'):
+            factors = error_norms ** (-1 / np.arange(order, order + 3))
+        order += np.argmax(factors) - 1
+        self.order = order
+        factor = min(MAX_FACTOR, safety * np.max(factors))
+        self.h_abs *= factor
+        change_D(D, order, factor)
+        self.n_equal_steps = 0
+        self.LU = None
+        return True, None
+
+
+class StructuredBDF(_BDF):
     """scipy's BDF on a system of runtime.integrate (_System or _BiasSystem, passed as `fun`)
     with the structured Jacobian and Woodbury Newton solves of the module docstring, the Jacobian
     renewed after a step of more than REFRESH_ITERATIONS Newton iterations; `nfev` counts
@@ -491,7 +672,7 @@ class StructuredBDF(BDF):
 
     def _step_impl(self):
         if self._stale:
-            self.J, self.LU = self.jac(self.t, self.y), None
+            self.J, self.LU = self._new_jacobian(self.t, self.y), None
         before = self.nfev
         out = super()._step_impl()
         self._stale = self.nfev - before > REFRESH_ITERATIONS
@@ -505,7 +686,7 @@ class StructuredRadau(Radau):
         _structured(self, Radau, fun, t0, y0, t_bound, options)
 
 
-class BlockBDF(BDF):
+class BlockBDF(_BDF):
     """scipy's BDF on m independent copies of one system of n numbers, stacked as y = (y_1, ..., y_m)
     (runtime.validity's carried points); `fun(t, y)` must take any number of stacked copies. The
     Jacobian is block-diagonal: its m blocks n x n by forward differences in one call of fun on
