@@ -262,6 +262,11 @@ def _triple_rule(C, m, scale=1.0, conditional=False):
 
 #: largest number of units K whose averages `expect_units` evaluates (K^n index tuples)
 MAX_UNITS = 3
+#: expect_units stacks its sets of one unit and of two into one rule each up to this batch of covariances
+#: (a right-hand side's, a Jacobian's): beyond it the arithmetic outweighs a rule's Python, and the union of
+#: the pairs' signatures and their shared nodes across the stack cost more (ReLU diffusion paths, 512
+#: covariances a call: 9.0 -> 15.4 s stacked); there each set keeps its rule as before
+STACK_BATCH = 32
 
 
 def _polynomial_units(derivatives, orders_list, Q, degree, means, constant=0):
@@ -587,13 +592,18 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
             for entry, value in _tabulate(tabulated, pending, Qf, n).items():
                 values[entry] = value.reshape(-1)
     rules, requests = [], []    # (the unit sets, the signatures, their orders in the rule's order, levels, nodes' count)
-    for members in _stacks(pending, values):
-        index = np.array([units for units, _ in members])                       # (sets, n)
-        n = index.shape[1]
-        Qs = Qf[:, index[:, :, None], index[:, None, :]].swapaxes(0, 1).reshape(-1, n, n)
-        ms = mf[:, index].swapaxes(0, 1).reshape(-1, n)
-        union = tuple(sorted({sig for _, signatures in members for sig in signatures}))
-        for ordered, closed, group, permuted, wanted in _groups(tuple(range(n)), union, inner):
+    for members in _stacks(pending, values, Qf.shape[0]):
+        if len(members) == 1:                  # a set's own rule, on its units of Q
+            (rule_units, union), = members
+            Qs, ms, union = Qf, mf, tuple(union)
+        else:
+            index = np.array([units for units, _ in members])                       # (sets, n)
+            n = index.shape[1]
+            Qs = Qf[:, index[:, :, None], index[:, None, :]].swapaxes(0, 1).reshape(-1, n, n)
+            ms = mf[:, index].swapaxes(0, 1).reshape(-1, n)
+            union = tuple(sorted({sig for _, signatures in members for sig in signatures}))
+            rule_units = tuple(range(n))                                 # of the stacked Qs
+        for ordered, closed, group, permuted, wanted in _groups(rule_units, union, inner):
             levels = _levels(Qs, ms, ordered, scale, closed=closed)
             nodes = [(wanted[i], x) for i, (x, w) in enumerate(levels) if w is not None]
             rules.append((members, group, permuted, levels, len(nodes)))
@@ -633,16 +643,18 @@ def _groups(units, signatures, inner):
     return out
 
 
-def _stacks(pending, values):
-    """expect_units' rules: the sets of one unit, and those of two, each stacked into one rule over
-    the union of their signatures not in `values` (the batch of each set one after the other: one
-    rule's Python, ~0.1-0.3 ms, instead of one per set, and for K = 2 the signatures of the pairs
-    (k, l) and (l, k) nearly the same), a triple of units a rule of its own: [[(units, signatures)]]."""
+def _stacks(pending, values, batch):
+    """expect_units' rules: for a batch of at most STACK_BATCH covariances, the sets of one unit, and
+    those of two, each stacked into one rule over the union of their signatures not in `values` (the
+    batch of each set one after the other: one rule's Python, ~0.1-0.3 ms, instead of one per set, and for
+    K = 2 the signatures of the pairs (k, l) and (l, k) nearly the same); a triple of units, and every
+    set of a larger batch, a rule of its own: [[(units, signatures)]]."""
     stacks = {}
     for units, signatures in pending.items():
         signatures = [sig for sig in signatures if (units, sig) not in values]
         if signatures:
-            stacks.setdefault(len(units) if len(units) < 3 else units, []).append((units, signatures))
+            stacks.setdefault(len(units) if len(units) < 3 and batch <= STACK_BATCH else units, []).append(
+                (units, signatures))
     return list(stacks.values())
 
 
