@@ -591,7 +591,8 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
         for n in (1, 2):
             for entry, value in _tabulate(tabulated, pending, Qf, n).items():
                 values[entry] = value.reshape(-1)
-    rules, requests = [], []    # (the unit sets, the signatures, their orders in the rule's order, levels, nodes' count)
+    # rules: (the unit sets, the signatures, their orders in the rule's order, levels, nodes' count)
+    rules, requests = [], []
     for members in _stacks(pending, values, Qf.shape[0]):
         if len(members) == 1:                  # a set's own rule, on its units of Q
             (rule_units, union), = members
@@ -613,9 +614,9 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
     for members, group, permuted, levels, count in rules:
         folded = _fold(levels, [next(at) for _ in range(count)], permuted, inner)
         for sig, key in zip(group, permuted):
-            stacked = folded[key]
+            every_set = folded[key]                                  # the members' batches one after the other
             for g, (units, _) in enumerate(members):
-                values[units, sig] = stacked[g * M:(g + 1) * M]
+                values[units, sig] = every_set[g * M:(g + 1) * M]
     keys, gather = _gather(K, tuple(orders_list), constant)
     stacked = np.empty((2 + len(keys), Qf.shape[0]))         # rows 0 and 1: the constants 0 and 1
     stacked[0], stacked[1] = 0.0, 1.0

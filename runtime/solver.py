@@ -33,13 +33,13 @@ O(Jv F^3 + P F^3) and a solve O(n F) (block by block where that basis or C is il
 O(n P F) and O(n (P + F)), _Woodbury). A state of at most DENSE_MAX numbers (a spiked model: M
 vectors and a matrix) has L + U W formed and LU-factorised instead (_Dense): there the Woodbury
 solve's ~40 numpy calls cost more than the O(n^3) (spiked model, K = 4, n = 96: 0.111 -> 0.078 s).
+At finite D the second-order terms N_j depend on S_j directly as well; that part (O(lr^2 / D)) is
+left out of J, which only slows Newton's iteration (its residual is the exact right-hand side).
 
 StructuredBDF and BlockBDF step as scipy's BDF but for Newton's iteration (_BDF): scipy's takes at
 least two right-hand sides a step, since its convergence test needs the iteration's contraction rate,
 measured from the second iterate; here the rate carried from earlier steps (CVODE's) lets a step whose
-first correction is already small stop after one (erf K = 2 finite-D, D = 400: 436 -> 292). At finite D the second-order terms N_j depend on S_j
-directly as well; that part (O(lr^2 / D)) is left out of J, which only slows Newton's iteration
-(its residual is the exact right-hand side).
+first correction is already small stop after one (erf K = 2 finite-D, D = 400: 436 -> 292).
 
 With fluctuations (runtime.fluctuations: the mean <y> and covariance C of a finite-D state, n + n^2
 numbers) the same two solvers take the Jacobian blockdiag(J, C -> J C + C J^T), J the D -> infinity
@@ -661,7 +661,8 @@ class _BDF(BDF):
 
 class StructuredBDF(_BDF):
     """scipy's BDF on a system of runtime.integrate (_System or _BiasSystem, passed as `fun`)
-    with the structured Jacobian and Woodbury Newton solves of the module docstring, the Jacobian
+    with the structured Jacobian and Newton solves of the module docstring (Woodbury, or the formed
+    matrix on small states) and Newton's carried rate (_BDF), the Jacobian
     renewed after a step of more than REFRESH_ITERATIONS Newton iterations; `nfev` counts
     right-hand sides (Newton iterations), `njev` structured Jacobians (each one vectorised drift
     call over P + 1 order parameters), `nlu` factorisations."""

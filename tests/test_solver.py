@@ -126,7 +126,8 @@ def test_newton_solve_inverts_I_minus_cJ(case, path, monkeypatch):
     r = np.concatenate([th.ravel(), (S + np.swapaxes(S, -1, -2)).ravel(), b.ravel()])   # symmetric, as BDF's iterates
     c = 0.7
     factors = solver._structured_factors(1.0, c, solver.StructuredJacobian(layout, y))
-    assert type(factors) is {"dense": solver._Dense, "eigenbasis": solver._EigenWoodbury, "blocks": solver._Woodbury}[path]
+    kinds = {"dense": solver._Dense, "eigenbasis": solver._EigenWoodbury, "blocks": solver._Woodbury}
+    assert type(factors) is kinds[path]
     x = factors.solve(r)
     eps = 1e-6 * np.linalg.norm(y) / np.linalg.norm(x)
     Jx = (system(0.0, y + eps * x) - system(0.0, y - eps * x)) / (2 * eps)
