@@ -599,11 +599,9 @@ def expect_units(derivatives, orders_list, Q, degree=None, means=None, scale=1.0
             Qs, ms, union = Qf, mf, tuple(union)
         else:
             index = np.array([units for units, _ in members])                       # (sets, n)
-            n = index.shape[1]
-            Qs = Qf[:, index[:, :, None], index[:, None, :]].swapaxes(0, 1).reshape(-1, n, n)
-            ms = mf[:, index].swapaxes(0, 1).reshape(-1, n)
+            Qs, ms = _stacked(Qf, index), mf[:, index].swapaxes(0, 1).reshape(-1, index.shape[1])
             union = tuple(sorted({sig for _, signatures in members for sig in signatures}))
-            rule_units = tuple(range(n))                                 # of the stacked Qs
+            rule_units = tuple(range(index.shape[1]))                    # of the stacked Qs
         for ordered, closed, group, permuted, wanted in _groups(rule_units, union, inner):
             levels = _levels(Qs, ms, ordered, scale, closed=closed)
             nodes = [(wanted[i], x) for i, (x, w) in enumerate(levels) if w is not None]
@@ -659,6 +657,13 @@ def _stacks(pending, values, batch):
     return list(stacks.values())
 
 
+def _stacked(Qf, index):
+    """The covariances (M, K, K) restricted to each set of units of index (sets, n), the sets' batches one
+    after the other: (sets M, n, n)."""
+    n = index.shape[1]
+    return Qf[:, index[:, :, None], index[:, None, :]].swapaxes(0, 1).reshape(-1, n, n)
+
+
 def _tabulate(tabulated, pending, Qf, n):
     """{(units, signature): (M,)} from `tabulated` for every set of n units in `pending` ({units:
     signatures}): one call for all of them, the union of their signatures at their covariances
@@ -669,7 +674,7 @@ def _tabulate(tabulated, pending, Qf, n):
         return {}
     M, index = Qf.shape[0], np.array(group)
     union = sorted({sig for units in group for sig in pending[units]})
-    found = tabulated(union, Qf[:, index[:, :, None], index[:, None, :]].swapaxes(0, 1).reshape(-1, n, n))
+    found = tabulated(union, _stacked(Qf, index))
     if found is not None:
         return {(units, sig): found[sig][g * M:(g + 1) * M] for g, units in enumerate(group) for sig in pending[units]}
     out = {}
